@@ -1,0 +1,1 @@
+"""Fixtures for tests that need the mlflow (filled in by that area)."""

@@ -1,0 +1,1 @@
+"""Fixtures for tests that need the s3 (filled in by that area)."""
