@@ -1,0 +1,168 @@
+"""Export trained Keras models as a SavedModel in TensorFlow Serving's layout.
+
+This is the contract with serving (docs/architecture.md, "The exported model"):
+`<base>/<model_name>/<version>/` holding a SavedModel with two signatures that take uint8
+images [N, S, S, 1]:
+
+- `serving_default` -> `pneumonia_probability` [N], `class_probabilities` [N, 3]
+  (normal, bacterial, viral; temperature-scaled softmax, averaged over an ensemble) and
+  `threshold` [N] (the model's own operating point, so it travels with the version);
+- `gradcam` -> `heatmap` [N, S, S] in 0..1 (Grad-CAM of the pneumonia probability).
+
+Warm-up requests for both signatures go to `assets.extra/tf_serving_warmup_requests`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from services.trainer.model import CLASS_NAMES, GRADCAM_LAYER, build_cnn
+
+DEFAULT_MODEL_NAME = "cxr-pneumonia"
+SERVING_SIGNATURE = "serving_default"
+GRADCAM_SIGNATURE = "gradcam"
+INPUT_NAME = "image"
+WARMUP_FILE = "tf_serving_warmup_requests"
+MODEL_INFO_FILE = "model_info.json"
+
+
+def _pneumonia_probability(probs: tf.Tensor) -> tf.Tensor:
+    return probs[:, 1] + probs[:, 2]
+
+
+class _ServingFunctions:
+    """The two signature functions over one model or an ensemble (probabilities averaged)."""
+
+    def __init__(self, models: Sequence[keras.Model], threshold: float, temperature: float) -> None:
+        self.models = list(models)
+        self.gradcam_models = [
+            keras.Model(m.inputs, [m.get_layer(GRADCAM_LAYER).output, m.outputs[0]]) for m in self.models
+        ]
+        self.threshold = float(threshold)
+        self.temperature = float(temperature)
+
+    def _probabilities(self, logits: tf.Tensor) -> tf.Tensor:
+        return tf.nn.softmax(logits / self.temperature, axis=-1)
+
+    def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.cast(image, tf.float32)
+        probs = tf.add_n([self._probabilities(m(pixels, training=False)) for m in self.models])
+        probs = probs / float(len(self.models))
+        p = _pneumonia_probability(probs)
+        return {
+            "pneumonia_probability": p,
+            "class_probabilities": probs,
+            "threshold": tf.fill(tf.shape(p), tf.constant(self.threshold, tf.float32)),
+        }
+
+    def gradcam(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.cast(image, tf.float32)
+        size = tf.shape(image)[1:3]
+        cams = []
+        for grad_model in self.gradcam_models:
+            with tf.GradientTape() as tape:
+                feature_map, logits = grad_model(pixels, training=False)
+                tape.watch(feature_map)
+                score = _pneumonia_probability(self._probabilities(logits))
+            grads = tape.gradient(score, feature_map)
+            weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1))
+            cams.append(tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0])
+        cam = tf.add_n(cams) / float(len(cams))
+        peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+        return {"heatmap": tf.math.divide_no_nan(cam, peak)}
+
+
+def _write_warmup_requests(version_dir: Path, model_name: str, image_size: int) -> None:
+    """One batch-1 request per signature, in TF Serving's PredictionLog TFRecord format."""
+    extra = version_dir / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    image = np.full((1, image_size, image_size, 1), 128, dtype=np.uint8)
+    with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
+        for signature in (SERVING_SIGNATURE, GRADCAM_SIGNATURE):
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature),
+                inputs={INPUT_NAME: tf.make_tensor_proto(image)},
+            )
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+
+
+def export_for_serving(
+    models: keras.Model | Sequence[keras.Model],
+    *,
+    base_path: str | Path,
+    version: int,
+    threshold: float,
+    temperature: float = 1.0,
+    model_name: str = DEFAULT_MODEL_NAME,
+    extra_info: dict | None = None,
+) -> Path:
+    """Write `<base_path>/<model_name>/<version>/`; the folder appears complete or not at all."""
+    if isinstance(models, keras.Model):
+        models = [models]
+    if not models:
+        raise ValueError("export_for_serving needs at least one model")
+    if not 0.0 <= threshold <= 1.0 or temperature <= 0:
+        raise ValueError(f"bad operating point: threshold={threshold}, temperature={temperature}")
+    image_size = int(models[0].inputs[0].shape[1])
+    functions = _ServingFunctions(models, threshold, temperature)
+
+    archive = keras.export.ExportArchive()
+    for model in [*functions.models, *functions.gradcam_models]:
+        archive.track(model)
+    spec = [tf.TensorSpec([None, image_size, image_size, 1], tf.uint8, name=INPUT_NAME)]
+    archive.add_endpoint(SERVING_SIGNATURE, functions.serve, input_signature=spec)
+    archive.add_endpoint(GRADCAM_SIGNATURE, functions.gradcam, input_signature=spec)
+
+    model_dir = Path(base_path) / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    final = model_dir / str(int(version))
+    if final.exists():
+        raise FileExistsError(f"{final} already exists: versions are immutable")
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    try:
+        archive.write_out(str(staging), verbose=False)
+        _write_warmup_requests(staging, model_name, image_size)
+        info = {
+            "model_name": model_name,
+            "version": int(version),
+            "threshold": float(threshold),
+            "temperature": float(temperature),
+            "image_size": image_size,
+            "class_names": list(CLASS_NAMES),
+            "ensemble_size": len(functions.models),
+            **(extra_info or {}),
+        }
+        (staging / "assets.extra" / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def make_tiny_serving_model(
+    base_path: str | Path,
+    version: int,
+    *,
+    seed: int = 0,
+    threshold: float = 0.5,
+    model_name: str = DEFAULT_MODEL_NAME,
+    image_size: int = 224,
+) -> Path:
+    """A small untrained model of the real family, exported for serving: for tests and benches."""
+    model = build_cnn(image_size=image_size, width=4, dropout=0.0, seed=seed)
+    return export_for_serving(model, base_path=base_path, version=version, threshold=threshold,
+                              model_name=model_name, extra_info={"tiny_untrained": True, "seed": seed})
