@@ -17,13 +17,13 @@ $(STAMP): pyproject.toml uv.lock
 	@touch $@
 
 demo: install
-	$(PY) -m services.demo
+	$(PY) scripts/demo.py
 
 up: install
-	$(PY) -m services.stack up
+	$(PY) scripts/stack.py up
 
-down:
-	$(PY) -m services.stack down
+down: install
+	$(PY) scripts/stack.py down
 
 test: install
 	$(PY) -m pytest

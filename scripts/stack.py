@@ -1,0 +1,252 @@
+"""Run the whole service on local defaults in the background: `make up` and `make down`.
+
+`up` starts, in order, Redis (the machine's when one answers, else its own redis-server), the MLflow
+server and UI, the bundled model's registration and publication (first start only), the model
+server, the inference worker, the trainer worker and beat, and the gateway; it returns once each
+answers. Process ids go to `var/run/`, logs to `var/log/`. `down` stops what `up` started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VAR = ROOT / "var"
+RUN_DIR = VAR / "run"
+LOG_DIR = VAR / "log"
+VENV_BIN = Path(sys.executable).parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+GATEWAY_PORT = int(_env("CXR_GATEWAY_PORT", "8443"))
+MLFLOW_PORT = int(_env("CXR_MLFLOW_PORT", "5000"))
+GRPC_PORT = int(_env("CXR_MODEL_SERVER_GRPC_PORT", "8500"))
+REST_PORT = int(_env("CXR_MODEL_SERVER_REST_PORT", "8501"))
+REDIS_PORT = int(_env("CXR_REDIS_PORT", "6379"))
+SERVING_BASE = Path(_env("CXR_MODEL_BASE_PATH", str(VAR / "serving")))
+
+
+def local_environment() -> dict[str, str]:
+    """The settings every local process shares (each can still be overridden from outside)."""
+    defaults = {
+        "CXR_ENV": "development",
+        "CXR_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+        "CXR_STORAGE_BACKEND": "local",
+        "CXR_STORAGE_ROOT": str(VAR / "storage"),
+        "CXR_MODEL_BASE_PATH": str(SERVING_BASE),
+        "CXR_MODEL_SERVER_GRPC": f"127.0.0.1:{GRPC_PORT}",
+        "CXR_MODEL_SERVER_REST": f"http://127.0.0.1:{REST_PORT}",
+        "CXR_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}",
+        "CXR_GATEWAY_PORT": str(GATEWAY_PORT),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}",
+        "PYTHONPATH": str(ROOT),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    return {**os.environ, **{k: os.environ.get(k, v) for k, v in defaults.items()}}
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    return check
+
+
+def _redis_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    timeout: float = 120.0
+    needed: Callable[[], bool] = field(default=lambda: True)
+
+
+def _celery(*args: str) -> list[str]:
+    return [str(VENV_BIN / "celery"), *args]
+
+
+def services() -> list[Service]:
+    py = sys.executable
+    mlflow_dir = VAR / "mlflow"
+    return [
+        Service(
+            "redis",
+            ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            _redis_answers,
+            needed=lambda: not _redis_answers(),
+        ),
+        Service(
+            "mlflow",
+            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(MLFLOW_PORT),
+             "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+             "--artifacts-destination", str(mlflow_dir / "artifacts"), "--serve-artifacts", "--workers", "1"],
+            _http_ok(f"http://127.0.0.1:{MLFLOW_PORT}/health"),
+        ),
+        Service(
+            "model-server",
+            [py, "-m", "services.model_server", "--port", str(GRPC_PORT), "--rest_api_port", str(REST_PORT),
+             "--model_config_file", str(SERVING_BASE / "models.config"),
+             "--model_config_file_poll_wait_seconds", "5", "--file_system_poll_wait_seconds", "2"],
+            _http_ok(f"http://127.0.0.1:{REST_PORT}/v1/models/cxr-pneumonia"),
+        ),
+        Service(
+            "worker",
+            _celery("-A", "services.worker.celery_app", "worker", "-Q", "inference", "-n", "inference@%h",
+                    "--loglevel", "INFO"),
+            lambda: _celery_ping("services.worker.celery_app", "inference"),
+        ),
+        Service(
+            "trainer-worker",
+            _celery("-A", "services.trainer.celery_app", "worker", "-Q", "training", "-n", "training@%h",
+                    "--concurrency", "1", "--loglevel", "INFO"),
+            lambda: _celery_ping("services.trainer.celery_app", "training"),
+        ),
+        Service(
+            "beat",
+            _celery("-A", "services.trainer.celery_app", "beat", "--loglevel", "INFO",
+                    "--schedule", str(VAR / "celerybeat-schedule")),
+            lambda: _pid_alive("beat"),
+            timeout=10,
+        ),
+        Service(
+            "gateway",
+            [py, "-m", "services.gateway"],
+            _http_ok(f"https://127.0.0.1:{GATEWAY_PORT}/readyz"),
+        ),
+    ]
+
+
+def _celery_ping(app: str, node_prefix: str) -> bool:
+    result = subprocess.run(
+        _celery("-A", app, "inspect", "ping", "-d", f"{node_prefix}@{socket.gethostname()}", "--timeout", "2"),
+        env=local_environment(), capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    return result.returncode == 0 and "pong" in result.stdout
+
+
+def _pid_file(name: str) -> Path:
+    return RUN_DIR / f"{name}.pid"
+
+
+def _pid_alive(name: str) -> bool:
+    try:
+        pid = int(_pid_file(name).read_text())
+        os.kill(pid, 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _start(service: Service) -> None:
+    log = open(LOG_DIR / f"{service.name}.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=local_environment(), cwd=ROOT, start_new_session=True)
+    _pid_file(service.name).write_text(str(proc.pid))
+    deadline = time.monotonic() + service.timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{service.name} exited with {proc.returncode}; see {LOG_DIR / service.name}.log")
+        if service.ready():
+            print(f"  {service.name:15s} ready (pid {proc.pid})")
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"{service.name} not ready after {service.timeout:.0f}s; see {LOG_DIR / service.name}.log")
+
+
+def _bootstrap_model() -> None:
+    """Register and publish the bundled model when the registry has no champion yet."""
+    result = subprocess.run([sys.executable, "-m", "services.trainer", "bootstrap"], env=local_environment(),
+                            cwd=ROOT, check=False)
+    if result.returncode != 0:
+        raise SystemExit("registering the bundled model failed (see the output above)")
+
+
+def up() -> None:
+    for folder in (RUN_DIR, LOG_DIR, SERVING_BASE, VAR / "mlflow"):
+        folder.mkdir(parents=True, exist_ok=True)
+    print("Starting cxr-pneumonia on local defaults (logs in var/log/):")
+    for service in services():
+        if _pid_alive(service.name):
+            print(f"  {service.name:15s} already running")
+            continue
+        if not service.needed():
+            print(f"  {service.name:15s} using the one already on port {REDIS_PORT}")
+            continue
+        _start(service)
+        if service.name == "mlflow":
+            _bootstrap_model()
+    key_file = VAR / "demo-api-key"
+    print(f"""
+cxr-pneumonia is up.
+  Gateway (API and web page): https://localhost:{GATEWAY_PORT}/   (self-signed certificate)
+  API documentation:          https://localhost:{GATEWAY_PORT}/docs
+  MLflow UI:                  http://localhost:{MLFLOW_PORT}/
+  API key for the demo:       {key_file.read_text().strip() if key_file.exists() else "(see var/log/gateway.log)"}
+  (set CXR_API_KEYS="client:key,..." before `make up` to choose your own keys)
+Stop everything with `make down`.""")
+
+
+def down() -> None:
+    for service in reversed(services()):
+        pid_file = _pid_file(service.name)
+        if not pid_file.exists():
+            continue
+        pid = int(pid_file.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink(missing_ok=True)
+        print(f"  {service.name:15s} stopped")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down"])
+    args = parser.parse_args()
+    up() if args.action == "up" else down()
+
+
+if __name__ == "__main__":
+    main()
