@@ -1,0 +1,1 @@
+"""Code every service uses: settings, errors, decoding, preprocessing, storage, job records."""

@@ -1,0 +1,68 @@
+"""Settings every service reads (env prefix `CXR_`); each service subclasses `SharedSettings`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+
+class InsecureSettingError(ValueError):
+    """A secret still holds its empty or shipped default while running in production."""
+
+
+def require_real_secret(
+    env: str, name: str, value: str | SecretStr | None, default: str = ""
+) -> None:
+    """Refuse an empty or default secret when `env` is production; call it from a service validator.
+
+    Raising ValueError inside a pydantic validator turns into a ValidationError naming the field,
+    so a misconfigured production service stops at start-up instead of running with a known secret.
+    """
+    if env != "production":
+        return
+    plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if not plain or plain == default:
+        raise InsecureSettingError(
+            f"{name} must be set to a real secret when CXR_ENV=production "
+            "(it is empty or still the default)."
+        )
+
+
+class SharedSettings(BaseSettings):
+    """What every service reads; the variable names are listed in docs/architecture.md."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore", case_sensitive=False)
+
+    env: Environment = "development"
+    data_dir: str = "../shared/data/chest_xray"
+
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_root: str = "var/storage"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=100_000_000, gt=0)
+    min_image_side: int = Field(default=64, ge=1)
+    image_size: int = Field(default=224, ge=8)
+
+    model_name: str = "cxr-pneumonia"
+    model_server_grpc: str = "127.0.0.1:8500"
+    model_server_rest: str = "http://127.0.0.1:8501"
+    model_base_path: str = "var/serving"
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+
+
+@lru_cache
+def get_settings() -> SharedSettings:
+    """The process settings, read once (tests call `get_settings.cache_clear()` to reread)."""
+    return SharedSettings()

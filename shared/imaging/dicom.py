@@ -1,0 +1,167 @@
+"""DICOM decoding with pydicom: one frame, modality LUT, VOI LUT or window, MONOCHROME1 inverted."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError as PydicomInvalidDicom
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from shared.errors import CorruptImageError, InvalidDicomError, UnsupportedFormatError
+from shared.imaging.intensity import rescale_to_uint8
+from shared.imaging.limits import DecodedImage, DecodeLimits
+
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
+_METADATA_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+    "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "PatientID", "AccessionNumber",
+)
+
+
+def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
+    """Decode a single-frame DICOM image to 2-D uint8, 0 black .. 255 white."""
+    dataset = _read(data)
+    _check_is_single_image(dataset)
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    limits.check_dimensions(columns, rows)
+    transfer_syntax = _transfer_syntax(dataset)
+    _check_decodable(transfer_syntax)
+    try:
+        stored = dataset.pixel_array
+    except Exception as exc:  # noqa: BLE001 - every decoder failure means the pixel data is unusable
+        raise CorruptImageError(
+            f"The DICOM pixel data ({transfer_syntax.name}) cannot be decoded ({exc}); "
+            "export the image again."
+        ) from exc
+    photometric = str(dataset.PhotometricInterpretation)
+    if photometric in _MONOCHROME:
+        pixels = _display_gray(stored, dataset)
+    else:
+        pixels = np.asarray(Image.fromarray(_as_uint8_rgb(stored)).convert("L"))
+    metadata = _metadata(dataset, transfer_syntax)
+    metadata.update(width=columns, height=rows)
+    return DecodedImage(pixels=pixels, format="dicom", metadata=metadata)
+
+
+def _read(data: bytes) -> Dataset:
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    try:
+        dataset = dcmread(io.BytesIO(data), force=not has_preamble)
+    except (PydicomInvalidDicom, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptImageError(
+            f"The DICOM file cannot be read ({exc}); it may be truncated. Export it again."
+        ) from exc
+    if not has_preamble and "SOPClassUID" not in dataset and "PixelData" not in dataset:
+        raise CorruptImageError(
+            "The file looks like DICOM but holds neither an SOP class nor pixel data; "
+            "export it again."
+        )
+    return dataset
+
+
+def _check_is_single_image(dataset: Dataset) -> None:
+    if "PixelData" not in dataset:
+        if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
+            raise UnsupportedFormatError(
+                "The DICOM image stores floating-point pixels (a parametric map?); send the X-ray."
+            )
+        raise InvalidDicomError(
+            "The file is a DICOM object without pixel data (a report or a presentation state?); "
+            "send the image itself."
+        )
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise InvalidDicomError(
+            f"The DICOM object holds {frames} frames (a cine or a multi-frame series); send one "
+            "single-frame radiograph."
+        )
+    missing = [k for k in ("Rows", "Columns", "PhotometricInterpretation") if k not in dataset]
+    if missing:
+        raise InvalidDicomError(f"The DICOM image lacks {', '.join(missing)}; export it again.")
+    photometric = str(dataset.PhotometricInterpretation)
+    if photometric not in _MONOCHROME + _COLOUR:
+        raise UnsupportedFormatError(
+            f"DICOM images with photometric interpretation {photometric} are not accepted; send a "
+            "MONOCHROME1, MONOCHROME2 or RGB image."
+        )
+
+
+def _transfer_syntax(dataset: Dataset) -> UID:
+    """The transfer syntax; from the encoding pydicom saw when the file has no meta group."""
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return UID(meta.TransferSyntaxUID)
+    implicit_vr, _little_endian = dataset.original_encoding
+    uid = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
+    if meta is None:
+        dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = uid
+    return uid
+
+
+def _check_decodable(transfer_syntax: UID) -> None:
+    name = transfer_syntax.name or str(transfer_syntax)
+    try:
+        available = get_decoder(transfer_syntax).is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    if not available:
+        raise UnsupportedFormatError(
+            f"The DICOM image is compressed with {name}, which the service cannot decode; send it "
+            "uncompressed or as JPEG, JPEG Lossless, JPEG-LS, JPEG 2000 or RLE."
+        )
+
+
+def _display_gray(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """Modality LUT, then the first VOI LUT or window, mapped to 0..255; MONOCHROME1 inverted."""
+    values = apply_modality_lut(stored, dataset)
+    low, high = _voi_output_range(values, dataset)
+    if low is None:
+        low, high = float(values.min()), float(values.max())
+    else:
+        values = apply_voi_lut(values, dataset, index=0)
+    pixels = rescale_to_uint8(values, low, high)
+    if dataset.PhotometricInterpretation == "MONOCHROME1":
+        pixels = 255 - pixels
+    return pixels
+
+
+def _voi_output_range(values: np.ndarray, dataset: Dataset) -> tuple[float | None, float | None]:
+    """The range the VOI transform maps onto, or (None, None) when the file defines no VOI.
+
+    pydicom's `apply_voi_lut` prefers a VOI LUT Sequence over a window; its output range is the
+    LUT's declared bit depth for a LUT, and for a window the transform's own extremes (found by
+    sending it values far below and above any window).
+    """
+    if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence):
+        bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        span = float(np.abs(values).max()) + 1e9
+        with np.errstate(over="ignore"):  # the sigmoid window overflows exp() at the extremes
+            extremes = apply_voi_lut(np.array([-span, span], dtype=np.float64), dataset, index=0)
+        return float(extremes[0]), float(extremes[1])
+    return None, None
+
+
+def _as_uint8_rgb(stored: np.ndarray) -> np.ndarray:
+    if stored.dtype == np.uint8:
+        return stored
+    return rescale_to_uint8(stored, float(stored.min()), float(stored.max()))
+
+
+def _metadata(dataset: Dataset, transfer_syntax: UID) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"format": "dicom", "transfer_syntax": transfer_syntax.name}
+    for keyword in _METADATA_KEYWORDS:
+        value = dataset.get(keyword)
+        if value not in (None, ""):
+            metadata[keyword] = str(value)
+    metadata["bit_depth"] = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 8)))
+    return metadata

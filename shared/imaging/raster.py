@@ -1,0 +1,98 @@
+"""JPEG and PNG decoding with Pillow: size checked from the header, then decoded to 8-bit gray."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from shared.errors import CorruptImageError, ImageTooLargeError, UnsupportedFormatError
+from shared.imaging.intensity import rescale_to_uint8
+from shared.imaging.limits import DecodedImage, DecodeLimits
+
+_EXPECTED_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
+_HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+
+
+def decode_raster(data: bytes, image_format: str, limits: DecodeLimits) -> DecodedImage:
+    """Decode JPEG or PNG bytes already identified by their magic number."""
+    _verify(data, image_format, limits)
+    image = _open(data, image_format, limits)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(
+            f"The {image_format.upper()} file is damaged or cut off ({exc}); "
+            "export it again and resend it."
+        ) from exc
+    orientation = image.getexif().get(0x0112, 1)
+    image = ImageOps.exif_transpose(image)
+    pixels, bit_depth = _to_gray(image)
+    height, width = pixels.shape
+    metadata = {
+        "format": image_format,
+        "width": width,
+        "height": height,
+        "bit_depth": bit_depth,
+        "mode": image.mode,
+        "exif_orientation": int(orientation),
+    }
+    return DecodedImage(pixels=pixels, format=image_format, metadata=metadata)
+
+
+def _open(data: bytes, image_format: str, limits: DecodeLimits) -> Image.Image:
+    """Open lazily (header only) and check the declared size before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit below is the one that counts; Pillow's global one is a backstop.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[_EXPECTED_PIL_FORMAT[image_format]])
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(
+            f"The image declares more pixels than the service accepts ({exc}); "
+            "send a smaller export."
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(
+            f"The {image_format.upper()} header cannot be read ({exc}); export the image again."
+        ) from exc
+    width, height = image.size
+    limits.check_dimensions(width, height)
+    return image
+
+
+def _verify(data: bytes, image_format: str, limits: DecodeLimits) -> None:
+    """Pillow's structural check (PNG chunk CRCs and order); needs its own image object."""
+    image = _open(data, image_format, limits)
+    try:
+        image.verify()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(
+            f"The {image_format.upper()} file is damaged ({exc}); export it again and resend it."
+        ) from exc
+
+
+def _to_gray(image: Image.Image) -> tuple[np.ndarray, int]:
+    """2-D uint8 pixels and the source's bit depth; alpha is dropped, colour becomes luma.
+
+    Alpha is dropped rather than composited: exported radiographs are opaque, and compositing
+    would invent a background colour that the model never saw.
+    """
+    mode = image.mode
+    if mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(image)
+        bit_depth = 16 if "16" in mode else 32
+        return rescale_to_uint8(values, float(values.min()), float(values.max())), bit_depth
+    if mode == "1":
+        return np.asarray(image.convert("L")), 1
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("LA", "La", "PA"):
+        image = image.getchannel(0) if mode != "PA" else image.convert("RGB")
+    elif mode not in ("L", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+        raise UnsupportedFormatError(
+            f"Images in Pillow mode {mode!r} are not accepted; send 8- or 16-bit gray or RGB."
+        )
+    return np.asarray(image.convert("L")), 8

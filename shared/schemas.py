@@ -1,0 +1,88 @@
+"""Job records and prediction results as stored in Redis and storage and returned by the API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _require_utc(value: datetime | None) -> datetime | None:
+    """Timestamps must carry a timezone; they are stored converted to UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    return value.astimezone(UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(_require_utc)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class Failure(BaseModel):
+    """Why a job failed: the `code` and `message` of the `CXRError` that stopped it."""
+
+    code: str
+    message: str
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: int
+
+
+class ClassProbabilities(BaseModel):
+    normal: Probability
+    bacterial: Probability
+    viral: Probability
+
+
+class PredictionResult(BaseModel):
+    label: Literal["NORMAL", "PNEUMONIA"]
+    pneumonia_probability: Probability
+    class_probabilities: ClassProbabilities
+    subtype: Literal["bacterial", "viral"] | None = None
+    threshold: Probability
+    model: ModelRef
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class JobRecord(BaseModel):
+    """One prediction request from upload to result; the copy in storage is the durable one."""
+
+    job_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    client_id: str
+    status: JobStatus = JobStatus.QUEUED
+    created_at: UTCDateTime = Field(default_factory=utc_now)
+    started_at: UTCDateTime | None = None
+    finished_at: UTCDateTime | None = None
+    filename: str | None = None
+    content_type: str | None = None
+    size_bytes: int = Field(default=0, ge=0)
+    upload_key: str
+    source: Literal["api", "dicom"] = "api"
+    attempts: int = Field(default=0, ge=0)
+    failure: Failure | None = None
+    result: PredictionResult | None = None
+    heatmap_key: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)

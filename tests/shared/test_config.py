@@ -1,0 +1,81 @@
+"""Settings come from CXR_-prefixed environment variables; production refuses default secrets."""
+
+import pytest
+from pydantic import SecretStr, ValidationError, model_validator
+
+from shared.config import InsecureSettingError, SharedSettings, get_settings, require_real_secret
+
+
+@pytest.fixture
+def fresh_settings():
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_defaults_match_the_architecture_table(monkeypatch, fresh_settings):
+    for name in ("CXR_ENV", "CXR_STORAGE_BACKEND", "CXR_MAX_UPLOAD_BYTES", "CXR_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = get_settings()
+    assert settings.env == "development"
+    assert settings.data_dir == "../shared/data/chest_xray"
+    assert settings.storage_backend == "local"
+    assert settings.max_upload_bytes == 52_428_800
+    assert settings.max_image_pixels == 100_000_000
+    assert settings.min_image_side == 64
+    assert settings.image_size == 224
+    assert settings.model_name == "cxr-pneumonia"
+
+
+def test_environment_variables_with_prefix_override_defaults(monkeypatch, fresh_settings):
+    monkeypatch.setenv("CXR_STORAGE_BACKEND", "s3")
+    monkeypatch.setenv("CXR_S3_BUCKET", "xrays")
+    monkeypatch.setenv("CXR_MAX_UPLOAD_BYTES", "1234")
+    monkeypatch.setenv("MAX_UPLOAD_BYTES", "999")  # unprefixed: ignored
+    settings = get_settings()
+    assert settings.storage_backend == "s3"
+    assert settings.s3_bucket == "xrays"
+    assert settings.max_upload_bytes == 1234
+
+
+def test_get_settings_is_cached_until_cleared(monkeypatch, fresh_settings):
+    monkeypatch.setenv("CXR_MODEL_NAME", "first")
+    first = get_settings()
+    monkeypatch.setenv("CXR_MODEL_NAME", "second")
+    assert get_settings() is first
+    get_settings.cache_clear()
+    assert get_settings().model_name == "second"
+
+
+def test_invalid_values_are_refused(monkeypatch):
+    monkeypatch.setenv("CXR_STORAGE_BACKEND", "ftp")
+    with pytest.raises(ValidationError):
+        SharedSettings()
+
+
+class _ServiceSettings(SharedSettings):
+    api_secret: SecretStr = SecretStr("change-me")
+
+    @model_validator(mode="after")
+    def _real_secret_in_production(self):
+        require_real_secret(self.env, "CXR_API_SECRET", self.api_secret, default="change-me")
+        return self
+
+
+def test_production_refuses_default_and_empty_secrets(monkeypatch):
+    monkeypatch.setenv("CXR_ENV", "production")
+    with pytest.raises(ValidationError, match="CXR_API_SECRET"):
+        _ServiceSettings()
+    monkeypatch.setenv("CXR_API_SECRET", "")
+    with pytest.raises(ValidationError, match="CXR_API_SECRET"):
+        _ServiceSettings()
+    monkeypatch.setenv("CXR_API_SECRET", "a-real-one")
+    assert _ServiceSettings().api_secret.get_secret_value() == "a-real-one"
+
+
+def test_development_accepts_default_secrets(monkeypatch):
+    monkeypatch.setenv("CXR_ENV", "development")
+    monkeypatch.delenv("CXR_API_SECRET", raising=False)
+    assert _ServiceSettings().api_secret.get_secret_value() == "change-me"
+    with pytest.raises(InsecureSettingError):
+        require_real_secret("production", "X", None)
