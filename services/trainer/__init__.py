@@ -1,0 +1,1 @@
+"""Training side: data set tooling, exploration, training, evaluation, MLflow, publishing."""
