@@ -1,0 +1,45 @@
+"""Trainer settings (env prefix `CXR_`): training, MLflow, promotion gates, schedule, publishing."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from shared.config import SharedSettings
+
+
+class TrainerSettings(SharedSettings):
+    """What the trainer reads on top of the shared settings; every field has a working default."""
+
+    # --- MLflow tracking and registry ---
+    mlflow_experiment: str = "cxr-pneumonia"
+    registered_model_name: str = "cxr-pneumonia"
+
+    # --- promotion gate: absolute floors and the largest regression tolerated vs the champion ---
+    gate_min_sensitivity: float = Field(default=0.95, ge=0, le=1)
+    gate_min_specificity: float = Field(default=0.80, ge=0, le=1)
+    gate_min_auroc: float = Field(default=0.95, ge=0, le=1)
+    gate_max_auroc_drop: float = Field(default=0.01, ge=0, le=1)
+    gate_max_sensitivity_drop: float = Field(default=0.02, ge=0, le=1)
+    # The gate set: whole patients held out of every training run (see docs/training.md).
+    gate_fraction: float = Field(default=0.10, gt=0, lt=1)
+    gate_seed: int = 20240101
+    gate_image_cache_dir: str | None = "var/cache/images"
+
+    # --- scheduled retraining ---
+    retrain_cron: str = "0 3 * * 0"
+    # Longer than the longest retraining: a crashed run frees the lock after this many seconds.
+    retrain_lock_ttl_s: int = Field(default=12 * 3600, gt=0)
+    retrain_time_limit_s: int = Field(default=10 * 3600, gt=0)
+
+    # --- publishing to the serving folder ---
+    # Keep the previous champion loaded next to the new one, so a rollback is one config change.
+    serving_keep_previous: bool = True
+    bundled_models_dir: str = "models"
+
+
+@lru_cache
+def get_settings() -> TrainerSettings:
+    """The trainer's settings, read once (tests call `get_settings.cache_clear()`)."""
+    return TrainerSettings()
