@@ -1,0 +1,79 @@
+"""Evaluation and training figures as PNG files (matplotlib's Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+from sklearn.calibration import CalibrationDisplay  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
+)
+
+from services.trainer.calibration import ECE_BINS  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_evaluation_figures(out_dir: Path, y_true, p_pneumonia, threshold: float,
+                            prefix: str = "") -> dict[str, Path]:
+    """Confusion matrix at `threshold`, ROC, precision-recall and reliability curves."""
+    y_true = np.asarray(y_true, dtype=int)
+    p = np.asarray(p_pneumonia, dtype=float)
+    figures: dict[str, Path] = {}
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay.from_predictions(
+        y_true, (p >= threshold).astype(int), labels=[0, 1],
+        display_labels=["NORMAL", "PNEUMONIA"], colorbar=False, ax=ax)
+    ax.set_title(f"Confusion at threshold {threshold:.3f}")
+    figures["confusion_matrix"] = _save(fig, out_dir / f"{prefix}confusion_matrix.png")
+
+    if len(np.unique(y_true)) == 2:
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        RocCurveDisplay.from_predictions(y_true, p, name="pneumonia", ax=ax)
+        ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+        figures["roc"] = _save(fig, out_dir / f"{prefix}roc.png")
+
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        PrecisionRecallDisplay.from_predictions(y_true, p, name="pneumonia", ax=ax)
+        figures["precision_recall"] = _save(fig, out_dir / f"{prefix}precision_recall.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    CalibrationDisplay.from_predictions(y_true, p, n_bins=ECE_BINS, strategy="uniform",
+                                        name="pneumonia", ax=ax)
+    ax.set_title(f"Reliability ({ECE_BINS} equal-width bins)")
+    figures["calibration"] = _save(fig, out_dir / f"{prefix}calibration.png")
+    return figures
+
+
+def save_training_curves(out_dir: Path, history: Sequence[dict],
+                         prefix: str = "") -> dict[str, Path]:
+    """Loss and AUROC per epoch, training vs validation, from the recipe's history rows."""
+    if not history:
+        return {}
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, metric in zip(axes, ("loss", "auroc"), strict=True):
+        for split, style in (("", "-"), ("val_", "--")):
+            values = [row.get(f"{split}{metric}") for row in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, label=f"{split or 'train_'}{metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    return {"training_curves": _save(fig, out_dir / f"{prefix}training_curves.png")}

@@ -1,0 +1,117 @@
+"""Metric functions against cases computed by hand."""
+
+import numpy as np
+import pytest
+
+from services.trainer.calibration import expected_calibration_error
+from services.trainer.evaluation import METRIC_KEYS, bootstrap_auroc_ci, compute_metrics
+from services.trainer.thresholds import choose_threshold
+
+# Four pneumonia (1) and four normal (0) images; at threshold 0.35 the confusion is
+# tp 3 (0.9, 0.8, 0.7), fn 1 (0.3), fp 2 (0.6, 0.4), tn 2 (0.2, 0.1).
+Y = [1, 1, 1, 0, 0, 0, 0, 1]
+P = [0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.4, 0.7]
+
+
+def test_confusion_and_rates_by_hand():
+    m = compute_metrics(Y, P, 0.35, bootstrap_resamples=50)
+    assert m["confusion"] == {"tn": 2, "fp": 2, "fn": 1, "tp": 3}
+    assert m["n"] == 8 and m["n_pneumonia"] == 4 and m["n_normal"] == 4
+    assert m["sensitivity"] == pytest.approx(3 / 4)
+    assert m["specificity"] == pytest.approx(2 / 4)
+    assert m["precision"] == pytest.approx(3 / 5)
+    assert m["npv"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(5 / 8)
+    assert m["f1"] == pytest.approx(2 * 0.6 * 0.75 / (0.6 + 0.75))
+    # 16 positive/negative pairs; only 0.3 loses, to 0.6 and 0.4: AUROC = 14/16.
+    assert m["auroc"] == pytest.approx(14 / 16)
+    assert m["threshold"] == 0.35
+    assert set(METRIC_KEYS) <= set(m)
+
+
+def test_threshold_is_inclusive():
+    assert compute_metrics([1, 0], [0.5, 0.2], 0.5, bootstrap_resamples=10)["confusion"]["tp"] == 1
+
+
+def test_auroc_of_known_orderings_and_its_interval():
+    y = np.r_[np.zeros(20, int), np.ones(20, int)]
+    ranked = np.linspace(0.0, 1.0, 40)
+    assert compute_metrics(y, ranked, 0.5, bootstrap_resamples=20)["auroc"] == 1.0
+    assert compute_metrics(y, ranked[::-1], 0.5, bootstrap_resamples=20)["auroc"] == 0.0
+    assert bootstrap_auroc_ci(y, ranked, resamples=50) == [1.0, 1.0]
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    scores = 1.0 / (1.0 + np.exp(-(y * 1.6 - 0.8 + rng.normal(0, 1.2, 300))))
+    m = compute_metrics(y, scores, 0.5, bootstrap_resamples=300)
+    low, high = m["auroc_ci"]
+    assert low < m["auroc"] < high
+    assert 0.0 < high - low < 0.2
+    assert bootstrap_auroc_ci(y, scores, resamples=300) == m["auroc_ci"]
+    assert bootstrap_auroc_ci(y, scores, resamples=300, seed=2) != m["auroc_ci"]
+
+
+def test_undefined_rates_are_null_with_one_class():
+    m = compute_metrics([1, 1, 1], [0.9, 0.2, 0.7], 0.5, bootstrap_resamples=10)
+    assert m["auroc"] is None and m["auroc_ci"] is None
+    assert m["specificity"] is None and m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["npv"] == 0.0  # one negative call, and it was wrong
+
+
+def test_ece_known_cases():
+    # Perfectly calibrated single bin.
+    assert expected_calibration_error([1, 0, 0, 0], [0.25] * 4) == pytest.approx(0.0)
+    # 0.9 predicted, 6 of 10 positive.
+    assert expected_calibration_error([1] * 6 + [0] * 4, [0.9] * 10) == pytest.approx(0.3)
+    # Two half-weighted bins with errors 0.1 and 0.2.
+    y = [0] * 5 + [1] * 5
+    p = [0.1] * 5 + [0.8] * 5
+    assert expected_calibration_error(y, p) == pytest.approx(0.5 * 0.1 + 0.5 * 0.2)
+    # p = 1.0 falls in the last bin instead of overflowing.
+    assert expected_calibration_error([1, 1], [1.0, 1.0]) == pytest.approx(0.0)
+
+
+def test_subtype_auroc_among_pneumonia_of_known_subtype():
+    y = [0, 1, 1, 1, 1, 1]
+    subtypes = [None, "bacterial", "bacterial", "viral", "viral", None]
+    probs = np.array([
+        [0.8, 0.1, 0.1],
+        [0.1, 0.8, 0.1],   # bacterial, viral share 1/9
+        [0.2, 0.5, 0.3],   # bacterial, viral share 0.375
+        [0.1, 0.3, 0.6],   # viral, share 2/3
+        [0.1, 0.6, 0.3],   # viral, share 1/3 - ranks below the second bacterial
+        [0.0, 0.5, 0.5],   # unknown subtype: not counted
+    ])
+    m = compute_metrics(y, probs[:, 1] + probs[:, 2], 0.5, subtypes, class_probabilities=probs,
+                        bootstrap_resamples=10)
+    assert m["n_subtyped"] == 4
+    assert m["subtype_auroc"] == pytest.approx(3 / 4)
+    without = compute_metrics(y, probs[:, 1] + probs[:, 2], 0.5, bootstrap_resamples=10)
+    assert without["subtype_auroc"] is None
+
+
+def test_threshold_selection_sensitivity_first():
+    positives = [0.95, 0.9, 0.85, 0.6, 0.3]
+    negatives = [0.8, 0.5, 0.4, 0.2, 0.1]
+    y = [1] * 5 + [0] * 5
+    p = positives + negatives
+    assert choose_threshold(y, p, 0.8) == pytest.approx(0.6)   # 4/5 caught, one false positive
+    assert choose_threshold(y, p, 1.0) == pytest.approx(0.3)   # all caught, three false positives
+    assert choose_threshold(y, p, 0.6) == pytest.approx(0.85)  # 3/5 caught, none false
+
+
+def test_threshold_ties_go_to_the_highest():
+    # Thresholds 0.7 (2/3 caught) and 0.6 (3/3) both admit one false positive (0.8): 0.7 wins at a
+    # target of 0.6, and 0.6 when every pneumonia must be caught.
+    y = [1, 1, 1, 0, 0]
+    p = [0.9, 0.7, 0.6, 0.8, 0.1]
+    assert choose_threshold(y, p, 0.3) == pytest.approx(0.9)
+    assert choose_threshold(y, p, 0.6) == pytest.approx(0.7)
+    assert choose_threshold(y, p, 1.0) == pytest.approx(0.6)
+
+
+def test_threshold_needs_both_classes():
+    with pytest.raises(ValueError):
+        choose_threshold([1, 1], [0.2, 0.4])
