@@ -1,0 +1,182 @@
+"""Job records in Redis (fast, may be lost) and in storage (durable), with checked state changes.
+
+Redis holds `cxr:job:{job_id}` with a TTL; storage holds `jobs/{job_id}.json` forever. Reads try
+Redis first and fall back to storage, caching what they find. Updates are read-modify-write under
+a Redis WATCH, so two deliveries of the same task cannot interleave their changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+import redis
+from pydantic import ValidationError
+
+from shared.errors import (
+    InvalidJobTransitionError,
+    JobExistsError,
+    JobNotFoundError,
+    ObjectNotFoundError,
+)
+from shared.schemas import Failure, JobRecord, JobStatus, PredictionResult, utc_now
+from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_SECONDS = 7 * 24 * 3600
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+# A change returns the new record, or None to leave the stored one as it is.
+RecordChange = Callable[[JobRecord], JobRecord | None]
+
+
+def redis_key(job_id: str) -> str:
+    return f"cxr:job:{job_id}"
+
+
+def storage_key(job_id: str) -> str:
+    return f"jobs/{job_id}.json"
+
+
+class JobStore:
+    """Create, read and move prediction jobs through queued -> running -> succeeded | failed."""
+
+    def __init__(self, redis_client: redis.Redis, storage: Storage,
+                 ttl_seconds: int = DEFAULT_TTL_SECONDS) -> None:
+        self._redis = redis_client
+        self._storage = storage
+        self._ttl = ttl_seconds
+
+    def create(self, record: JobRecord) -> JobRecord:
+        """Store a new job; JobExistsError if its id is already known to Redis or storage."""
+        if self._storage.exists(storage_key(record.job_id)):
+            raise JobExistsError(f"A prediction job with id {record.job_id} already exists.")
+        if not self._redis.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl,
+                               nx=True):
+            raise JobExistsError(f"A prediction job with id {record.job_id} already exists.")
+        self._write_durable(record)
+        return record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record, from Redis or else from storage (then cached again); None if unknown."""
+        if not _JOB_ID.match(job_id):
+            return None
+        raw = self._redis.get(redis_key(job_id))
+        if raw is not None:
+            return JobRecord.model_validate_json(raw)
+        record = self._read_durable(job_id)
+        if record is not None:
+            self._redis.set(redis_key(job_id), record.model_dump_json(), ex=self._ttl, nx=True)
+        return record
+
+    def save(self, record: JobRecord) -> JobRecord:
+        """Overwrite both copies as given; state changes should go through the mark_* methods."""
+        self._redis.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl)
+        self._write_durable(record)
+        return record
+
+    def mark_running(self, job_id: str) -> JobRecord:
+        """Start an attempt. A finished job is returned unchanged: check `.status.finished`."""
+
+        def start(record: JobRecord) -> JobRecord | None:
+            if record.status.finished:
+                return None
+            attempts = record.attempts + 1
+            return record.model_copy(update={
+                "status": JobStatus.RUNNING, "started_at": utc_now(), "attempts": attempts,
+            })
+
+        return self._update(job_id, start)
+
+    def mark_succeeded(self, job_id: str, result: PredictionResult,
+                       heatmap_key: str | None = None) -> JobRecord:
+        """Record the result; a job that already succeeded keeps its first result."""
+
+        def succeed(record: JobRecord) -> JobRecord | None:
+            if record.status is JobStatus.SUCCEEDED:
+                return None
+            _refuse_if_finished(record, JobStatus.SUCCEEDED)
+            return record.model_copy(update={
+                "status": JobStatus.SUCCEEDED, "finished_at": utc_now(), "result": result,
+                "heatmap_key": heatmap_key, "failure": None,
+            })
+
+        return self._update(job_id, succeed)
+
+    def mark_failed(self, job_id: str, failure: Failure) -> JobRecord:
+        """Record why the job failed; a job that already failed keeps its first reason."""
+
+        def fail(record: JobRecord) -> JobRecord | None:
+            if record.status is JobStatus.FAILED:
+                return None
+            _refuse_if_finished(record, JobStatus.FAILED)
+            return record.model_copy(update={
+                "status": JobStatus.FAILED, "finished_at": utc_now(), "failure": failure,
+            })
+
+        return self._update(job_id, fail)
+
+    def list_unfinished(self) -> list[JobRecord]:
+        """Queued and running jobs from the durable copy, oldest first (for re-queueing)."""
+        unfinished = []
+        for key in self._storage.list("jobs/"):
+            if not key.endswith(".json"):
+                continue
+            record = self._parse_durable(key, self._storage.get(key))
+            if record is not None and not record.status.finished:
+                unfinished.append(record)
+        return sorted(unfinished, key=lambda record: record.created_at)
+
+    def _update(self, job_id: str, change: RecordChange) -> JobRecord:
+        if not _JOB_ID.match(job_id):
+            raise JobNotFoundError(f"No prediction job has id {job_id!r}.")
+        key = redis_key(job_id)
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    current = (JobRecord.model_validate_json(raw) if raw is not None
+                               else self._read_durable(job_id))
+                    if current is None:
+                        raise JobNotFoundError(f"No prediction job has id {job_id}.")
+                    updated = change(current)
+                    if updated is None:
+                        pipe.unwatch()
+                        return current
+                    pipe.multi()
+                    pipe.set(key, updated.model_dump_json(), ex=self._ttl)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue  # another process changed the record first: re-read and re-apply
+        self._write_durable(updated)
+        return updated
+
+    def _write_durable(self, record: JobRecord) -> None:
+        self._storage.put(storage_key(record.job_id), record.model_dump_json().encode(),
+                          content_type="application/json")
+
+    def _read_durable(self, job_id: str) -> JobRecord | None:
+        try:
+            data = self._storage.get(storage_key(job_id))
+        except ObjectNotFoundError:
+            return None
+        return self._parse_durable(storage_key(job_id), data)
+
+    @staticmethod
+    def _parse_durable(key: str, data: bytes) -> JobRecord | None:
+        try:
+            return JobRecord.model_validate_json(data)
+        except ValidationError as exc:
+            log.error("skipping unreadable job record %s: %s", key, exc)
+            return None
+
+
+def _refuse_if_finished(record: JobRecord, target: JobStatus) -> None:
+    if record.status.finished:
+        raise InvalidJobTransitionError(
+            f"Job {record.job_id} already {record.status.value}; it cannot become {target.value}."
+        )
