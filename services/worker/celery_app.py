@@ -1,0 +1,44 @@
+"""The worker's Celery app on Redis: queue `inference`, task `cxr.predict(job_id)`.
+
+Importing this module is cheap (no TensorFlow): a client that only sends tasks may import `app`.
+The job record in Redis and storage is the result, so there is no result backend.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from services.worker.settings import WorkerSettings, get_settings
+
+QUEUE = "inference"
+TASK_NAME = "cxr.predict"
+
+
+def celery_config(settings: WorkerSettings) -> dict[str, object]:
+    """Production settings: a task is acked only after it ran, and never lost with a worker."""
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_routes": {TASK_NAME: {"queue": QUEUE}},
+        "task_default_queue": QUEUE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        # A message not acked in this time is delivered again; settings check it outlasts a task.
+        "broker_transport_options": {"visibility_timeout": settings.broker_visibility_timeout_s},
+        # On a lost broker connection the late-acked messages go back to the queue; stop running
+        # them here instead of finishing them twice.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "task_send_sent_event": False,
+    }
+
+
+app = Celery("cxr-worker", include=["services.worker.tasks", "services.worker.lifecycle"])
+app.conf.update(celery_config(get_settings()))

@@ -1,0 +1,69 @@
+"""Prometheus metrics of the worker, served over HTTP by the worker's main process.
+
+Celery's prefork pool runs tasks in child processes, so the metrics use prometheus-client's
+multiprocess mode: each child writes its samples under `PROMETHEUS_MULTIPROC_DIR` and the main
+process serves their sum. That variable must be set before the worker starts (as for gunicorn);
+with the `solo` or `threads` pool tasks run in the main process and it is not needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds; inference and queue times of a CPU model server span milliseconds to minutes.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+JOBS = Counter("cxr_worker_jobs", "Prediction tasks finished, by outcome.", ["outcome"])
+RETRIES = Counter("cxr_worker_retries", "Tasks scheduled again after a transient error.", ["code"])
+DEAD_LETTERED = Counter("cxr_worker_dead_lettered", "Jobs moved to the dead-letter list.")
+QUEUE_SECONDS = Histogram(
+    "cxr_worker_queue_seconds", "Time from job creation to processing.", buckets=LATENCY_BUCKETS
+)
+STAGE_SECONDS = Histogram(
+    "cxr_worker_stage_seconds",
+    "Time spent in each processing stage.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def clear_multiprocess_dir() -> None:
+    """Drop samples left by an earlier run; call in the main process before the pool starts."""
+    folder = multiprocess_dir()
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+
+
+def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
+    """Expose `/metrics` on `port`, summing every pool process when in multiprocess mode."""
+    if multiprocess_dir() is None:
+        start_http_server(port, addr=address, registry=REGISTRY)
+        return
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr=address, registry=registry)
+
+
+def forget_process(pid: int) -> None:
+    """A pool process exited: its live gauges no longer count (counters keep their totals)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)

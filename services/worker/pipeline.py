@@ -1,0 +1,171 @@
+"""The work behind `cxr.predict`: plain functions, no Celery, callable and testable alone.
+
+One job: read the upload, decode and preprocess it with `shared.imaging` (the only preprocessing),
+ask the model server for the prediction and then for Grad-CAM from the same model version, write
+the result JSON and the heatmap PNG, and record the outcome on the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import redis
+
+from services.worker import metrics
+from services.worker.heatmap import render_overlay
+from services.worker.keys import heatmap_key, job_lock_key, result_key
+from services.worker.result import HEATMAP, build_result
+from services.worker.serving_client import ServingClient
+from services.worker.settings import WorkerSettings
+from shared.errors import CXRError
+from shared.imaging import DecodeLimits, decode_xray, to_model_input
+from shared.jobs import JobStore
+from shared.schemas import Failure, JobRecord, PredictionResult, utc_now
+from shared.storage import Storage, get_storage
+
+log = logging.getLogger(__name__)
+
+
+class JobBusyError(CXRError):
+    """Another delivery of the same job holds its lock (Redis delivered the message twice)."""
+
+    code = "job_busy"
+    http_status = 409
+    transient = True
+    default_message = "Another worker is processing this job."
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ALREADY_FINISHED = "already_finished"
+
+
+@dataclass
+class WorkerDeps:
+    """What `process_job` talks to; built once per worker process."""
+
+    settings: WorkerSettings
+    redis: redis.Redis
+    storage: Storage
+    jobs: JobStore
+    serving: ServingClient
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> WorkerDeps:
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        storage = get_storage(settings)
+        serving = ServingClient(
+            settings.model_server_grpc,
+            settings.model_name,
+            settings.predict_timeout_s,
+            settings.serving_version_label,
+            predict_signature=settings.serving_signature,
+            heatmap_signature=settings.gradcam_signature,
+            max_message_bytes=settings.grpc_max_message_bytes,
+        )
+        return cls(settings, client, storage, JobStore(client, storage), serving)
+
+    def close(self) -> None:
+        self.serving.close()
+        self.redis.close()
+
+
+class StageTimer:
+    """Milliseconds per stage, also observed in the worker's stage histogram."""
+
+    def __init__(self) -> None:
+        self.timings_ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.timings_ms[name] = round(seconds * 1000, 3)
+            metrics.STAGE_SECONDS.labels(name).observe(seconds)
+
+
+@contextmanager
+def job_lock(deps: WorkerDeps, job_id: str) -> Iterator[None]:
+    """Hold the job for one delivery; a killed worker's lock expires after the time limit."""
+    lock = deps.redis.lock(job_lock_key(job_id), timeout=deps.settings.lock_ttl_s, blocking=False)
+    if not lock.acquire():
+        raise JobBusyError(f"Job {job_id} is being processed by another delivery.")
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("lock of job %s expired before the job finished", job_id)
+
+
+def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
+    """Run job `job_id` once: a job already finished is left alone, whatever delivered it again.
+
+    Permanent errors (a corrupt image, a model that refuses the input) fail the job with their code
+    and message; transient ones propagate so the caller can retry.
+    """
+    with job_lock(deps, job_id):
+        record = deps.jobs.mark_running(job_id)  # JobNotFoundError when there is no record
+        if record.status.finished:
+            log.info("job %s is already %s; nothing to do", job_id, record.status)
+            return Outcome.ALREADY_FINISHED
+        try:
+            result, heatmap_png = predict_record(record, deps)
+        except CXRError as error:
+            if error.transient:
+                raise
+            log.info("job %s failed: %s (%s)", job_id, error.code, error.message)
+            deps.jobs.mark_failed(job_id, Failure(code=error.code, message=error.message))
+            return Outcome.FAILED
+        deps.storage.put(heatmap_key(job_id), heatmap_png, content_type="image/png")
+        deps.storage.put(
+            result_key(job_id), result.model_dump_json().encode(), content_type="application/json"
+        )
+        deps.jobs.mark_succeeded(job_id, result, heatmap_key=heatmap_key(job_id))
+        return Outcome.SUCCEEDED
+
+
+def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResult, bytes]:
+    """The prediction for one job's upload and its heatmap PNG (no writes)."""
+    started = record.started_at or utc_now()
+    queue_seconds = max(0.0, (started - record.created_at).total_seconds())
+    metrics.QUEUE_SECONDS.observe(queue_seconds)
+    timer = StageTimer()
+    settings = deps.settings
+    with timer.stage("decode"):
+        decoded = decode_xray(
+            deps.storage.get(record.upload_key), DecodeLimits.from_settings(settings)
+        )
+        batch = to_model_input(decoded.pixels, settings.image_size)[np.newaxis]
+    with timer.stage("inference"):
+        answer = deps.serving.predict(batch)
+    with timer.stage("heatmap"):
+        # Pinned to the version that predicted, so the picture explains this very answer.
+        cam = deps.serving.heatmap(batch, version=answer.version).outputs[HEATMAP][0]
+        heatmap_png = render_overlay(decoded.pixels, cam, settings.heatmap_max_side)
+    timings = {"queue": round(queue_seconds * 1000, 3), **timer.timings_ms}
+    timings["total"] = round((utc_now() - record.created_at).total_seconds() * 1000, 3)
+    return build_result(answer, 0, timings), heatmap_png
+
+
+def fail_job(job_id: str, failure: Failure, deps: WorkerDeps) -> None:
+    """Record a failure decided outside `process_job` (retries exhausted, an unexpected error)."""
+    record = deps.jobs.get(job_id)
+    if record is not None and not record.status.finished:
+        deps.jobs.mark_failed(job_id, failure)

@@ -1,0 +1,118 @@
+"""The `cxr.predict(job_id)` task: thin, like a web view; the work is in `pipeline.process_job`.
+
+Transient errors (model server unavailable or slow, storage or Redis down) are retried with
+exponential backoff and full jitter; a job that uses up its retries is failed with reason
+`retries_exhausted` and put on the dead-letter list. Permanent errors fail the job at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
+
+from services.worker import dead_letter, metrics
+from services.worker.celery_app import TASK_NAME, app
+from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
+from services.worker.settings import get_settings
+from shared.errors import CXRError, JobNotFoundError
+from shared.schemas import Failure
+
+log = logging.getLogger(__name__)
+
+
+class RedisUnavailableError(CXRError):
+    code = "redis_unavailable"
+    http_status = 503
+    transient = True
+    default_message = "The job queue (Redis) is unavailable right now."
+
+
+class TaskTimeoutError(CXRError):
+    code = "task_timeout"
+    http_status = 504
+    transient = True
+    default_message = "Processing the image took longer than the task's time limit."
+
+
+_deps: tuple[int, WorkerDeps] | None = None
+
+
+def worker_deps() -> WorkerDeps:
+    """This process's dependencies; a forked pool process builds its own (gRPC is not fork-safe)."""
+    global _deps
+    if _deps is None or _deps[0] != os.getpid():
+        _deps = (os.getpid(), WorkerDeps.from_settings(get_settings()))
+    return _deps[1]
+
+
+def reset_worker_deps() -> None:
+    global _deps
+    if _deps is not None and _deps[0] == os.getpid():
+        _deps[1].close()
+    _deps = None
+
+
+def as_transient(exc: BaseException) -> CXRError | None:
+    """The error as a retryable `CXRError`, or None when retrying cannot help."""
+    if isinstance(exc, CXRError):
+        return exc if exc.transient else None
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return RedisUnavailableError(f"Redis did not answer: {exc}")
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return TaskTimeoutError()
+    return None
+
+
+@app.task(name=TASK_NAME, bind=True, max_retries=get_settings().task_max_retries)
+def predict(self, job_id: str) -> str:
+    deps = worker_deps()
+    try:
+        outcome = process_job(job_id, deps)
+    except JobNotFoundError:
+        log.error("task for job %s dropped: no job record in Redis or storage", job_id)
+        metrics.JOBS.labels("job_not_found").inc()
+        return "job_not_found"
+    except Exception as exc:
+        transient = as_transient(exc)
+        if transient is None:
+            log.exception("job %s failed on an unexpected error", job_id)
+            fail_job(
+                job_id, Failure(code="internal_error", message=f"Unexpected error: {exc!r}"), deps
+            )
+            metrics.JOBS.labels(Outcome.FAILED).inc()
+            raise
+        return _retry_or_dead_letter(self, job_id, transient, deps)
+    metrics.JOBS.labels(outcome).inc()
+    return outcome
+
+
+def _retry_or_dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) -> str:
+    retries = task.request.retries
+    settings = deps.settings
+    if retries >= task.max_retries:
+        log.error("job %s: retries exhausted after %s; dead-lettered (%s)", job_id, retries, error)
+        fail_job(job_id, dead_letter.exhausted_failure(error, retries), deps)
+        dead_letter.push(deps.redis, settings.dead_letter_key, job_id, task.name, error, retries)
+        metrics.DEAD_LETTERED.inc()
+        metrics.JOBS.labels("dead_lettered").inc()
+        return "dead_lettered"
+    countdown = get_exponential_backoff_interval(
+        factor=settings.retry_backoff_s,
+        retries=retries,
+        maximum=settings.retry_backoff_max_s,
+        full_jitter=settings.retry_jitter,
+    )
+    log.warning(
+        "job %s: %s; retry %s/%s in %ss",
+        job_id,
+        error.code,
+        retries + 1,
+        task.max_retries,
+        countdown,
+    )
+    metrics.RETRIES.labels(error.code).inc()
+    raise task.retry(exc=error, countdown=countdown)
