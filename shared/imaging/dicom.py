@@ -10,7 +10,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError as PydicomInvalidDicom
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import apply_modality_lut, apply_windowing, get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from shared.errors import CorruptImageError, InvalidDicomError, UnsupportedFormatError
@@ -122,33 +122,48 @@ def _check_decodable(transfer_syntax: UID) -> None:
 def _display_gray(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
     """Modality LUT, then the first VOI LUT or window, mapped to 0..255; MONOCHROME1 inverted."""
     values = apply_modality_lut(stored, dataset)
-    low, high = _voi_output_range(values, dataset)
-    if low is None:
-        low, high = float(values.min()), float(values.max())
+    if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence):
+        little_endian = dataset.original_encoding[1] is not False
+        values, low, high = _apply_voi_lut_item(values, dataset.VOILUTSequence[0], little_endian)
+    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
+        low, high = _window_output_range(values, dataset)
+        values = apply_windowing(values, dataset, index=0)
     else:
-        values = apply_voi_lut(values, dataset, index=0)
+        low, high = float(values.min()), float(values.max())
     pixels = rescale_to_uint8(values, low, high)
     if dataset.PhotometricInterpretation == "MONOCHROME1":
         pixels = 255 - pixels
     return pixels
 
 
-def _voi_output_range(values: np.ndarray, dataset: Dataset) -> tuple[float | None, float | None]:
-    """The range the VOI transform maps onto, or (None, None) when the file defines no VOI.
+def _apply_voi_lut_item(values: np.ndarray, item: Dataset,
+                        little_endian: bool) -> tuple[np.ndarray, float, float]:
+    """Look `values` up in a VOI LUT; returns the output and the LUT's actual output range.
 
-    pydicom's `apply_voi_lut` prefers a VOI LUT Sequence over a window; its output range is the
-    LUT's declared bit depth for a LUT, and for a window the transform's own extremes (found by
-    sending it values far below and above any window).
+    Not pydicom's `apply_voi_lut`: pydicom 3.0 computes the LUT indices in the LUT's own dtype,
+    so an 8-bit LUT with more than 256 entries wraps its indices and shows the wrong image.
+    The output range comes from the LUT's entries, not its declared bit depth, because some
+    devices declare 16 bits for 12-bit data (viewers such as Horos do the same).
     """
-    if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence):
-        bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2**bits - 1)
-    if "WindowCenter" in dataset and "WindowWidth" in dataset:
-        span = float(np.abs(values).max()) + 1e9
-        with np.errstate(over="ignore"):  # the sigmoid window overflows exp() at the extremes
-            extremes = apply_voi_lut(np.array([-span, span], dtype=np.float64), dataset, index=0)
-        return float(extremes[0]), float(extremes[1])
-    return None, None
+    entries, first_mapped, _bits = (int(v) for v in item.LUTDescriptor)
+    entries = entries or 65536
+    data = item.LUTData
+    if isinstance(data, bytes):
+        lut = np.frombuffer(data, dtype="<u2" if little_endian else ">u2")
+    else:
+        lut = np.atleast_1d(np.asarray(data))  # VR US: already a list of numbers
+    lut = lut[:entries].astype(np.float64)
+    index = np.clip(np.rint(values) - first_mapped, 0, len(lut) - 1).astype(np.intp)
+    return lut[index], float(lut.min()), float(lut.max())
+
+
+def _window_output_range(values: np.ndarray, dataset: Dataset) -> tuple[float, float]:
+    """pydicom's windowing maps onto a range of its own (from BitsStored and the rescale);
+    find it by windowing values far below and above any window."""
+    span = float(np.abs(values).max()) + 1e9
+    with np.errstate(over="ignore"):  # the sigmoid window overflows exp() at the extremes
+        extremes = apply_windowing(np.array([-span, span], dtype=np.float64), dataset, index=0)
+    return float(extremes[0]), float(extremes[1])
 
 
 def _as_uint8_rgb(stored: np.ndarray) -> np.ndarray:
