@@ -1,0 +1,63 @@
+"""The trainer's Celery app on Redis: queue `training`, task `cxr.retrain`, weekly beat schedule.
+
+Run one beat only (`celery -A services.trainer.celery_app beat`) and a worker on the queue
+(`celery -A services.trainer.celery_app worker -Q training --concurrency 1`). Importing this module
+is cheap: TensorFlow and MLflow load only when the task runs.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.schedules import crontab
+
+from services.trainer.config import TrainerSettings, get_settings
+
+QUEUE = "training"
+TASK_NAME = "cxr.retrain"
+SCHEDULE_ENTRY = "scheduled-retrain"
+# Redis redelivers an unacked (acks_late) message after this; it must outlast the lock, so a
+# redelivery of a still-running retraining finds the lock taken, or of a dead one finds it free.
+VISIBILITY_MARGIN_S = 3600
+
+
+def parse_cron(expression: str) -> crontab:
+    """`"minute hour day-of-month month day-of-week"` (5-field cron) as a Celery crontab."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"CXR_RETRAIN_CRON must have 5 fields "
+                         f"(minute hour day-of-month month day-of-week), got {expression!r}")
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=day_of_month,
+                       month_of_year=month_of_year, day_of_week=day_of_week)
+    except ValueError as err:
+        raise ValueError(f"CXR_RETRAIN_CRON {expression!r} is not a valid schedule: {err}") from err
+
+
+def celery_config(settings: TrainerSettings) -> dict[str, object]:
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_routes": {TASK_NAME: {"queue": QUEUE}},
+        "task_default_queue": QUEUE,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.retrain_time_limit_s,
+        "task_time_limit": settings.retrain_time_limit_s + 600,
+        "broker_transport_options": {
+            "visibility_timeout": settings.retrain_lock_ttl_s + VISIBILITY_MARGIN_S},
+        "broker_connection_retry_on_startup": True,
+        "beat_schedule": {
+            SCHEDULE_ENTRY: {"task": TASK_NAME, "schedule": parse_cron(settings.retrain_cron),
+                             "options": {"queue": QUEUE}},
+        },
+        "timezone": "UTC",
+    }
+
+
+app = Celery("cxr-trainer", include=["services.trainer.tasks"])
+app.conf.update(celery_config(get_settings()))

@@ -1,0 +1,132 @@
+"""Publish a model version to the serving folder, in TensorFlow Serving's layout and config format.
+
+`<base>/<model_name>/<N>/` (N = the MLflow model version) holds the SavedModel, and
+`<base>/models.config` (TF Serving's `ModelServerConfig` text format) names the versions to load
+(`specific` version policy) and the `stable` label. `<base>` is `CXR_MODEL_BASE_PATH`: a local
+folder or `s3://bucket/prefix`.
+
+A half-written version is never loaded: on a local disk the folder is copied under a hidden name
+and renamed into place; on S3 (no rename) `saved_model.pb` is written last, and in both cases the
+config naming the version is written only after the version is complete, so a model server that
+follows the config never even looks at an unfinished folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from shared.storage import LocalStorage, S3Storage, Storage
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "models.config"
+STABLE_LABEL = "stable"
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    version: int
+    versions_served: list[int]
+    model_base_path: str
+    config_path: str
+
+
+def serving_storage(base_path: str, s3_endpoint_url: str | None = None,
+                    s3_region: str | None = None) -> Storage:
+    """The serving base as a `Storage`: `s3://bucket/prefix` or a local folder."""
+    if base_path.startswith("s3://"):
+        bucket, _, prefix = base_path.removeprefix("s3://").partition("/")
+        return S3Storage(bucket, prefix, s3_endpoint_url, s3_region)
+    return LocalStorage(base_path)
+
+
+def storage_uri(storage: Storage, key: str = "") -> str:
+    """What a model server is told for `key`: an absolute path or an `s3://` URI."""
+    if isinstance(storage, S3Storage):
+        return f"s3://{storage.bucket}/{storage.prefix}{key}".rstrip("/")
+    if isinstance(storage, LocalStorage):
+        return str(storage.root / key) if key else str(storage.root)
+    raise TypeError(f"cannot name a serving location in {storage!r}")
+
+
+def render_models_config(model_name: str, model_base_path: str, versions: Sequence[int],
+                         stable: int) -> str:
+    """TF Serving's model config text: the given versions loaded, `stable` pointing at one."""
+    if stable not in versions:
+        raise ValueError(f"the stable version {stable} must be one of the served {list(versions)}")
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = model_name
+    model.base_path = model_base_path
+    model.model_platform = "tensorflow"
+    model.model_version_policy.specific.versions.extend(sorted(set(versions)))
+    model.version_labels[STABLE_LABEL] = stable
+    return text_format.MessageToString(config)
+
+
+def parse_models_config(text: str) -> model_server_config_pb2.ModelServerConfig:
+    return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+
+
+def has_version(storage: Storage, model_name: str, version: int) -> bool:
+    return storage.exists(f"{model_name}/{version}/{SAVED_MODEL_FILE}")
+
+
+def copy_version(storage: Storage, saved_model_dir: str | Path, model_name: str,
+                 version: int) -> None:
+    """Copy a SavedModel folder to `<model_name>/<version>/`; an existing version is kept as is."""
+    if has_version(storage, model_name, version):
+        log.info("%s version %d is already in %s", model_name, version, storage)
+        return
+    source = Path(saved_model_dir)
+    if not (source / SAVED_MODEL_FILE).is_file():
+        raise FileNotFoundError(f"{source} holds no {SAVED_MODEL_FILE}")
+    if isinstance(storage, LocalStorage):
+        _copy_local(storage.root / model_name, source, version)
+    else:
+        _copy_objects(storage, source, f"{model_name}/{version}")
+    log.info("copied %s version %d into %s", model_name, version, storage)
+
+
+def _copy_local(model_dir: Path, source: Path, version: int) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    final = model_dir / str(version)
+    if final.exists():  # a folder without saved_model.pb: left by a crash before this code
+        shutil.rmtree(final)
+    # A dot-name is not a version number, so a model server polling the folder skips it.
+    staging = Path(tempfile.mkdtemp(prefix=f".publish-{version}-", dir=model_dir))
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _copy_objects(storage: Storage, source: Path, prefix: str) -> None:
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == SAVED_MODEL_FILE)  # the loader's entry point goes last
+    for path in files:
+        storage.put(f"{prefix}/{path.relative_to(source).as_posix()}", path.read_bytes())
+
+
+def publish_version(saved_model_dir: str | Path, version: int, *, storage: Storage,
+                    model_name: str, keep_versions: Sequence[int] = ()) -> PublishedVersion:
+    """Copy the version in, then point `models.config` at it (plus `keep_versions` present)."""
+    copy_version(storage, saved_model_dir, model_name, version)
+    kept = [v for v in keep_versions if v != version and has_version(storage, model_name, v)]
+    served = sorted({version, *kept})
+    base_uri = storage_uri(storage, model_name)
+    text = render_models_config(model_name, base_uri, served, stable=version)
+    storage.put(CONFIG_KEY, text.encode(), content_type="text/plain")
+    log.info("published %s version %d to %s (serving %s)", model_name, version, base_uri, served)
+    return PublishedVersion(version, served, base_uri, storage_uri(storage, CONFIG_KEY))

@@ -1,0 +1,126 @@
+"""Subcommands `retrain`, `promote`, `rollback`, `publish` and `bootstrap` of the trainer CLI.
+
+Each prints one JSON summary on stdout; registry refusals (a version that failed the gate without
+`--force`, nothing to roll back to) are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+
+def _settings():
+    from services.trainer.config import get_settings
+
+    return get_settings()
+
+
+def _print(summary) -> int:
+    if dataclasses.is_dataclass(summary):
+        summary = dataclasses.asdict(summary)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _registry_errors(handler):
+    """Turn a registry refusal into a clear one-line error and exit status 2."""
+    def run(args: argparse.Namespace) -> int:
+        from services.trainer.bootstrap import BootstrapError
+        from services.trainer.registry import RegistryError
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        try:
+            return handler(args)
+        except (RegistryError, BootstrapError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return run
+
+
+@_registry_errors
+def run_retrain(args: argparse.Namespace) -> int:
+    from services.trainer.pipeline import retrain
+
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("max_images", args.max_images),
+                                   ("batch_size", args.batch_size)) if v is not None}
+    return _print(retrain(_settings(), train_overrides=overrides))
+
+
+@_registry_errors
+def run_promote(args: argparse.Namespace) -> int:
+    from services.trainer.promotion import promote
+
+    return _print(promote(_settings(), args.version, reason=args.reason or "", force=args.force,
+                          by=args.by))
+
+
+@_registry_errors
+def run_rollback(args: argparse.Namespace) -> int:
+    from services.trainer.promotion import rollback
+
+    return _print(rollback(_settings(), reason=args.reason, by=args.by))
+
+
+@_registry_errors
+def run_publish(args: argparse.Namespace) -> int:
+    from services.trainer.promotion import publish_registered, registry_for
+
+    settings = _settings()
+    return _print(publish_registered(registry_for(settings), settings, args.version))
+
+
+@_registry_errors
+def run_bootstrap(args: argparse.Namespace) -> int:
+    from services.trainer.bootstrap import bootstrap
+
+    return _print(bootstrap(_settings()))
+
+
+def _add_by(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--by", default=None,
+                        help="who does this, recorded in the version tags (default: login name)")
+
+
+def add_retrain(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "retrain", help="train, log to MLflow, register, gate, promote and publish")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--max-images", type=int, help="train on at most N images (smoke runs)")
+    parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    parser.set_defaults(handler=run_retrain)
+
+
+def add_promote(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("promote", help="make a registered version the champion")
+    parser.add_argument("--version", type=int, required=True, help="MLflow model version")
+    parser.add_argument("--force", action="store_true",
+                        help="promote even though the version did not pass the gate")
+    parser.add_argument("--reason", help="why (required with --force)")
+    _add_by(parser)
+    parser.set_defaults(handler=run_promote)
+
+
+def add_rollback(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("rollback", help="move champion back to the previous one")
+    parser.add_argument("--reason", required=True, help="why, recorded in the version tags")
+    _add_by(parser)
+    parser.set_defaults(handler=run_rollback)
+
+
+def add_publish(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("publish", help="copy a version to the serving folder")
+    parser.add_argument("--version", type=int, help="MLflow model version (default: champion)")
+    parser.set_defaults(handler=run_publish)
+
+
+def add_bootstrap(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bootstrap", help="register and publish the bundled model when there is no champion")
+    parser.set_defaults(handler=run_bootstrap)
+
+
+REGISTRY_SUBCOMMANDS = [add_retrain, add_promote, add_rollback, add_publish, add_bootstrap]
