@@ -139,10 +139,11 @@ class S3Storage(Storage):
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, client: Any | None = None,
-                 max_attempts: int = 5) -> None:
+                 max_attempts: int = 5, list_page_size: int = 1000) -> None:
         if not bucket:
             raise ValueError("S3Storage needs a bucket name (CXR_S3_BUCKET).")
         self.bucket = bucket
+        self.list_page_size = list_page_size
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client or boto3.client(
             "s3", endpoint_url=endpoint_url or None, region_name=region or None,
@@ -181,7 +182,9 @@ class S3Storage(Storage):
         keys = []
         with _s3_errors(prefix):
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix,
+                                       PaginationConfig={"PageSize": self.list_page_size})
+            for page in pages:
                 keys.extend(item["Key"][len(self.prefix):] for item in page.get("Contents", []))
         return sorted(keys)
 
