@@ -12,9 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from sklearn.model_selection import StratifiedGroupKFold
 
 from services.trainer.naming import parse_file_name
 
@@ -27,6 +24,11 @@ UNKNOWN_SUBTYPE_CLASS = 3  # pneumonia whose subtype the file name does not say
 
 def patient_groups(records: Sequence[XrayRecord]) -> np.ndarray:
     """One integer per record: records with the same value must stay in the same part."""
+    # Imported here: scipy and scikit-learn take seconds to import, and scanning or exploring
+    # the data set needs neither.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     patients = {p: i for i, p in enumerate(sorted({r.patient for r in records}))}
     dup_groups = {g: len(patients) + i
                   for i, g in enumerate(sorted({r.dup_group for r in records if r.dup_group}))}
@@ -125,6 +127,8 @@ def patient_folds(records: Sequence[XrayRecord], k: int,
 
     Stratified on the class (normal, bacterial, viral); grouped by patient, duplicates merged.
     """
+    from sklearn.model_selection import StratifiedGroupKFold
+
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
     groups = patient_groups(records)
