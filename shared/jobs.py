@@ -2,7 +2,8 @@
 
 Redis holds `cxr:job:{job_id}` with a TTL; storage holds `jobs/{job_id}.json` forever. Reads try
 Redis first and fall back to storage, caching what they find. Updates are read-modify-write under
-a Redis WATCH, so two deliveries of the same task cannot interleave their changes.
+a Redis WATCH, so two deliveries of the same task cannot interleave their changes; a finished job
+(succeeded or failed) never changes again.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from shared.errors import (
     JobNotFoundError,
     ObjectNotFoundError,
 )
-from shared.schemas import Failure, JobRecord, JobStatus, PredictionResult, utc_now
+from shared.schemas import JOB_ID_PATTERN, Failure, JobRecord, JobStatus, PredictionResult, utc_now
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600
-_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]+$")
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 # A change returns the new record, or None to leave the stored one as it is.
 RecordChange = Callable[[JobRecord], JobRecord | None]
@@ -146,14 +147,15 @@ class JobStore:
                     if updated is None:
                         pipe.unwatch()
                         return current
+                    # Durable copy before the commit: whoever commits last also wrote storage
+                    # last, so once the writers are done storage holds what Redis holds.
+                    self._write_durable(updated)
                     pipe.multi()
                     pipe.set(key, updated.model_dump_json(), ex=self._ttl)
                     pipe.execute()
-                    break
+                    return updated
                 except redis.WatchError:
                     continue  # another process changed the record first: re-read and re-apply
-        self._write_durable(updated)
-        return updated
 
     def _write_durable(self, record: JobRecord) -> None:
         self._storage.put(storage_key(record.job_id), record.model_dump_json().encode(),

@@ -20,6 +20,7 @@ def _require_utc(value: datetime | None) -> datetime | None:
 
 UTCDateTime = Annotated[datetime, AfterValidator(_require_utc)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+JOB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"  # safe inside Redis keys and storage keys
 
 
 def utc_now() -> datetime:
@@ -70,7 +71,7 @@ class PredictionResult(BaseModel):
 class JobRecord(BaseModel):
     """One prediction request from upload to result; the copy in storage is the durable one."""
 
-    job_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
     client_id: str
     status: JobStatus = JobStatus.QUEUED
     created_at: UTCDateTime = Field(default_factory=utc_now)

@@ -1,0 +1,182 @@
+"""JobStore on a real redis-server: records, state changes, recovery after Redis loses it all."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from shared.errors import InvalidJobTransitionError, JobExistsError, JobNotFoundError
+from shared.jobs import JobStore, redis_key, storage_key
+from shared.schemas import (
+    ClassProbabilities,
+    Failure,
+    JobRecord,
+    JobStatus,
+    ModelRef,
+    PredictionResult,
+)
+from shared.storage import LocalStorage
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return LocalStorage(tmp_path / "store")
+
+
+@pytest.fixture
+def store(redis_client, storage):
+    return JobStore(redis_client, storage, ttl_seconds=3600)
+
+
+def _record(job_id="job-1", **fields) -> JobRecord:
+    return JobRecord(job_id=job_id, client_id="clinic-a", upload_key=f"uploads/{job_id}",
+                     filename="chest.png", content_type="image/png", size_bytes=1234, **fields)
+
+
+def _result() -> PredictionResult:
+    return PredictionResult(
+        label="PNEUMONIA", pneumonia_probability=0.91,
+        class_probabilities=ClassProbabilities(normal=0.09, bacterial=0.7, viral=0.21),
+        subtype="bacterial", threshold=0.42, model=ModelRef(name="cxr-pneumonia", version=3),
+        timings_ms={"queue": 3.0, "decode": 5.0, "inference": 40.0, "heatmap": 20.0, "total": 70.0},
+    )
+
+
+def test_create_writes_both_copies(store, redis_client, storage):
+    record = store.create(_record())
+    assert store.get("job-1") == record
+    assert JobRecord.model_validate_json(redis_client.get(redis_key("job-1"))) == record
+    assert JobRecord.model_validate_json(storage.get(storage_key("job-1"))) == record
+    assert 0 < redis_client.ttl(redis_key("job-1")) <= 3600
+
+
+def test_create_refuses_an_existing_id(store, redis_client):
+    store.create(_record())
+    with pytest.raises(JobExistsError):
+        store.create(_record())
+    redis_client.flushall()  # known only to storage now
+    with pytest.raises(JobExistsError):
+        store.create(_record())
+
+
+def test_unknown_and_malformed_ids_are_none(store):
+    assert store.get("never-created") is None
+    assert store.get("../../etc/passwd") is None
+    with pytest.raises(JobNotFoundError):
+        store.mark_running("never-created")
+
+
+def test_full_life_of_a_job(store):
+    store.create(_record())
+    running = store.mark_running("job-1")
+    assert running.status is JobStatus.RUNNING
+    assert running.attempts == 1
+    assert running.started_at is not None
+    done = store.mark_succeeded("job-1", _result(), heatmap_key="heatmaps/job-1.png")
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.result == _result()
+    assert done.heatmap_key == "heatmaps/job-1.png"
+    assert done.finished_at >= done.started_at >= done.created_at
+    assert store.get("job-1") == done
+
+
+def test_a_retry_counts_attempts(store):
+    store.create(_record())
+    store.mark_running("job-1")
+    assert store.mark_running("job-1").attempts == 2
+
+
+def test_duplicate_delivery_of_a_finished_job_changes_nothing(store):
+    store.create(_record())
+    store.mark_running("job-1")
+    done = store.mark_succeeded("job-1", _result())
+    again = store.mark_running("job-1")
+    assert again == done
+    assert again.status.finished
+    assert store.get("job-1").attempts == 1
+    second_result = _result().model_copy(update={"pneumonia_probability": 0.5})
+    assert store.mark_succeeded("job-1", second_result).result == _result()  # first one kept
+
+
+def test_finished_jobs_do_not_change_outcome(store):
+    store.create(_record("ok"))
+    store.mark_succeeded("ok", _result())
+    with pytest.raises(InvalidJobTransitionError):
+        store.mark_failed("ok", Failure(code="not_an_image", message="..."))
+    store.create(_record("bad"))
+    failed = store.mark_failed("bad", Failure(code="not_an_image", message="Not an image."))
+    assert failed.status is JobStatus.FAILED
+    assert failed.failure.code == "not_an_image"
+    again = store.mark_failed("bad", Failure(code="other", message="x"))
+    assert again.failure.code == "not_an_image"  # the first reason is kept
+    with pytest.raises(InvalidJobTransitionError):
+        store.mark_succeeded("bad", _result())
+
+
+def test_reads_fall_back_to_storage_after_redis_loses_everything(store, redis_client):
+    store.create(_record())
+    running = store.mark_running("job-1")
+    redis_client.flushall()
+    assert store.get("job-1") == running
+    assert redis_client.exists(redis_key("job-1"))  # cached again
+    redis_client.flushall()
+    done = store.mark_succeeded("job-1", _result())  # updates work from the durable copy too
+    assert done.attempts == 1
+    redis_client.flushall()
+    assert store.get("job-1") == done
+
+
+def test_list_unfinished_reads_storage_oldest_first(store, redis_client, storage):
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for index, job_id in enumerate(["q-late", "q-early", "running", "done", "failed"]):
+        minutes = {"q-early": 0, "running": 1, "q-late": 2}.get(job_id, index)
+        store.create(_record(job_id, created_at=base + timedelta(minutes=minutes)))
+    store.mark_running("running")
+    store.mark_succeeded("done", _result())
+    store.mark_failed("failed", Failure(code="corrupt_image", message="Damaged."))
+    storage.put("jobs/broken.json", b"{not json")
+    storage.put("jobs/readme.txt", b"ignored")
+    redis_client.flushall()
+    unfinished = store.list_unfinished()
+    assert [record.job_id for record in unfinished] == ["q-early", "running", "q-late"]
+    assert [record.status for record in unfinished] == [JobStatus.QUEUED, JobStatus.RUNNING,
+                                                         JobStatus.QUEUED]
+
+
+def test_concurrent_updates_are_not_lost(redis_url, storage):
+    """Threads racing on one record: the WATCH transaction re-reads, so every attempt counts."""
+    JobStore(redis.Redis.from_url(redis_url), storage).create(_record())
+    errors = []
+
+    def run_attempts():
+        thread_store = JobStore(redis.Redis.from_url(redis_url), storage)
+        try:
+            for _ in range(10):
+                thread_store.mark_running("job-1")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run_attempts) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert JobStore(redis.Redis.from_url(redis_url), storage).get("job-1").attempts == 40
+    assert JobRecord.model_validate_json(storage.get(storage_key("job-1"))).attempts == 40
+
+
+def test_save_overwrites_both_copies(store, redis_client, storage):
+    store.create(_record())
+    changed = store.get("job-1").model_copy(update={"extra": {"StudyInstanceUID": "1.2.3"}})
+    store.save(changed)
+    redis_client.flushall()
+    assert store.get("job-1").extra == {"StudyInstanceUID": "1.2.3"}
