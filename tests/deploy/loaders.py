@@ -1,0 +1,104 @@
+"""Reading the deployment files the tests check: rendered overlays, compose, Dockerfiles."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.support.procs import REPO_ROOT
+
+K8S_DIR = REPO_ROOT / "infra" / "k8s"
+OVERLAYS = ("dev", "prod")
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+SERVICE_DOCKERFILES = {
+    name: REPO_ROOT / "services" / name / "Dockerfile" for name in ("gateway", "worker", "trainer")
+}
+POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+
+def kubectl() -> str:
+    """kubectl on PATH; scripts/system-deps.sh installs it where it is missing."""
+    path = shutil.which("kubectl")
+    if path is None:
+        raise RuntimeError("kubectl is not on PATH: run `bash scripts/system-deps.sh`")
+    return path
+
+
+def render(kustomization_dir: Path) -> list[dict]:
+    """`kubectl kustomize DIR`, as a list of objects."""
+    result = subprocess.run([kubectl(), "kustomize", str(kustomization_dir)], capture_output=True,
+                            text=True, check=False, timeout=120)
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {kustomization_dir} failed:\n{result.stderr}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def pod_specs(objects: list[dict]) -> Iterator[tuple[dict, dict]]:
+    """(owner object, pod spec) for every object that runs pods."""
+    for obj in objects:
+        if obj["kind"] in POD_OWNERS:
+            yield obj, obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "CronJob":
+            yield obj, obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def containers(pod_spec: dict) -> list[dict]:
+    return [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def load_compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@dataclass
+class DockerStage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        return [rest for key, rest in self.instructions if key == keyword]
+
+
+def dockerfile_stages(path: Path) -> list[DockerStage]:
+    """The stages of a Dockerfile: FROM (with ARG defaults resolved) and each instruction."""
+    logical, pending = [], ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        logical.append(pending + stripped)
+        pending = ""
+    arg_defaults: dict[str, str] = {}
+    stages: list[DockerStage] = []
+    for instruction in logical:
+        keyword, _, rest = instruction.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "ARG" and not stages and "=" in rest:
+            name, _, value = rest.partition("=")
+            arg_defaults[name] = value
+        elif keyword == "FROM":
+            words = shlex.split(rest)
+            base = words[0]
+            for name, value in arg_defaults.items():
+                base = base.replace("${" + name + "}", value)
+            stage_name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(DockerStage(base, stage_name))
+        else:
+            stages[-1].instructions.append((keyword, rest))
+    return stages

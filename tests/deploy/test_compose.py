@@ -1,0 +1,98 @@
+"""docker-compose.yml: valid Compose Specification, health-gated start order, pinned images."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import jsonschema
+import pytest
+
+from tests.deploy.loaders import COMPOSE_FILE, load_compose
+from tests.support.procs import REPO_ROOT
+
+SCHEMA_FILE = REPO_ROOT / "tests" / "deploy" / "schemas" / "compose-spec.json"
+ONE_SHOT = {"minio-init", "bootstrap", "serving-init"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEYS|ACCESS_KEY|TLS_KEY")
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?([^}]*)\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_compose()
+
+
+def validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def test_compose_file_follows_the_compose_specification(compose):
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator().iter_errors(compose)]
+    assert errors == []
+
+
+def test_the_schema_catches_a_misspelt_key(compose):
+    broken = copy.deepcopy(compose)
+    broken["services"]["gateway"]["healthcheck"]["intervall"] = "5s"
+    assert not validator().is_valid(broken)
+
+
+def test_long_running_services_have_health_checks(compose):
+    for name, service in compose["services"].items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+        else:
+            test = service.get("healthcheck", {}).get("test")
+            assert test and not service["healthcheck"].get("disable"), name
+
+
+def test_start_order_waits_for_health_or_completion(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            expected = ("service_completed_successfully" if dependency in ONE_SHOT
+                        else "service_healthy")
+            assert condition["condition"] == expected, f"{name} -> {dependency}"
+
+
+def test_exactly_one_beat(compose):
+    assert compose["services"]["beat"]["deploy"]["replicas"] == 1
+
+
+def test_images_are_built_here_or_pinned(compose):
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            assert (REPO_ROOT / build["context"] / build["dockerfile"]).is_file(), name
+            continue
+        image_name, _, tag = service["image"].rpartition(":")
+        pinned = image_name and re.search(r"\d", tag) and tag != "latest"
+        assert pinned, f"{name}: {service['image']}"
+
+
+def test_secrets_have_no_defaults():
+    """Every secret comes from the operator: `${NAME:?message}`, never a default value."""
+    for match in INTERPOLATION.finditer(COMPOSE_FILE.read_text()):
+        name, operator = match.group(1), match.group(2)
+        if SECRET_NAME.search(name):
+            assert operator == ":?", f"${{{name}}} must be required with :?"
+
+
+def test_tls_material_comes_from_secrets(compose):
+    gateway = compose["services"]["gateway"]
+    env = gateway["environment"]
+    mounted = {f"/run/secrets/{name}" for name in gateway["secrets"]}
+    assert {env["CXR_TLS_CERT"], env["CXR_TLS_KEY"]} <= mounted
+    assert set(gateway["secrets"]) <= set(compose["secrets"])
+
+
+def test_operator_consoles_listen_on_loopback_only(compose):
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if name != "gateway":
+                assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"

@@ -1,0 +1,151 @@
+"""The Kustomize tree: every overlay renders, validates against Kubernetes 1.31, and is hardened."""
+
+from __future__ import annotations
+
+import copy
+
+import kubernetes_validate
+import pytest
+from kubernetes_validate.utils import ValidationError
+
+from tests.deploy.loaders import K8S_DIR, containers, find, pod_specs, render
+
+KUBERNETES_VERSION = "1.31"
+SERVICE_USER = 10001
+NAMESPACE = "cxr-pneumonia"
+# Image names in base/ that each overlay maps to a registry and tag.
+IMAGE_PLACEHOLDERS = {"cxr-gateway", "cxr-worker", "cxr-trainer"}
+
+
+def test_every_overlay_validates_strictly(overlay_objects):
+    for obj in overlay_objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_base_renders_on_its_own():
+    kinds = {obj["kind"] for obj in render(K8S_DIR / "base")}
+    assert {"Deployment", "Service", "ServiceAccount", "ConfigMap", "NetworkPolicy",
+            "HorizontalPodAutoscaler", "Ingress"} <= kinds
+
+
+def test_strict_validation_refuses_a_misspelt_field(rendered):
+    """The validator is not vacuous: a typo in a real object is caught."""
+    gateway = copy.deepcopy(find(rendered["prod"], "Deployment", "gateway"))
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(ValidationError):
+        kubernetes_validate.validate(gateway, KUBERNETES_VERSION, strict=True)
+
+
+def test_everything_lands_in_one_namespace(overlay_objects):
+    for obj in overlay_objects:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
+
+
+def test_no_secret_carries_data(overlay_objects):
+    for obj in overlay_objects:
+        if obj["kind"] == "Secret":
+            assert not obj.get("data") and not obj.get("stringData"), obj["metadata"]["name"]
+    for kustomization in K8S_DIR.rglob("kustomization.yaml"):
+        assert "secretGenerator" not in kustomization.read_text(), kustomization
+
+
+def test_every_container_runs_as_the_service_user_with_nothing_extra(overlay_objects):
+    for owner, pod in pod_specs(overlay_objects):
+        where = f"{owner['kind']}/{owner['metadata']['name']}"
+        assert pod.get("automountServiceAccountToken") is False, where
+        pod_context = pod.get("securityContext", {})
+        assert pod_context.get("runAsNonRoot") is True, where
+        for container in containers(pod):
+            context = container.get("securityContext", {})
+            what = f"{where} container {container['name']}"
+            assert context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is True, what
+            assert context.get("runAsUser", pod_context.get("runAsUser")) == SERVICE_USER, what
+            assert context.get("readOnlyRootFilesystem") is True, what
+            assert context.get("allowPrivilegeEscalation") is False, what
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], what
+            seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+            assert seccomp.get("type") == "RuntimeDefault", what
+            resources = container.get("resources", {})
+            assert resources.get("requests") and resources.get("limits"), what
+
+
+def test_long_running_containers_have_probes(overlay_objects):
+    for owner, pod in pod_specs(overlay_objects):
+        if owner["kind"] != "Deployment":
+            continue
+        for container in pod["containers"]:
+            assert "livenessProbe" in container, f"{owner['metadata']['name']}/{container['name']}"
+
+
+def test_service_accounts_do_not_mount_tokens(overlay_objects):
+    accounts = {o["metadata"]["name"]: o for o in overlay_objects if o["kind"] == "ServiceAccount"}
+    for owner, pod in pod_specs(overlay_objects):
+        account = pod.get("serviceAccountName")
+        assert account in accounts, f"{owner['metadata']['name']} uses no account of its own"
+    for account in accounts.values():
+        assert account.get("automountServiceAccountToken") is False, account["metadata"]["name"]
+
+
+def test_gateway_probes_readyz_and_healthz_over_https(overlay_objects):
+    gateway = find(overlay_objects, "Deployment", "gateway")
+    container = gateway["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
+def test_services_select_pods_that_exist(overlay_objects):
+    pod_labels = [
+        obj["spec"]["template"]["metadata"]["labels"]
+        for obj in overlay_objects if obj["kind"] == "Deployment"
+    ]
+    for service in (o for o in overlay_objects if o["kind"] == "Service"):
+        selector = service["spec"]["selector"]
+        assert any(selector.items() <= labels.items() for labels in pod_labels), \
+            service["metadata"]["name"]
+
+
+def test_exactly_one_beat_replaced_not_rolled(overlay_objects):
+    beat = find(overlay_objects, "Deployment", "beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"]["type"] == "Recreate"
+    scaled = {o["spec"]["scaleTargetRef"]["name"] for o in overlay_objects
+              if o["kind"] == "HorizontalPodAutoscaler"}
+    assert "beat" not in scaled
+
+
+def test_workers_scale_with_an_autoscaler(overlay_objects):
+    hpa = find(overlay_objects, "HorizontalPodAutoscaler", "worker")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "worker"}
+    assert "replicas" not in find(overlay_objects, "Deployment", "worker")["spec"]
+
+
+def test_ingress_terminates_tls_for_the_gateway_only(overlay_objects):
+    ingresses = [o for o in overlay_objects if o["kind"] == "Ingress"]
+    assert len(ingresses) == 1
+    spec = ingresses[0]["spec"]
+    assert spec["tls"] and spec["tls"][0]["secretName"]
+    backends = {path["backend"]["service"]["name"]
+                for rule in spec["rules"] for path in rule["http"]["paths"]}
+    assert backends == {"gateway"}
+
+
+def test_prod_keeps_gateways_up_through_disruptions(rendered):
+    budget = find(rendered["prod"], "PodDisruptionBudget", "gateway")
+    gateway = find(rendered["prod"], "Deployment", "gateway")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= \
+        gateway["spec"]["template"]["metadata"]["labels"].items()
+    assert 0 < budget["spec"]["minAvailable"] < gateway["spec"]["replicas"]
+
+
+def test_images_are_pinned_and_placeholders_replaced(overlay_objects):
+    for _, pod in pod_specs(overlay_objects):
+        for container in containers(pod):
+            image = container["image"]
+            name, _, tag = image.rpartition(":")
+            assert name and tag and tag != "latest", image
+            assert name not in IMAGE_PLACEHOLDERS, f"{image}: placeholder not set by the overlay"
