@@ -94,30 +94,12 @@ class JobStore:
     def mark_succeeded(self, job_id: str, result: PredictionResult,
                        heatmap_key: str | None = None) -> JobRecord:
         """Record the result; a job that already succeeded keeps its first result."""
-
-        def succeed(record: JobRecord) -> JobRecord | None:
-            if record.status is JobStatus.SUCCEEDED:
-                return None
-            _refuse_if_finished(record, JobStatus.SUCCEEDED)
-            return record.model_copy(update={
-                "status": JobStatus.SUCCEEDED, "finished_at": utc_now(), "result": result,
-                "heatmap_key": heatmap_key, "failure": None,
-            })
-
-        return self._update(job_id, succeed)
+        return self._finish(job_id, JobStatus.SUCCEEDED,
+                            {"result": result, "heatmap_key": heatmap_key, "failure": None})
 
     def mark_failed(self, job_id: str, failure: Failure) -> JobRecord:
         """Record why the job failed; a job that already failed keeps its first reason."""
-
-        def fail(record: JobRecord) -> JobRecord | None:
-            if record.status is JobStatus.FAILED:
-                return None
-            _refuse_if_finished(record, JobStatus.FAILED)
-            return record.model_copy(update={
-                "status": JobStatus.FAILED, "finished_at": utc_now(), "failure": failure,
-            })
-
-        return self._update(job_id, fail)
+        return self._finish(job_id, JobStatus.FAILED, {"failure": failure})
 
     def list_unfinished(self) -> list[JobRecord]:
         """Queued and running jobs from the durable copy, oldest first (for re-queueing)."""
@@ -129,6 +111,21 @@ class JobStore:
             if record is not None and not record.status.finished:
                 unfinished.append(record)
         return sorted(unfinished, key=lambda record: record.created_at)
+
+    def _finish(self, job_id: str, outcome: JobStatus, fields: dict[str, object]) -> JobRecord:
+        """Move to `outcome` once; repeating the same outcome is a no-op, the other one an error."""
+
+        def finish(record: JobRecord) -> JobRecord | None:
+            if record.status is outcome:
+                return None
+            if record.status.finished:
+                raise InvalidJobTransitionError(
+                    f"Job {record.job_id} already {record.status.value}; "
+                    f"it cannot become {outcome.value}."
+                )
+            return record.model_copy(update={"status": outcome, "finished_at": utc_now(), **fields})
+
+        return self._update(job_id, finish)
 
     def _update(self, job_id: str, change: RecordChange) -> JobRecord:
         if not _JOB_ID.match(job_id):
@@ -175,10 +172,3 @@ class JobStore:
         except ValidationError as exc:
             log.error("skipping unreadable job record %s: %s", key, exc)
             return None
-
-
-def _refuse_if_finished(record: JobRecord, target: JobStatus) -> None:
-    if record.status.finished:
-        raise InvalidJobTransitionError(
-            f"Job {record.job_id} already {record.status.value}; it cannot become {target.value}."
-        )

@@ -119,7 +119,7 @@ class LocalStorage(Storage):
         folder = (self.root / prefix) if prefix.endswith("/") else (self.root / prefix).parent
         if not folder.is_dir():
             return []
-        keys = []
+        keys: list[str] = []
         for path in folder.rglob("*"):
             if path.is_file() and not path.name.startswith(_TEMP_PREFIX):
                 key = path.relative_to(self.root).as_posix()
@@ -179,7 +179,7 @@ class S3Storage(Storage):
 
     def list(self, prefix: str = "") -> list[str]:
         _validate_prefix(prefix)
-        keys = []
+        keys: list[str] = []
         with _s3_errors(prefix):
             paginator = self.client.get_paginator("list_objects_v2")
             pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -18,15 +20,13 @@ _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 
 def decode_raster(data: bytes, image_format: str, limits: DecodeLimits) -> DecodedImage:
     """Decode JPEG or PNG bytes already identified by their magic number."""
-    _verify(data, image_format, limits)
+    # verify() checks the structure (PNG chunk CRCs and order) and leaves its image unusable,
+    # so the pixels come from a second, lazily opened image.
+    with _corrupt_on_failure(image_format):
+        _open(data, image_format, limits).verify()
     image = _open(data, image_format, limits)
-    try:
+    with _corrupt_on_failure(image_format):
         image.load()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImageError(
-            f"The {image_format.upper()} file is damaged or cut off ({exc}); "
-            "export it again and resend it."
-        ) from exc
     orientation = image.getexif().get(0x0112, 1)
     image = ImageOps.exif_transpose(image)
     pixels, bit_depth = _to_gray(image)
@@ -45,7 +45,7 @@ def decode_raster(data: bytes, image_format: str, limits: DecodeLimits) -> Decod
 def _open(data: bytes, image_format: str, limits: DecodeLimits) -> Image.Image:
     """Open lazily (header only) and check the declared size before any pixel is decoded."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _corrupt_on_failure(image_format):
             # Our own pixel limit below is the one that counts; Pillow's global one is a backstop.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[_EXPECTED_PIL_FORMAT[image_format]])
@@ -54,23 +54,19 @@ def _open(data: bytes, image_format: str, limits: DecodeLimits) -> Image.Image:
             f"The image declares more pixels than the service accepts ({exc}); "
             "send a smaller export."
         ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImageError(
-            f"The {image_format.upper()} header cannot be read ({exc}); export the image again."
-        ) from exc
     width, height = image.size
     limits.check_dimensions(width, height)
     return image
 
 
-def _verify(data: bytes, image_format: str, limits: DecodeLimits) -> None:
-    """Pillow's structural check (PNG chunk CRCs and order); needs its own image object."""
-    image = _open(data, image_format, limits)
+@contextmanager
+def _corrupt_on_failure(image_format: str) -> Iterator[None]:
     try:
-        image.verify()
+        yield
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(
-            f"The {image_format.upper()} file is damaged ({exc}); export it again and resend it."
+            f"The {image_format.upper()} file is damaged or cut off ({exc}); "
+            "export it again and resend it."
         ) from exc
 
 
