@@ -52,9 +52,11 @@ def split_by_patient(records: Sequence[XrayRecord], fraction: float, seed: int =
                      strategy: Strategy = "random") -> tuple[list[XrayRecord], list[XrayRecord]]:
     """`(rest, held)`: about `fraction` of the images of every class held out, whole patients only.
 
-    "random" draws patients at random (by `seed`) within each class; "lowest" holds out the
-    lowest-numbered patients of each class and name series (person123, IM-0115, NORMAL2-IM-0588),
-    the way the official test split was cut.
+    "random" draws patients at random (by `seed`) within each class (normal, bacterial, viral; a
+    patient counts in the class of most of their images). "lowest" holds out the lowest-numbered
+    patients of each label and name series (person123, IM-0115, NORMAL2-IM-0588), the way the
+    official test split was cut; it keeps the NORMAL/PNEUMONIA mix but not the subtype mix, since
+    about half the pneumonia patients have images of both subtypes.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be between 0 and 1 (exclusive), got {fraction}")
@@ -62,7 +64,8 @@ def split_by_patient(records: Sequence[XrayRecord], fraction: float, seed: int =
         raise ValueError(f"strategy must be 'random' or 'lowest', got {strategy!r}")
     if not records:
         raise ValueError("no records to split")
-    units = _units(records, strategy)
+    groups = patient_groups(records)
+    units = _units(records, groups, strategy)
     rng = np.random.default_rng(seed)
     held_units: set[int] = set()
     for stratum in sorted(units):
@@ -70,15 +73,14 @@ def split_by_patient(records: Sequence[XrayRecord], fraction: float, seed: int =
         if strategy == "random":
             members = [members[i] for i in rng.permutation(len(members))]
         held_units |= _take_about(members, fraction, stop_at_first_miss=strategy == "lowest")
-    groups = patient_groups(records)
     held = [r for r, g in zip(records, groups, strict=True) if g in held_units]
     rest = [r for r, g in zip(records, groups, strict=True) if g not in held_units]
     return rest, held
 
 
-def _units(records: Sequence[XrayRecord], strategy: Strategy) -> dict[tuple, list[tuple[int, int]]]:
+def _units(records: Sequence[XrayRecord], groups: np.ndarray,
+           strategy: Strategy) -> dict[tuple, list[tuple[int, int]]]:
     """Units as `(unit id, image count)` by stratum, in the order they are considered."""
-    groups = patient_groups(records)
     classes = stratification_classes(records)
     unit_classes: dict[int, Counter[int]] = defaultdict(Counter)
     unit_sort_keys: dict[int, tuple] = {}
@@ -94,12 +96,11 @@ def _units(records: Sequence[XrayRecord], strategy: Strategy) -> dict[tuple, lis
         unit_series[unit] = min(parsed.series or "", unit_series.get(unit, parsed.series or ""))
     strata: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
     for unit, counts in unit_classes.items():
-        majority = counts.most_common(1)[0][0]
+        majority = min(counts, key=lambda cls: (-counts[cls], cls))  # ties: the lower class
         if strategy == "random":
             stratum: tuple = (majority,)
         else:
-            label = "NORMAL" if majority == 0 else "PNEUMONIA"
-            stratum = (label, unit_series[unit])
+            stratum = (min(majority, 1), unit_series[unit])  # 0 normal, 1 pneumonia
         strata[stratum].append((unit, counts.total()))
     for members in strata.values():
         members.sort(key=lambda m: unit_sort_keys[m[0]])
