@@ -24,6 +24,15 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds; inference and queue times of a CPU model server span milliseconds to minutes.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+if multiprocess_dir() is not None:  # each metric opens its sample file there when created
+    multiprocess_dir().mkdir(parents=True, exist_ok=True)
+
 JOBS = Counter("cxr_worker_jobs", "Prediction tasks finished, by outcome.", ["outcome"])
 RETRIES = Counter("cxr_worker_retries", "Tasks scheduled again after a transient error.", ["code"])
 DEAD_LETTERED = Counter("cxr_worker_dead_lettered", "Jobs moved to the dead-letter list.")
@@ -38,19 +47,15 @@ STAGE_SECONDS = Histogram(
 )
 
 
-def multiprocess_dir() -> Path | None:
-    value = os.environ.get(MULTIPROC_ENV)
-    return Path(value) if value else None
-
-
 def clear_multiprocess_dir() -> None:
-    """Drop samples left by an earlier run; call in the main process before the pool starts."""
+    """Drop samples of earlier runs; call in the main process before the pool starts."""
     folder = multiprocess_dir()
     if folder is None:
         return
-    folder.mkdir(parents=True, exist_ok=True)
+    own_suffix = f"_{os.getpid()}.db"  # sample files are named <kind>[_<mode>]_<pid>.db
     for stale in folder.glob("*.db"):
-        stale.unlink()
+        if not stale.name.endswith(own_suffix):
+            stale.unlink()
 
 
 def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
