@@ -13,7 +13,7 @@ from pydicom.errors import InvalidDicomError as PydicomInvalidDicom
 from pydicom.pixels import apply_modality_lut, apply_windowing, get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from shared.errors import CorruptImageError, InvalidDicomError, UnsupportedFormatError
+from shared.errors import CorruptImageError, CXRError, InvalidDicomError, UnsupportedFormatError
 from shared.imaging.intensity import rescale_to_uint8
 from shared.imaging.limits import DecodedImage, DecodeLimits
 
@@ -27,6 +27,19 @@ _METADATA_KEYWORDS = (
 
 def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     """Decode a single-frame DICOM image to 2-D uint8, 0 black .. 255 white."""
+    try:
+        return _decode(data, limits)
+    except CXRError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        # pydicom parses element values lazily, so a damaged file can raise almost any error type
+        # (NotImplementedError for an unknown VR, struct.error, ...) long after dcmread returned.
+        raise CorruptImageError(
+            f"The DICOM file is damaged ({type(exc).__name__}: {exc}); export it again."
+        ) from exc
+
+
+def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
     dataset = _read(data)
     _check_is_single_image(dataset)
     rows, columns = int(dataset.Rows), int(dataset.Columns)

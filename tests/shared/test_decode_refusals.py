@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.uid import RLELossless
 
 from shared.errors import (
     CorruptImageError,
@@ -15,7 +16,16 @@ from shared.errors import (
     UnsupportedFormatError,
 )
 from shared.imaging import DecodeLimits, decode_xray
-from tests.shared.xray_files import encode, gradient, jpeg_bytes, png_bytes, png_with_declared_size
+from tests.shared.xray_files import (
+    dicom_bytes,
+    encode,
+    gradient,
+    jpeg_bytes,
+    png_bytes,
+    png_with_declared_size,
+    raw_implicit_dicom_bytes,
+    xray_dataset,
+)
 
 
 def test_empty_upload():
@@ -129,3 +139,36 @@ def test_every_refusal_is_a_cxr_error_with_a_readable_message():
         assert 400 <= caught.value.http_status < 500
         assert len(caught.value.message) > 20
         assert not caught.value.transient
+
+
+def _valid_files() -> dict[str, bytes]:
+    stored = gradient(96, 128, 0, 4095, np.uint16)
+    return {
+        "png": png_bytes(gradient()),
+        "jpeg": jpeg_bytes(gradient()),
+        "dicom": dicom_bytes(xray_dataset(stored, WindowCenter=1000, WindowWidth=500)),
+        "dicom-rle": dicom_bytes(xray_dataset(stored), RLELossless),
+        "dicom-raw": raw_implicit_dicom_bytes(xray_dataset(stored)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_valid_files()))
+def test_damaged_files_give_a_typed_error_or_a_valid_image(name):
+    """Flipped bytes (mostly in the headers) and cuts: never an untyped exception."""
+    original = _valid_files()[name]
+    rng = np.random.default_rng(7)
+    for case in range(80):
+        data = bytearray(original)
+        window = 400 if case % 2 else len(data)
+        for _ in range(int(rng.integers(1, 6))):
+            data[int(rng.integers(0, min(window, len(data))))] = int(rng.integers(0, 256))
+        if case % 5 == 0:
+            data = data[: int(rng.integers(1, len(data)))]
+        try:
+            decoded = decode_xray(bytes(data))
+        except CXRError as error:
+            assert 400 <= error.http_status < 500
+            continue
+        assert decoded.pixels.dtype == np.uint8
+        assert decoded.pixels.ndim == 2
+        assert min(decoded.pixels.shape) >= 64
