@@ -12,6 +12,14 @@ from shared.config import SharedSettings
 class TrainerSettings(SharedSettings):
     """What the trainer reads on top of the shared settings; every field has a working default."""
 
+    # --- training recipe (services.trainer.recipe.TrainConfig.from_settings) ---
+    target_sensitivity: float = Field(default=0.95, gt=0, le=1)
+    train_epochs: int = Field(default=30, ge=1)
+    train_batch_size: int = Field(default=32, ge=1)
+    train_folds: int = Field(default=1, ge=1)
+    train_seed: int = 0
+    train_image_cache_dir: str | None = "var/cache/images"
+
     # --- MLflow tracking and registry ---
     mlflow_experiment: str = "cxr-pneumonia"
     registered_model_name: str = "cxr-pneumonia"

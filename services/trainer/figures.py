@@ -63,17 +63,21 @@ def save_evaluation_figures(out_dir: Path, y_true, p_pneumonia, threshold: float
 
 def save_training_curves(out_dir: Path, history: Sequence[dict],
                          prefix: str = "") -> dict[str, Path]:
-    """Loss and AUROC per epoch, training vs validation, from the recipe's history rows."""
+    """Loss and AUROC per epoch, training vs validation (a pair of lines per fold)."""
     if not history:
         return {}
-    epochs = [row["epoch"] for row in history]
+    folds = sorted({row.get("fold") for row in history}, key=lambda f: -1 if f is None else f)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, metric in zip(axes, ("loss", "auroc"), strict=True):
-        for split, style in (("", "-"), ("val_", "--")):
-            values = [row.get(f"{split}{metric}") for row in history]
-            if any(v is not None for v in values):
-                ax.plot(epochs, values, style, label=f"{split or 'train_'}{metric}")
+        for fold in folds:
+            rows = [row for row in history if row.get("fold") == fold]
+            tag = "" if fold is None else f"fold {fold} "
+            for split, style in (("", "-"), ("val_", "--")):
+                values = [row.get(f"{split}{metric}") for row in rows]
+                if any(v is not None for v in values):
+                    ax.plot([row["epoch"] for row in rows], values, style,
+                            label=f"{tag}{'validation' if split else 'training'}")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend()
+        ax.legend(fontsize="small")
     return {"training_curves": _save(fig, out_dir / f"{prefix}training_curves.png")}

@@ -1,0 +1,81 @@
+"""Training-time augmentation of chest films (never part of the exported model).
+
+Geometry: a small rotation, shear, zoom and translation fused into ONE affine warp per image, so
+an image is resampled once (four separate Keras layers would blur it four times and cost four
+warps). Intensity: brightness, contrast and gamma, strong on purpose, because films from another
+period or machine look different (the held-back test split does).
+
+No vertical flip (films are never upside down). No horizontal flip either: the heart, the aortic
+knob, the gastric bubble and the side markers sit on a known side of a chest film, so a mirrored
+film is an image the service never receives, and pneumonia is not equally common on both sides
+(right lower lobe most often) - a flip would teach the model to ignore real anatomy.
+
+Random numbers come from stateless ops keyed by (seed, batch number): the same seed gives the same
+augmented stream, whatever the number of tf.data threads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Ranges of the random transforms (angles in degrees, fractions of the image side)."""
+
+    rotation_deg: float = 10.0
+    shear_deg: float = 6.0
+    zoom: tuple[float, float] = (0.9, 1.15)
+    translation: float = 0.07
+    brightness: float = 0.15  # added, as a fraction of the 0..255 range
+    contrast: tuple[float, float] = (0.7, 1.4)  # factor around the image mean
+    gamma: tuple[float, float] = (0.7, 1.45)
+
+
+def _uniform(seed: tf.Tensor, shape, low: float, high: float) -> tf.Tensor:
+    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+
+
+def _log_uniform(seed: tf.Tensor, shape, bounds: tuple[float, float]) -> tf.Tensor:
+    return tf.exp(_uniform(seed, shape, math.log(bounds[0]), math.log(bounds[1])))
+
+
+def affine_transforms(n: tf.Tensor, size: int, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """[n, 8] projective transforms (output pixel -> input pixel) about the image centre."""
+    seeds = tf.random.experimental.stateless_split(seed, 5)
+    angle = _uniform(seeds[0], [n], -1.0, 1.0) * math.radians(config.rotation_deg)
+    shear = _uniform(seeds[1], [n], -1.0, 1.0) * math.radians(config.shear_deg)
+    zoom = _log_uniform(seeds[2], [n], config.zoom)
+    shift = _uniform(seeds[3], [n, 2], -1.0, 1.0) * config.translation * size
+    cos, sin, tan = tf.cos(angle), tf.sin(angle), tf.tan(shear)
+    # A = rotation @ shear / zoom: zoom > 1 samples a smaller input area, i.e. magnifies.
+    a00, a01 = cos / zoom, (cos * tan - sin) / zoom
+    a10, a11 = sin / zoom, (sin * tan + cos) / zoom
+    centre = (size - 1) / 2.0
+    a02 = centre - a00 * centre - a01 * centre + shift[:, 0]
+    a12 = centre - a10 * centre - a11 * centre + shift[:, 1]
+    zeros = tf.zeros_like(angle)
+    return tf.stack([a00, a01, a02, a10, a11, a12, zeros, zeros], axis=1)
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor,
+                  config: AugmentConfig = AugmentConfig()) -> tf.Tensor:
+    """Augment float pixel values 0..255 shaped [N, S, S, 1]; returns the same shape and range."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    n, size = tf.shape(images)[0], images.shape[1]
+    geometry_seed, *intensity_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=affine_transforms(n, size, config, geometry_seed),
+        output_shape=tf.shape(images)[1:3], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="NEAREST")
+    x = warped / 255.0
+    gamma = _log_uniform(intensity_seeds[0], [n, 1, 1, 1], config.gamma)
+    x = tf.pow(tf.clip_by_value(x, 0.0, 1.0), gamma)
+    mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
+    contrast = _log_uniform(intensity_seeds[1], [n, 1, 1, 1], config.contrast)
+    x = (x - mean) * contrast + mean
+    x = x + _uniform(intensity_seeds[2], [n, 1, 1, 1], -config.brightness, config.brightness)
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0

@@ -1,0 +1,275 @@
+"""The training recipe: data -> patient-grouped validation -> CNN (+ HOG baseline) -> calibrated,
+thresholded model(s) with metrics and figures.
+
+Single split (`folds` <= 1, the default): the lowest-numbered patients (`split_by_patient`, strategy
+"lowest", like the official test split) are held out; they stop training early, fit the
+temperature and choose the threshold, and give the reported validation metrics. AUROC is
+threshold-free; the threshold-dependent rates on this split are measured where the threshold was
+chosen, so the promotion gate re-measures on its own untouched gate set.
+
+K folds (`folds` >= 2, `patient_folds`): one network per fold, early-stopped on its fold; the
+out-of-fold logits (every image scored by a network that never trained on it) fit the temperature,
+choose the threshold and give the validation metrics; per-fold metrics with mean and sd are
+reported. The shipped model is the fold ensemble (`ship="ensemble"`) or one network retrained on
+all images for the median best epoch count (`ship="refit"`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from services.trainer.calibration import (
+    ECE_BINS,
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
+from services.trainer.cnn_training import FittedCnn, class_labels, fit_cnn, predict_logits
+from services.trainer.config import TrainerSettings, get_settings
+from services.trainer.dataset import (
+    SPLITS,
+    XrayRecord,
+    data_fingerprint,
+    load_images,
+    patient_folds,
+    patient_groups,
+    scan_dataset,
+    split_by_patient,
+)
+from services.trainer.evaluation import compute_metrics
+from services.trainer.figures import save_evaluation_figures, save_training_curves
+from services.trainer.hog import HOG_SIZE, fit_hog_baseline, hog_features, pneumonia_probability
+from services.trainer.thresholds import choose_threshold
+
+FOLD_SUMMARY_KEYS = (
+    "auroc", "sensitivity", "specificity", "precision", "f1", "ece", "subtype_auroc",
+)
+Splits = list[tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class TrainConfig:
+    """Every choice of a training run; `asdict` of it goes into the run's params."""
+
+    data_dir: str = "../shared/data/chest_xray"
+    data_splits: tuple[str, ...] = ("train", "val")  # never "test": it is for independent checks
+    out_dir: str | None = None
+    epochs: int = 30
+    batch_size: int = 32
+    folds: int = 1
+    ship: Literal["ensemble", "refit"] = "ensemble"
+    seed: int = 0
+    image_size: int = 224
+    target_sensitivity: float = 0.95
+    max_images: int | None = None
+    validation_fraction: float = 0.15
+    validation_strategy: Literal["lowest", "random"] = "lowest"
+    width: int = 32
+    dropout: float = 0.3
+    learning_rate: float = 2e-3
+    label_smoothing: float = 0.05
+    patience: int = 6
+    augment: bool = True
+    baseline: bool = True
+    cache_dir: str | None = None
+    deterministic: bool = True
+    verbose: int = 2
+
+    @classmethod
+    def from_settings(cls, settings: TrainerSettings | None = None, **overrides) -> TrainConfig:
+        """Defaults from `TrainerSettings` (CXR_DATA_DIR, CXR_TARGET_SENSITIVITY, CXR_TRAIN_*)."""
+        settings = settings or get_settings()
+        values = {
+            "data_dir": settings.data_dir, "image_size": settings.image_size,
+            "target_sensitivity": settings.target_sensitivity, "epochs": settings.train_epochs,
+            "batch_size": settings.train_batch_size, "folds": settings.train_folds,
+            "seed": settings.train_seed, "cache_dir": settings.train_image_cache_dir,
+        }
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+@dataclass
+class TrainingOutcome:
+    """What a run produced; `to_json()` is everything but the networks."""
+
+    models: list[keras.Model]
+    threshold: float
+    temperature: float
+    params: dict
+    history: list[dict]
+    validation: dict
+    figures: dict[str, Path]
+    baseline: dict | None
+    calibration: dict = field(default_factory=dict)
+    folds: list[dict] = field(default_factory=list)
+    fold_summary: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "threshold": self.threshold, "temperature": self.temperature, "params": self.params,
+            "validation": self.validation, "baseline": self.baseline,
+            "calibration": self.calibration, "folds": self.folds,
+            "fold_summary": self.fold_summary, "history": self.history,
+            "figures": {name: str(path) for name, path in self.figures.items()},
+        }
+
+
+def select_records(config: TrainConfig) -> list[XrayRecord]:
+    """The configured data set's records: its training splits, or a flat NORMAL/PNEUMONIA folder."""
+    root = Path(config.data_dir)
+    has_splits = root.is_dir() and any((root / name).is_dir() for name in SPLITS)
+    present = [s for s in config.data_splits if (root / s).is_dir()]
+    return scan_dataset(root, present if has_splits else None)
+
+
+def subsample(records: Sequence[XrayRecord], max_images: int | None, seed: int) -> list[XrayRecord]:
+    """About `max_images` records, whole patients, every class kept (for smoke runs)."""
+    if max_images is None or max_images >= len(records):
+        return list(records)
+    _, kept = split_by_patient(records, max_images / len(records), seed=seed, strategy="random")
+    return kept
+
+
+def validation_splits(records: Sequence[XrayRecord], config: TrainConfig) -> Splits:
+    """(train indices, validation indices) pairs: one held-out split, or the patient folds."""
+    if config.folds >= 2:
+        return [(np.asarray(a), np.asarray(b)) for a, b in patient_folds(records, config.folds,
+                                                                          seed=config.seed)]
+    position = {id(r): i for i, r in enumerate(records)}
+    rest, held = split_by_patient(records, config.validation_fraction, seed=config.seed,
+                                  strategy=config.validation_strategy)
+    return [(np.array([position[id(r)] for r in rest]), np.array([position[id(r)] for r in held]))]
+
+
+def _fold_summary(per_fold: list[dict]) -> dict:
+    summary = {}
+    for key in FOLD_SUMMARY_KEYS:
+        values = [m[key] for m in per_fold if m.get(key) is not None]
+        if values:
+            summary[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1))
+                            if len(values) > 1 else 0.0}
+    return summary
+
+
+def _prepare_runtime(config: TrainConfig) -> None:
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def run_training(config: TrainConfig,
+                 records: Sequence[XrayRecord] | None = None) -> TrainingOutcome:
+    """Train, calibrate, threshold and measure; `records` (say, less a gate set) skip the scan."""
+    _prepare_runtime(config)
+    records = subsample(records if records is not None else select_records(config),
+                        config.max_images, config.seed)
+    images = load_images(records, size=config.image_size, cache_dir=config.cache_dir)
+    labels = class_labels(records)
+    is_pneumonia = (labels != 0).astype(int)
+    subtypes = [r.subtype for r in records]
+    splits = validation_splits(records, config)
+    oof_logits, history, fitted = _fit_networks(config, images, labels, splits)
+    scored = np.sort(np.concatenate([val_idx for _, val_idx in splits]))
+
+    temperature = fit_temperature(oof_logits[scored], labels[scored])
+    probs = softmax(oof_logits[scored], temperature)
+    p_pneumonia = probs[:, 1] + probs[:, 2]
+    threshold = choose_threshold(is_pneumonia[scored], p_pneumonia, config.target_sensitivity)
+    validation = compute_metrics(is_pneumonia[scored], p_pneumonia, threshold,
+                                 [subtypes[i] for i in scored], class_probabilities=probs)
+    calibration = {"temperature": temperature, "ece_bins": ECE_BINS, "ece_after": validation["ece"],
+                   "ece_before": expected_calibration_error(
+                       is_pneumonia[scored], 1.0 - softmax(oof_logits[scored])[:, 0])}
+    per_fold = [] if len(splits) < 2 else [
+        {"fold": fold, "best_epoch": fitted[fold].best_epoch,
+         **_metrics_at(oof_logits[val_idx], temperature, threshold, is_pneumonia[val_idx],
+                       [subtypes[i] for i in val_idx])}
+        for fold, (_, val_idx) in enumerate(splits)]
+
+    models = [run.model for run in fitted]
+    if len(splits) > 1 and config.ship == "refit":
+        epochs = int(np.median([run.best_epoch for run in fitted]))
+        models = [fit_cnn(config, images, labels, epochs=epochs, seed_offset=len(splits)).model]
+    baseline = (_hog_baseline(images, is_pneumonia, records, splits, scored, config)
+                if config.baseline else None)
+
+    out_dir = Path(config.out_dir or tempfile.mkdtemp(prefix="cxr-train-"))
+    figures = {**save_evaluation_figures(out_dir / "figures", is_pneumonia[scored], p_pneumonia,
+                                         threshold),
+               **save_training_curves(out_dir / "figures", history)}
+    outcome = TrainingOutcome(models=models, threshold=threshold, temperature=temperature,
+                              params=_params(config, records, splits, models), history=history,
+                              validation=validation, figures=figures, baseline=baseline,
+                              calibration=calibration, folds=per_fold,
+                              fold_summary=_fold_summary(per_fold))
+    (out_dir / "outcome.json").write_text(json.dumps(outcome.to_json(), indent=2))
+    return outcome
+
+
+def _fit_networks(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
+                  splits: Splits) -> tuple[np.ndarray, list[dict], list[FittedCnn]]:
+    """One network per split; the logits each gives its own validation images, and histories."""
+    oof_logits = np.zeros((len(images), 3))
+    history: list[dict] = []
+    fitted = []
+    for fold, (train_idx, val_idx) in enumerate(splits):
+        run = fit_cnn(config, images[train_idx], labels[train_idx], images[val_idx],
+                      labels[val_idx], seed_offset=fold)
+        oof_logits[val_idx] = predict_logits(run.model, images[val_idx])
+        history += [{**row, "fold": fold} if len(splits) > 1 else row for row in run.history]
+        fitted.append(run)
+    return oof_logits, history, fitted
+
+
+def _metrics_at(logits: np.ndarray, temperature: float, threshold: float, is_pneumonia: np.ndarray,
+                subtypes: list[str | None]) -> dict:
+    probs = softmax(logits, temperature)
+    return compute_metrics(is_pneumonia, 1.0 - probs[:, 0], threshold, subtypes,
+                           class_probabilities=probs, bootstrap_resamples=200)
+
+
+def _hog_baseline(images: np.ndarray, is_pneumonia: np.ndarray, records: Sequence[XrayRecord],
+                  splits: Splits, scored: np.ndarray,
+                  config: TrainConfig) -> dict:
+    """HOG baseline metrics on the same validation images, at its own sensitivity-first cut."""
+    features = hog_features(images)
+    groups = patient_groups(records)
+    p = np.zeros(len(records))
+    for train_idx, val_idx in splits:
+        model = fit_hog_baseline(features[train_idx], is_pneumonia[train_idx], groups[train_idx],
+                                 seed=config.seed)
+        p[val_idx] = pneumonia_probability(model, features[val_idx])
+    threshold = choose_threshold(is_pneumonia[scored], p[scored], config.target_sensitivity)
+    return {**compute_metrics(is_pneumonia[scored], p[scored], threshold),
+            "model": f"HOG {HOG_SIZE}px + StandardScaler + LogisticRegression, sigmoid-calibrated"}
+
+
+def _params(config: TrainConfig, records: Sequence[XrayRecord],
+            splits: Splits, models: list[keras.Model]) -> dict:
+    labels = class_labels(records)
+    return {
+        **dataclasses.asdict(config),
+        "data_fingerprint": data_fingerprint(records),
+        "data_images": len(records),
+        "data_patients": len({r.patient for r in records}),
+        "data_normal": int((labels == 0).sum()),
+        "data_bacterial": int((labels == 1).sum()),
+        "data_viral": int((labels == 2).sum()),
+        "data_unknown_subtype": int((labels == -1).sum()),
+        "train_images": [len(train_idx) for train_idx, _ in splits],
+        "validation_images": [len(val_idx) for _, val_idx in splits],
+        "model_parameters": int(models[0].count_params()),
+        "ensemble_size": len(models),
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+    }

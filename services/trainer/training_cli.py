@@ -1,0 +1,99 @@
+"""Subcommands `train` and `evaluate` of the trainer CLI.
+
+`train` runs the recipe (`recipe.run_training`), prints the validation metrics next to the HOG
+baseline's, writes `outcome.json` and figures to `--out`, and exports for serving when
+`--export-base` is given. `evaluate` scores an exported version folder on a Kaggle-layout folder at
+the model's own threshold and writes the metrics JSON (and figures with `--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SUMMARY_KEYS = ("n", "auroc", "auroc_ci", "sensitivity", "specificity", "precision", "f1", "ece",
+                "subtype_auroc", "threshold")
+
+
+def add_train(subparsers: argparse._SubParsersAction) -> None:
+    from services.trainer.cli import add_data_argument
+
+    parser = subparsers.add_parser("train", help="train the CNN (and the HOG baseline) and export")
+    add_data_argument(parser)
+    parser.add_argument("--epochs", type=int, help="most epochs per network (CXR_TRAIN_EPOCHS)")
+    parser.add_argument("--folds", type=int,
+                        help="K >= 2: patient-grouped K-fold training (CXR_TRAIN_FOLDS)")
+    parser.add_argument("--ship", choices=("ensemble", "refit"),
+                        help="with --folds: export the fold ensemble or one network refit on all")
+    parser.add_argument("--batch-size", type=int, help="images per step (CXR_TRAIN_BATCH_SIZE)")
+    parser.add_argument("--seed", type=int, help="random seed (CXR_TRAIN_SEED)")
+    parser.add_argument("--max-images", type=int, help="train on about N images (smoke runs)")
+    parser.add_argument("--target-sensitivity", type=float,
+                        help="sensitivity the threshold must reach (CXR_TARGET_SENSITIVITY)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the HOG baseline")
+    parser.add_argument("--out", type=Path, default=Path("out/train"),
+                        help="folder for outcome.json and figures (default %(default)s)")
+    parser.add_argument("--export-base", type=Path,
+                        help="serving base folder: writes <base>/<model name>/<version>/")
+    parser.add_argument("--version", type=int, help="version number for --export-base")
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if (args.export_base is None) != (args.version is None):
+        print("error: --export-base and --version go together", file=sys.stderr)
+        return 2
+    from services.trainer.config import get_settings
+    from services.trainer.export import export_for_serving
+    from services.trainer.recipe import TrainConfig, run_training
+
+    settings = get_settings()
+    config = TrainConfig.from_settings(
+        settings, data_dir=str(args.data), out_dir=str(args.out), epochs=args.epochs,
+        folds=args.folds, ship=args.ship, batch_size=args.batch_size, seed=args.seed,
+        max_images=args.max_images, target_sensitivity=args.target_sensitivity,
+        baseline=False if args.no_baseline else None, verbose=1)
+    outcome = run_training(config)
+    print(json.dumps({
+        "validation": {k: outcome.validation.get(k) for k in SUMMARY_KEYS},
+        "baseline": {k: (outcome.baseline or {}).get(k) for k in SUMMARY_KEYS},
+        "fold_summary": outcome.fold_summary, "temperature": outcome.temperature,
+        "calibration": outcome.calibration, "outcome": str(args.out / "outcome.json"),
+    }, indent=2))
+    if args.export_base is not None:
+        version_dir = export_for_serving(
+            outcome.models, base_path=args.export_base, version=args.version,
+            threshold=outcome.threshold, temperature=outcome.temperature,
+            model_name=settings.model_name,
+            extra_info={"data_fingerprint": outcome.params["data_fingerprint"]})
+        print(f"exported {version_dir}")
+    return 0
+
+
+def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="metrics of an exported model on a data folder")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="an exported version folder <base>/<model name>/<version>/")
+    parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout data folder")
+    parser.add_argument("--json", type=Path, required=True, help="where to write the metrics")
+    parser.add_argument("--out", type=Path, help="folder for the evaluation figures")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    if not (args.model / "saved_model.pb").is_file():
+        print(f"error: {args.model} is not an exported model version (no saved_model.pb)",
+              file=sys.stderr)
+        return 2
+    from services.trainer.evaluation import evaluate_saved_model
+
+    metrics = evaluate_saved_model(args.model, args.data, figures_dir=args.out)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(metrics, indent=2))
+    print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}, indent=2))
+    return 0
+
+
+TRAINING_SUBCOMMANDS = [add_train, add_evaluate]
