@@ -1,0 +1,1 @@
+"""HTTP front door: uploads, job status, authentication, the web page and metrics."""

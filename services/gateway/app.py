@@ -1,0 +1,59 @@
+"""`create_app(settings)`: the FastAPI app with its routes, middleware and error handlers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from services.gateway.access import ApiAccessMiddleware
+from services.gateway.audit import configure_audit_file
+from services.gateway.config import GatewaySettings, get_settings
+from services.gateway.metrics import MetricsMiddleware
+from services.gateway.problems import install_problem_handlers
+from services.gateway.resources import GatewayResources
+from services.gateway.routes import health, models, predictions, web
+from services.gateway.upload_limit import BodySizeLimitMiddleware
+
+log = logging.getLogger("cxr.gateway")
+
+DESCRIPTION = """Reads chest X-rays (JPEG, PNG, DICOM) and answers NORMAL or PNEUMONIA with a
+calibrated probability, the decision threshold, the model version and a Grad-CAM heatmap.
+
+**Not for clinical use.** Send `Authorization: Bearer <API key>` on every `/v1` request.
+Errors are RFC 7807 problem details (`application/problem+json`) with a stable `code`."""
+
+TAGS = [
+    {"name": "predictions", "description": "Upload X-rays and read their predictions."},
+    {"name": "models", "description": "The model that answers predictions."},
+    {"name": "operations", "description": "Probes and metrics."},
+]
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    resources = GatewayResources.from_settings(settings)
+    configure_audit_file(settings.audit_log)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if resources.demo_key:
+            log.warning("development API key (client 'demo'): %s", resources.demo_key)
+        yield
+        await resources.aclose()
+
+    app = FastAPI(title="cxr-pneumonia gateway", version="1.0.0", description=DESCRIPTION,
+                  openapi_tags=TAGS, lifespan=lifespan)
+    app.state.resources = resources
+    install_problem_handlers(app)
+    # Added last = outermost: metrics also count what the access gate and size limit refuse.
+    app.add_middleware(ApiAccessMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=resources.metrics)
+    for module in (predictions, models, health, web):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    return app

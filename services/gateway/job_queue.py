@@ -1,0 +1,38 @@
+"""Queues prediction jobs for the worker by task name, so the gateway never imports worker code."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from services.gateway.config import GatewaySettings
+from services.gateway.errors import QueueUnavailableError
+
+log = logging.getLogger("cxr.gateway")
+
+
+class JobQueue:
+    """Sends `cxr.predict(job_id)` to the `inference` queue on the Redis broker."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.queue = settings.inference_queue
+        self.task_name = settings.predict_task
+        self.celery = Celery("cxr-gateway", broker=settings.redis_url, set_as_current=False)
+        self.celery.conf.update(task_serializer="json", accept_content=["json"],
+                                broker_connection_retry_on_startup=True)
+
+    def enqueue(self, job_id: str) -> None:
+        """Blocking; call it from a worker thread."""
+        try:
+            self.celery.send_task(
+                self.task_name, args=[job_id], queue=self.queue, task_id=job_id,
+                retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
+                                          "interval_step": 0.5, "interval_max": 2},
+            )
+        except Exception as exc:  # kombu raises several connection error types
+            log.error("could not queue job %s: %s", job_id, exc)
+            raise QueueUnavailableError() from exc
+
+    def close(self) -> None:
+        self.celery.close()

@@ -1,0 +1,84 @@
+"""Prometheus metrics of the gateway: every request by route template and status, uploads, jobs."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.routing import Mount, compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+class GatewayMetrics:
+    """The gateway's collectors in their own registry (one per app, so tests can build many)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("cxr_gateway_requests_total", "HTTP requests answered.",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("cxr_gateway_request_duration_seconds",
+                                 "Time to answer an HTTP request.", ["method", "route"],
+                                 registry=self.registry)
+        self.upload_bytes = Histogram(
+            "cxr_gateway_upload_bytes", "Size of accepted uploads.", registry=self.registry,
+            buckets=(16e3, 64e3, 256e3, 1e6, 4e6, 16e6, 64e6),
+        )
+        self.uploads_refused = Counter("cxr_gateway_uploads_refused_total",
+                                       "Uploads refused, by error code.", ["code"],
+                                       registry=self.registry)
+        self.jobs_created = Counter("cxr_gateway_jobs_created_total",
+                                    "Prediction jobs created and queued.", registry=self.registry)
+
+
+def route_template(scope: Scope, templates: list[tuple[re.Pattern[str], str]]) -> str:
+    """The path template (e.g. /v1/predictions/{job_id}) that serves `scope`, not the raw path."""
+    route = scope.get("route")  # set by the router on the shared scope once a route matched
+    if route is not None and getattr(route, "path", None):
+        return str(route.path)
+    # Refused before routing (by the access gate or the size limit): match the documented paths.
+    for pattern, template in templates:
+        if pattern.match(scope["path"]):
+            return template
+    return UNMATCHED_ROUTE
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request, /metrics and probes included."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._compiled: list[tuple[re.Pattern[str], str]] | None = None
+
+    def _templates(self, scope: Scope) -> list[tuple[re.Pattern[str], str]]:
+        if self._compiled is None:
+            app = scope["app"]
+            paths = list(app.openapi().get("paths", {}))
+            mounts = [route.path for route in app.routes if isinstance(route, Mount)]
+            self._compiled = [(compile_path(path)[0], path) for path in paths] + [
+                (compile_path(f"{mount}/{{path:path}}")[0], mount) for mount in mounts]
+        return self._compiled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = route_template(scope, self._templates(scope))
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)

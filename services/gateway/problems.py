@@ -1,0 +1,115 @@
+"""RFC 7807 problem details: the one place where errors become HTTP status codes and bodies."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.gateway.errors import HTTPHeadersMixin
+from shared.errors import CXRError
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+log = logging.getLogger("cxr.gateway")
+
+
+class Problem(BaseModel):
+    """An error answer (RFC 7807) with the service's stable error `code`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="URI naming the kind of problem; ends with `code`.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int
+    detail: str = Field(description="What went wrong and what to do about it.")
+    instance: str = Field(description="The request path that failed.")
+    code: str = Field(description="Stable machine-readable error code, e.g. `not_an_image`.")
+
+
+def problem_type(code: str) -> str:
+    return f"urn:cxr-pneumonia:problem:{code}"
+
+
+def problem_response(request: Request, status: int, code: str, detail: str,
+                     headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    body = Problem(type=problem_type(code), title=HTTPStatus(status).phrase, status=status,
+                   detail=detail, instance=request.url.path, code=code, **extra)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers,
+                        media_type=PROBLEM_MEDIA_TYPE)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting problem answers for `statuses`."""
+    return {
+        status: {"model": Problem, "description": HTTPStatus(status).phrase,
+                 "content": {PROBLEM_MEDIA_TYPE: {}}}
+        for status in statuses
+    }
+
+
+def _status_code_slug(status: int) -> str:
+    return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+
+
+def error_response(request: Request, exc: CXRError) -> JSONResponse:
+    """The problem answer for a typed error; also used by middleware outside the handlers."""
+    if exc.http_status >= 500:
+        log.warning("%s %s answered %s: %s", request.method, request.url.path, exc.http_status,
+                    exc.message)
+    headers = exc.headers() if isinstance(exc, HTTPHeadersMixin) else None
+    return problem_response(request, exc.http_status, exc.code, exc.message, headers)
+
+
+async def _cxr_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CXRError)
+    return error_response(request, exc)
+
+
+def backend_down_response(request: Request) -> JSONResponse:
+    return problem_response(request, 503, "backend_unavailable",
+                            "The job database is unavailable right now; try again shortly.",
+                            {"Retry-After": "5"})
+
+
+async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+    return problem_response(request, exc.status_code, _status_code_slug(exc.status_code), detail,
+                            exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # The offending input is left out: it may be a whole upload or a key.
+    errors = [{"loc": [str(part) for part in err.get("loc", ())], "msg": str(err.get("msg", "")),
+               "type": str(err.get("type", ""))} for err in exc.errors()]
+    summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+    return problem_response(request, 422, "invalid_request", f"The request is invalid: {summary}",
+                            errors=errors)
+
+
+async def _backend_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return backend_down_response(request)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(request, 500, "internal_error",
+                            "The service failed unexpectedly; the error has been logged.")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(CXRError, _cxr_error)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(redis.exceptions.ConnectionError, _backend_down)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _backend_down)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,78 @@
+"""Everything a request handler talks to, built once per app from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+import redis.asyncio
+
+from services.gateway.auth import DEMO_CLIENT, ApiKeyRing, load_or_create_demo_key
+from services.gateway.config import GatewaySettings
+from services.gateway.idempotency import IdempotencyKeys
+from services.gateway.job_queue import JobQueue
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.model_info import RegistryClient, ServingClient
+from services.gateway.ratelimit import RateLimiter
+from shared.imaging import DecodeLimits
+from shared.jobs import JobStore
+from shared.storage import Storage, get_storage
+
+
+def build_key_ring(settings: GatewaySettings) -> tuple[ApiKeyRing, str | None]:
+    """The configured keys; in development without any, a generated demo key (also returned)."""
+    spec = settings.api_keys.get_secret_value()
+    if spec.strip():
+        return ApiKeyRing.parse(spec), None
+    if settings.env == "production":  # settings validation already refuses this; belt and braces
+        raise ValueError("CXR_API_KEYS must be set in production.")
+    demo_key = load_or_create_demo_key(Path(settings.demo_key_file))
+    return ApiKeyRing.parse(f"{DEMO_CLIENT}:{demo_key}"), demo_key
+
+
+@dataclass
+class GatewayResources:
+    settings: GatewaySettings
+    keys: ApiKeyRing
+    demo_key: str | None
+    redis: redis.asyncio.Redis
+    storage: Storage
+    jobs: JobStore
+    queue: JobQueue
+    limiter: RateLimiter
+    idempotency: IdempotencyKeys
+    metrics: GatewayMetrics
+    limits: DecodeLimits
+    http: httpx.AsyncClient = field(init=False)
+    serving: ServingClient = field(init=False)
+    registry: RegistryClient = field(init=False)
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> GatewayResources:
+        keys, demo_key = build_key_ring(settings)
+        async_redis = redis.asyncio.Redis.from_url(settings.redis_url)
+        storage = get_storage(settings)
+        resources = cls(
+            settings=settings, keys=keys, demo_key=demo_key, redis=async_redis, storage=storage,
+            jobs=JobStore(redis.Redis.from_url(settings.redis_url), storage),
+            queue=JobQueue(settings),
+            limiter=RateLimiter(async_redis, settings.rate_limit_per_minute),
+            idempotency=IdempotencyKeys(async_redis, settings.idempotency_ttl_seconds),
+            metrics=GatewayMetrics(), limits=DecodeLimits.from_settings(settings),
+        )
+        resources.open_http()
+        return resources
+
+    def open_http(self) -> None:
+        self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_seconds)
+        self.serving = ServingClient(self.http, self.settings.model_server_rest,
+                                     self.settings.model_name)
+        self.registry = RegistryClient(self.http, self.settings.mlflow_tracking_uri,
+                                       self.settings.model_name)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.redis.aclose()
+        self.queue.close()

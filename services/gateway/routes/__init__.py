@@ -1,0 +1,1 @@
+"""One router per resource; `services.gateway.app` includes them all."""

@@ -1,0 +1,77 @@
+"""Probes (`/healthz`, `/readyz`) and Prometheus metrics (`/metrics`)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway.api_models import Liveness, Readiness
+from services.gateway.deps import ResourcesDep
+from services.gateway.errors import NotReadyError
+from services.gateway.model_info import UPSTREAM_ERRORS
+from services.gateway.problems import problem_response, problem_responses
+from services.gateway.resources import GatewayResources
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Liveness, summary="The process is up")
+async def healthz() -> Liveness:
+    return Liveness()
+
+
+@router.get("/readyz", response_model=Readiness, summary="Dependencies are reachable",
+            responses=problem_responses(503))
+async def readyz(request: Request, resources: ResourcesDep) -> Readiness | JSONResponse:
+    """Redis answers, storage round-trips an object, the model server has a version AVAILABLE."""
+    checks = {
+        "redis": await _check(_redis_ok(resources)),
+        "storage": await _check(run_in_threadpool(_storage_round_trip, resources)),
+        "model_server": await _check(_model_server_ok(resources)),
+    }
+    failed = sorted(name for name, outcome in checks.items() if outcome != "ok")
+    if failed:
+        error = NotReadyError(f"Not ready: {', '.join(failed)} failed.")
+        return problem_response(request, error.http_status, error.code, error.message,
+                                checks=checks)
+    return Readiness(status="ok", checks=checks)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(resources: ResourcesDep) -> Response:
+    return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _check(probe) -> str:
+    try:
+        outcome = await probe
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported by name
+        return f"failed: {type(exc).__name__}: {exc}"[:300]
+    return "ok" if outcome is True else f"failed: {outcome}"
+
+
+async def _redis_ok(resources: GatewayResources) -> bool:
+    return bool(await resources.redis.ping())
+
+
+def _storage_round_trip(resources: GatewayResources) -> bool | str:
+    key = f"health/readyz-{uuid.uuid4().hex}"
+    payload = b"readyz"
+    resources.storage.put(key, payload)
+    try:
+        return True if resources.storage.get(key) == payload else "read back different bytes"
+    finally:
+        resources.storage.delete(key)
+
+
+async def _model_server_ok(resources: GatewayResources) -> bool | str:
+    try:
+        status = await resources.serving.status()
+    except UPSTREAM_ERRORS as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return True if status.serving_version is not None else "no AVAILABLE model version"

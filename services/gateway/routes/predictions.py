@@ -1,0 +1,152 @@
+"""Uploads (`POST /v1/predictions`), job status with long polling, and the heatmap image."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, File, Header, Path, Query, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from services.gateway.api_models import JobAccepted, JobView
+from services.gateway.audit import audited
+from services.gateway.deps import ClientDep, ResourcesDep
+from services.gateway.errors import HeatmapNotReadyError
+from services.gateway.problems import problem_responses
+from services.gateway.resources import GatewayResources
+from services.gateway.uploads import create_job, new_job_id
+from shared.errors import ImageError, JobNotFoundError
+from shared.imaging import decode_xray
+from shared.schemas import JobRecord, JobStatus
+
+router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
+
+JobIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+                                description="The id returned by the upload.")]
+POLL_INTERVAL_S = 0.2
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _owned_job(resources: GatewayResources, job_id: str, client: str) -> JobRecord:
+    """The job if it exists AND belongs to `client`; another client's job is simply not found."""
+    record = await run_in_threadpool(resources.jobs.get, job_id)
+    if record is None or record.client_id != client:
+        raise JobNotFoundError()
+    return record
+
+
+def _accepted(response: Response, record: JobRecord) -> JobAccepted:
+    response.headers["Location"] = f"/v1/predictions/{record.job_id}"
+    response.headers.update(NO_STORE)
+    return JobAccepted.from_record(record)
+
+
+@router.post(
+    "", status_code=202, response_model=JobAccepted, summary="Upload an X-ray for prediction",
+    responses=problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
+)
+async def create_prediction(
+    response: Response,
+    resources: ResourcesDep,
+    client: ClientDep,
+    file: Annotated[UploadFile, File(description="The chest X-ray: JPEG, PNG or DICOM.")],
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key",
+        description="Repeat a request safely: the same key and bytes give the same job.")] = None,
+) -> JobAccepted:
+    """Validate the image, store it, record the job and queue it; then poll `Location`."""
+    with audited(client, "upload") as entry:
+        entry.status = 202
+        data = await file.read()
+        digest = hashlib.sha256(data).hexdigest()
+        idem = resources.idempotency
+        if idempotency_key is not None:
+            idem.validate(idempotency_key)
+            replayed = await idem.existing(client, idempotency_key, digest)
+            if replayed is not None:
+                entry.job_id = replayed
+                entry.extra["replay"] = True
+                return _accepted(response, await _owned_job(resources, replayed, client))
+        try:
+            decoded = await run_in_threadpool(decode_xray, data, resources.limits)
+        except ImageError as exc:
+            resources.metrics.uploads_refused.labels(exc.code).inc()
+            raise
+        job_id = new_job_id()
+        if idempotency_key is not None:
+            claim = await idem.claim(client, idempotency_key, digest, job_id)
+            if not claim.is_new:  # a concurrent request with the same key won the race
+                entry.job_id = claim.job_id
+                return _accepted(response, await _wait_for_record(resources, claim.job_id, client))
+        entry.job_id = job_id
+        try:
+            record = await run_in_threadpool(
+                lambda: create_job(resources, job_id=job_id, client=client, data=data,
+                                   filename=file.filename, decoded=decoded))
+        except Exception:
+            if idempotency_key is not None:
+                await idem.release(client, idempotency_key)
+            raise
+        resources.metrics.jobs_created.inc()
+        resources.metrics.upload_bytes.observe(len(data))
+        return _accepted(response, record)
+
+
+async def _wait_for_record(resources: GatewayResources, job_id: str, client: str,
+                           timeout_s: float = 10.0) -> JobRecord:
+    """The record another request is still creating under the same idempotency key."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await _owned_job(resources, job_id, client)
+        except JobNotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+
+@router.get(
+    "/{job_id}", response_model=JobView, summary="A prediction job's status and result",
+    responses=problem_responses(401, 404, 422, 429, 503),
+)
+async def get_prediction(
+    request: Request,
+    response: Response,
+    resources: ResourcesDep,
+    client: ClientDep,
+    job_id: JobIdPath,
+    wait: Annotated[float, Query(
+        ge=0, le=3600,
+        description="Seconds to wait for the job to finish before answering "
+                    "(capped by the server's CXR_MAX_WAIT_SECONDS).")] = 0,
+) -> JobView:
+    """The job's state; with `wait`, answers as soon as it finishes or when the wait is over."""
+    with audited(client, "read_result", job_id):
+        record = await _owned_job(resources, job_id, client)
+        deadline = time.monotonic() + min(wait, resources.settings.max_wait_seconds)
+        while not record.status.finished and time.monotonic() < deadline:
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(POLL_INTERVAL_S)
+            record = await _owned_job(resources, job_id, client)
+        response.headers.update(NO_STORE)
+        return JobView.from_record(record)
+
+
+@router.get(
+    "/{job_id}/heatmap", summary="The Grad-CAM heatmap over the X-ray (PNG)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "PNG image"},
+               **problem_responses(401, 404, 422, 429, 503)},
+)
+async def get_heatmap(resources: ResourcesDep, client: ClientDep, job_id: JobIdPath) -> Response:
+    """The heatmap PNG; 404 `heatmap_not_ready` until the job has succeeded."""
+    with audited(client, "read_heatmap", job_id):
+        record = await _owned_job(resources, job_id, client)
+        if record.status != JobStatus.SUCCEEDED or not record.heatmap_key:
+            raise HeatmapNotReadyError()
+        png = await run_in_threadpool(resources.storage.get, record.heatmap_key)
+        return Response(png, media_type="image/png", headers=NO_STORE)
+

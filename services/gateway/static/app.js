@@ -1,0 +1,202 @@
+// The web page: keep the API key in sessionStorage, upload with progress, long-poll the job,
+// show the reading, the probability against the threshold, the heatmap and the model version.
+"use strict";
+
+const KEY_STORAGE = "cxr-api-key";
+const WAIT_SECONDS = 20;
+const $ = (id) => document.getElementById(id);
+let objectUrls = [];
+
+function apiKey() { return sessionStorage.getItem(KEY_STORAGE); }
+function authHeaders() { return { Authorization: `Bearer ${apiKey()}` }; }
+
+function showKeyState() {
+  const hasKey = Boolean(apiKey());
+  $("key-form").hidden = hasKey;
+  $("key-status").hidden = !hasKey;
+  $("analyse").disabled = !hasKey || !$("file").files.length;
+  if (hasKey) loadModelInfo();
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+function showError(text) {
+  const box = $("error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+async function problemText(response) {
+  // RFC 7807 problem details carry a human-readable `detail`; anything else gets the status.
+  try {
+    const body = await response.json();
+    if (body && body.detail) return `${body.title || response.status}: ${body.detail}`;
+  } catch (_) { /* not JSON */ }
+  return `The service answered ${response.status} ${response.statusText}.`;
+}
+
+function handleUnauthorized() {
+  sessionStorage.removeItem(KEY_STORAGE);
+  showKeyState();
+  $("api-key").focus();
+}
+
+async function loadModelInfo() {
+  const response = await fetch("/v1/models/current", { headers: authHeaders() });
+  if (!response.ok) return;
+  const model = await response.json();
+  $("model-info").textContent = model.version == null
+    ? `Model: ${model.name} (no version is being served right now)`
+    : `Model: ${model.name} version ${model.version}, decision threshold ${model.threshold?.toFixed(3) ?? "unknown"}`;
+}
+
+function upload(file) {
+  // XMLHttpRequest, not fetch: only it reports upload progress.
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    const form = new FormData();
+    form.append("file", file, file.name);
+    xhr.open("POST", "/v1/predictions");
+    xhr.setRequestHeader("Authorization", `Bearer ${apiKey()}`);
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) $("upload-progress").value = (100 * event.loaded) / event.total;
+    };
+    xhr.onload = () => resolve(new Response(xhr.responseText, {
+      status: xhr.status, statusText: xhr.statusText,
+      headers: { "Content-Type": xhr.getResponseHeader("Content-Type") || "" },
+    }));
+    xhr.onerror = () => reject(new Error("The upload failed: the service could not be reached."));
+    xhr.send(form);
+  });
+}
+
+async function waitForJob(jobId) {
+  for (;;) {
+    const response = await fetch(`/v1/predictions/${encodeURIComponent(jobId)}?wait=${WAIT_SECONDS}`,
+                                 { headers: authHeaders() });
+    if (response.status === 401) { handleUnauthorized(); throw new Error(await problemText(response)); }
+    if (!response.ok) throw new Error(await problemText(response));
+    const job = await response.json();
+    if (job.status === "succeeded" || job.status === "failed") return job;
+    setStatus(job.status === "running" ? "Reading the X-ray..." : "Waiting in the queue...");
+  }
+}
+
+function renderResult(job, file) {
+  const result = job.result;
+  const p = result.pneumonia_probability;
+  const t = result.threshold;
+  $("result-label").textContent = result.label;
+  $("result-label").dataset.label = result.label;
+  $("result-subtype").textContent = result.subtype ? `(${result.subtype} pattern most likely)` : "";
+  $("probability-text").textContent =
+    `Probability of pneumonia ${p.toFixed(3)}; decision threshold ${t.toFixed(3)} ` +
+    `(${p >= t ? "at or above" : "below"} the threshold).`;
+  $("bar-fill").style.width = `${(100 * p).toFixed(1)}%`;
+  $("bar-threshold").style.left = `calc(${(100 * t).toFixed(1)}% - 1px)`;
+  $("probability-bar").setAttribute("aria-label",
+    `Probability ${p.toFixed(3)} against threshold ${t.toFixed(3)}`);
+  $("result-model").textContent = `${result.model.name} version ${result.model.version}`;
+  const c = result.class_probabilities;
+  $("result-classes").textContent =
+    `normal ${c.normal.toFixed(3)}, bacterial ${c.bacterial.toFixed(3)}, viral ${c.viral.toFixed(3)}`;
+  $("result-job").textContent = job.job_id;
+  showOriginal(file);
+  $("result").hidden = false;
+}
+
+function showOriginal(file) {
+  // Browsers cannot draw DICOM; the heatmap shows that image anyway.
+  const drawable = /^image\/(jpeg|png)$/.test(file.type);
+  $("original-figure").hidden = !drawable;
+  if (drawable) $("original-image").src = remember(URL.createObjectURL(file));
+}
+
+async function showHeatmap(job) {
+  if (!job.heatmap_url) { $("heatmap-figure").hidden = true; return; }
+  const response = await fetch(job.heatmap_url, { headers: authHeaders() });
+  if (!response.ok) { $("heatmap-figure").hidden = true; return; }
+  $("heatmap-image").src = remember(URL.createObjectURL(await response.blob()));
+  $("heatmap-figure").hidden = false;
+}
+
+function remember(url) { objectUrls.push(url); return url; }
+
+function resetResult() {
+  objectUrls.forEach((url) => URL.revokeObjectURL(url));
+  objectUrls = [];
+  $("result").hidden = true;
+  showError("");
+}
+
+async function analyse(event) {
+  event.preventDefault();
+  const file = $("file").files[0];
+  if (!file || !apiKey()) return;
+  resetResult();
+  $("analyse").disabled = true;
+  $("upload-progress").value = 0;
+  try {
+    setStatus("Uploading...");
+    const response = await upload(file);
+    if (response.status === 401) { handleUnauthorized(); throw new Error(await problemText(response)); }
+    if (response.status !== 202) throw new Error(await problemText(response));
+    const accepted = await response.json();
+    setStatus("Waiting in the queue...");
+    const job = await waitForJob(accepted.job_id);
+    if (job.status === "failed") {
+      throw new Error(`The X-ray could not be read: ${job.failure?.message ?? "unknown reason"}`);
+    }
+    renderResult(job, file);
+    await showHeatmap(job);
+    setStatus("Done.");
+  } catch (error) {
+    setStatus("");
+    showError(error.message);
+  } finally {
+    $("analyse").disabled = !apiKey() || !$("file").files.length;
+  }
+}
+
+function chooseFile(files) {
+  if (!files || !files.length) return;
+  if (files !== $("file").files) {
+    const transfer = new DataTransfer();
+    transfer.items.add(files[0]);
+    $("file").files = transfer.files;
+  }
+  $("file-name").textContent = files[0].name;
+  $("analyse").disabled = !apiKey();
+}
+
+function wireDropZone() {
+  const zone = $("drop-zone");
+  ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  }));
+  ["dragleave", "drop"].forEach((name) => zone.addEventListener(name, (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+  }));
+  zone.addEventListener("drop", (event) => chooseFile(event.dataTransfer.files));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("api-key").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORAGE, key);
+    $("api-key").value = "";
+    showKeyState();
+  });
+  $("forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORAGE);
+    showKeyState();
+  });
+  $("file").addEventListener("change", () => chooseFile($("file").files));
+  $("upload-form").addEventListener("submit", analyse);
+  wireDropZone();
+  showKeyState();
+});
