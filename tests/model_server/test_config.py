@@ -1,0 +1,106 @@
+"""Model config parsing, validation and version policies (no server process)."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from services.model_server.config import parse_model_config, single_model_config, wanted_versions
+from services.model_server.errors import ServingError
+from services.model_server.tensors import array_from_json
+
+TWO_MODELS = """
+model_config_list {
+  config {
+    name: "cxr-pneumonia"
+    base_path: "s3://models/serving/cxr-pneumonia"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+  config {
+    name: "other"
+    base_path: "/srv/models/other"
+    model_platform: "tensorflow"
+    model_version_policy { all {} }
+  }
+}
+"""
+
+
+def _config(policy: str):
+    return parse_model_config(
+        'model_config_list { config { name: "m" base_path: "/m" model_platform: "tensorflow" '
+        f"model_version_policy {{ {policy} }} }} }}"
+    ).model_config_list.config[0]
+
+
+def test_text_config_with_two_models_policies_and_labels():
+    config = parse_model_config(TWO_MODELS)
+    first, second = config.model_config_list.config
+    assert first.name == "cxr-pneumonia"
+    assert first.base_path == "s3://models/serving/cxr-pneumonia"
+    assert list(first.model_version_policy.specific.versions) == [1, 2]
+    assert dict(first.version_labels) == {"stable": 1, "canary": 2}
+    assert second.model_version_policy.WhichOneof("policy_choice") == "all"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("model_config_list { config { name: ", "not a valid text ModelServerConfig"),
+    ('model_config_list { config { name: "m" base_path: "/m" model_platform: "pytorch" } }',
+     "not supported"),
+    ('model_config_list { config { name: "m" model_platform: "tensorflow" } }', "no base_path"),
+    ('model_config_list { config { name: "m" base_path: "/a" } '
+     'config { name: "m" base_path: "/b" } }',
+     "more than once"),
+    ('model_config_list { config { name: "m" base_path: "/m" '
+     'version_labels { key: "x" value: 0 } } }',
+     "version > 0"),
+])
+def test_bad_configs_are_invalid_arguments(text, words):
+    with pytest.raises(ServingError) as caught:
+        parse_model_config(text)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in caught.value.message
+
+
+def test_config_from_flags_serves_latest_version_only():
+    config = single_model_config("cxr-pneumonia", "/srv/models/cxr-pneumonia")
+    model = config.model_config_list.config[0]
+    assert (model.name, model.base_path, model.model_platform) == (
+        "cxr-pneumonia", "/srv/models/cxr-pneumonia", "tensorflow")
+    assert wanted_versions(model, [3, 1, 7, 2]) == {7}
+
+
+@pytest.mark.parametrize("policy, candidates, wanted", [
+    ("latest { num_versions: 2 }", [1, 5, 3], {3, 5}),
+    ("latest { num_versions: 1 }", [], set()),
+    ("all {}", [1, 5, 3], {1, 3, 5}),
+    ("specific { versions: 1 versions: 4 }", [1, 2, 3], {1}),
+])
+def test_version_policies(policy, candidates, wanted):
+    assert wanted_versions(_config(policy), candidates) == wanted
+
+
+def test_json_values_take_the_signature_dtype():
+    array = array_from_json("image", [[1, 2], [3, 255]], tf.uint8)
+    assert array.dtype == np.uint8 and array.tolist() == [[1, 2], [3, 255]]
+    assert array_from_json("x", [1, 2.5], tf.float32).dtype == np.float32
+
+
+@pytest.mark.parametrize("value, dtype, words", [
+    ([1.5, 2], tf.uint8, "non-integer"),
+    ([300], tf.uint8, "outside the range"),
+    ([[1, 2], [3]], tf.float32, "rectangular"),
+    (["a"], tf.float32, "numbers"),
+    (["a"], tf.uint8, "numbers"),
+    ([1], tf.string, "only numbers"),
+])
+def test_json_values_that_do_not_fit_are_refused(value, dtype, words):
+    with pytest.raises(ServingError) as caught:
+        array_from_json("x", value, dtype)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in caught.value.message
