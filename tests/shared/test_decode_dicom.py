@@ -17,8 +17,10 @@ from shared.imaging import decode_xray
 from tests.shared.xray_files import (
     dicom_bytes,
     dicom_with_foreign_compression,
+    dicom_with_jpeg_baseline,
     dicom_without_pixels,
     gradient,
+    jpeg_bytes,
     raw_implicit_dicom_bytes,
     xray_dataset,
 )
@@ -201,3 +203,19 @@ def test_palette_colour_dicom_is_unsupported():
     dataset.PhotometricInterpretation = "PALETTE COLOR"
     with pytest.raises(UnsupportedFormatError, match="PALETTE COLOR"):
         decode_xray(dicom_bytes(dataset))
+
+
+def test_jpeg_baseline_gray_dicom_decodes_like_the_jpeg_itself():
+    jpeg = jpeg_bytes(gradient(96, 128))
+    data = dicom_with_jpeg_baseline(jpeg, "MONOCHROME2", 96, 128)
+    decoded = decode_xray(data)
+    assert decoded.metadata["transfer_syntax"] == "JPEG Baseline (Process 1)"
+    np.testing.assert_array_equal(decoded.pixels, decode_xray(jpeg).pixels)
+
+
+def test_jpeg_baseline_colour_dicom_becomes_gray():
+    gray = gradient(96, 128)
+    jpeg = jpeg_bytes(np.stack([gray] * 3, axis=-1))
+    decoded = decode_xray(dicom_with_jpeg_baseline(jpeg, "YBR_FULL_422", 96, 128, samples=3))
+    assert decoded.pixels.shape == (96, 128)
+    assert np.abs(decoded.pixels.astype(int) - gray).max() <= 6

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 DIGITAL_XRAY_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - Presentation
 BASIC_TEXT_SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -104,7 +104,23 @@ def dicom_without_pixels() -> bytes:
 def dicom_with_foreign_compression(uid: str) -> bytes:
     """A DICOM file whose encapsulated pixel data claims a transfer syntax we cannot decode."""
     dataset = xray_dataset(gradient(96, 128, 0, 4000, np.uint16))
-    dataset.PixelData = encapsulate([b"\x00\x01" * 64])
+    return _encapsulated(dataset, b"\x00\x01" * 64, uid)
+
+
+def dicom_with_jpeg_baseline(jpeg: bytes, photometric: str, rows: int, columns: int,
+                             samples: int = 1) -> bytes:
+    """A DICOM file carrying a JPEG made by Pillow as its pixel data (JPEG Baseline)."""
+    dataset = xray_dataset(np.zeros((rows, columns), np.uint8), bits_stored=8)
+    dataset.SamplesPerPixel = samples
+    dataset.PhotometricInterpretation = photometric
+    if samples == 3:
+        dataset.PlanarConfiguration = 0
+    return _encapsulated(dataset, jpeg, JPEGBaseline8Bit)
+
+
+def _encapsulated(dataset: Dataset, fragment: bytes, transfer_syntax: str) -> bytes:
+    """The dataset with `fragment` as its one compressed frame, labelled `transfer_syntax`."""
+    dataset.PixelData = encapsulate([fragment])
     dataset["PixelData"].VR = "OB"
-    dataset.file_meta.TransferSyntaxUID = uid
+    dataset.file_meta.TransferSyntaxUID = transfer_syntax
     return dicom_bytes(dataset)
