@@ -57,7 +57,11 @@ class JobStore:
         if not self._redis.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl,
                                nx=True):
             raise JobExistsError(f"A prediction job with id {record.job_id} already exists.")
-        self._write_durable(record)
+        try:
+            self._write_durable(record)
+        except BaseException:
+            self._redis.delete(redis_key(record.job_id))  # no half-created job: the id stays free
+            raise
         return record
 
     def get(self, job_id: str) -> JobRecord | None:

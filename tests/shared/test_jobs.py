@@ -6,7 +6,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from shared.errors import InvalidJobTransitionError, JobExistsError, JobNotFoundError
+from shared.errors import (
+    InvalidJobTransitionError,
+    JobExistsError,
+    JobNotFoundError,
+    StorageError,
+)
 from shared.jobs import JobStore, redis_key, storage_key
 from shared.schemas import (
     ClassProbabilities,
@@ -180,3 +185,17 @@ def test_save_overwrites_both_copies(store, redis_client, storage):
     store.save(changed)
     redis_client.flushall()
     assert store.get("job-1").extra == {"StudyInstanceUID": "1.2.3"}
+
+
+class _StorageThatCannotWrite(LocalStorage):
+    def put(self, key, data, content_type=None):
+        raise StorageError("The disk is full.")
+
+
+def test_create_leaves_nothing_behind_when_storage_fails(redis_client, tmp_path):
+    failing = JobStore(redis_client, _StorageThatCannotWrite(tmp_path / "store"))
+    with pytest.raises(StorageError):
+        failing.create(_record())
+    assert not redis_client.exists(redis_key("job-1"))
+    working = JobStore(redis_client, LocalStorage(tmp_path / "store"))
+    assert working.create(_record()).job_id == "job-1"  # the id can be used again
