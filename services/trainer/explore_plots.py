@@ -115,7 +115,7 @@ def patients_per_class(patients: Mapping[str, set[str]], out: Path) -> Path:
     bars = ax.bar(names, values, color=[CLASS_COLOURS[n] for n in names])
     ax.bar_label(bars)
     ax.set_ylabel("patients")
-    ax.set_title("Patients per class")
+    ax.set_title("Patients per class (a patient with both subtypes counts in both)", fontsize=10)
     return _save(figure, out, "patients_per_class")
 
 
