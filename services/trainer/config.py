@@ -33,7 +33,6 @@ class TrainerSettings(SharedSettings):
     # The gate set: whole patients held out of every training run (see docs/training.md).
     gate_fraction: float = Field(default=0.10, gt=0, lt=1)
     gate_seed: int = 20240101
-    gate_image_cache_dir: str | None = "var/cache/images"
 
     # --- scheduled retraining ---
     retrain_cron: str = "0 3 * * 0"

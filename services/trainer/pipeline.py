@@ -1,8 +1,8 @@
 """Retraining end to end: train -> export -> log -> register -> gate -> champion + publish (or not).
 
 `retrain(settings)` is what the scheduled Celery task and `python -m services.trainer retrain` run.
-The gate set (`gates.split_gate_set`) is cut from the data before training, so no model ever
-trains on the images that decide its promotion.
+The gate set (`gates.split_gate_set`) is cut from the recipe's records before training, so no
+model ever trains on the images that decide its promotion.
 """
 
 from __future__ import annotations
@@ -15,81 +15,51 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from services.trainer.config import TrainerSettings, get_settings
-from services.trainer.gates import GateSet, PromotionGate, split_gate_set
+from services.trainer.gates import GateSet, GateVerdict, PromotionGate, split_gate_set
 from services.trainer.model_card import render_model_card
 from services.trainer.promotion import publish_registered, registry_for
-from services.trainer.tracking import git_commit, log_training_run, numeric_metrics
+from services.trainer.registry import ModelRegistry
+from services.trainer.tracking import LoggedRun, git_commit, log_training_run, numeric_metrics
 
 log = logging.getLogger(__name__)
-
-
-def training_config(settings: TrainerSettings, out_dir: Path, overrides: Mapping[str, Any]):
-    """The recipe's `TrainConfig` for this run: its defaults, the data folder, then `overrides`."""
-    from services.trainer.recipe import TrainConfig
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(fields)}")
-    values = {"data_dir": str(settings.data_dir), "out_dir": str(out_dir), **overrides}
-    return TrainConfig(**{k: v for k, v in values.items() if k in fields})
 
 
 def retrain(settings: TrainerSettings | None = None,
             train_overrides: Mapping[str, Any] | None = None) -> dict:
     """Run one retraining; returns a summary (version, gate verdict, what was published)."""
-    from services.trainer.dataset import scan_dataset
-    from services.trainer.export import export_for_serving
-    from services.trainer.recipe import run_training
+    from services.trainer.recipe import TrainConfig, run_training, select_records
 
     settings = settings or get_settings()
     started = time.monotonic()
     registry = registry_for(settings)
-    records = scan_dataset(settings.data_dir)
-    trainable, gate_records = split_gate_set(records, settings.gate_fraction, settings.gate_seed)
-    log.info("data: %d images, %d for training, %d patients' images held for the gate",
-             len(records), len(trainable), len(gate_records))
-    gate_set = GateSet.from_records(gate_records, settings.image_size,
-                                    settings.gate_image_cache_dir)
-
     with tempfile.TemporaryDirectory(prefix="cxr-retrain-") as scratch:
         work = Path(scratch)
-        config = training_config(settings, work / "training", train_overrides or {})
+        config = TrainConfig.from_settings(settings, out_dir=str(work / "training"),
+                                           **dict(train_overrides or {}))
+        records = select_records(config)
+        trainable, gate_records = split_gate_set(records, settings.gate_fraction,
+                                                 settings.gate_seed)
+        log.info("data: %d images, %d may be trained on, %d held out for the gate",
+                 len(records), len(trainable), len(gate_records))
+        gate_set = GateSet.from_records(gate_records, settings.image_size,
+                                        settings.train_image_cache_dir)
         log.info("training: %s", config)
         outcome = run_training(config, records=trainable)
-        log.info("trained: validation AUROC %s, threshold %.4f",
+        log.info("trained: validation AUROC %s at threshold %.4f",
                  outcome.validation.get("auroc"), outcome.threshold)
-
-        saved_model = export_for_serving(
-            outcome.models, base_path=work / "export", version=1, threshold=outcome.threshold,
-            temperature=outcome.temperature, model_name=settings.model_name)
-        commit = git_commit()
-        card = render_model_card(
-            model_name=settings.registered_model_name, threshold=outcome.threshold,
-            temperature=outcome.temperature, params=outcome.params,
-            validation=outcome.validation, baseline=outcome.baseline, git_commit=commit)
-        gate_params = {"gate.fraction": settings.gate_fraction, "gate.seed": settings.gate_seed,
-                       "gate.images": len(gate_records), "gate.set_fingerprint":
-                       gate_set.fingerprint, "train.images_available": len(trainable)}
-        logged = log_training_run(outcome, saved_model, experiment=settings.mlflow_experiment,
-                                  model_card=card, extra_params=gate_params)
+        saved_model = _export(outcome, work / "export", settings.model_name)
+        logged = _log_run(outcome, saved_model, settings, gate_set, len(trainable))
         version = registry.register(logged.model_uri, logged.run_id, tags={
             "threshold": f"{outcome.threshold:.6f}", "temperature": f"{outcome.temperature:.6f}",
-            "git_commit": commit})
-
+            "git_commit": git_commit()})
         champion = registry.champion()
-        champion_dir = (registry.download_saved_model(champion, work / "champion")
-                        if champion is not None else None)
-        verdict = PromotionGate.from_settings(settings).evaluate(
-            gate_set, saved_model, champion_dir, champion)
+        verdict = _gate(registry, settings, gate_set, saved_model, champion, work)
         registry.tag_version(version, verdict.as_tags())
-        mlflow.MlflowClient().log_batch(logged.run_id, metrics=[
-            mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
-            for k, v in numeric_metrics(verdict.candidate, "gate").items()])
-
+        _log_gate_metrics(logged.run_id, verdict)
         published = None
         if verdict.passed:
             registry.promote(version, reason=verdict.reason, by="retrain pipeline")
@@ -108,3 +78,43 @@ def retrain(settings: TrainerSettings | None = None,
     }
     log.info("retrain finished: %s", summary)
     return summary
+
+
+def _export(outcome, base: Path, model_name: str) -> Path:
+    from services.trainer.export import export_for_serving
+
+    # Version 1 of a scratch folder: the served version number is the MLflow one, given at
+    # publish time (the SavedModel does not contain it).
+    return export_for_serving(outcome.models, base_path=base, version=1,
+                              threshold=outcome.threshold, temperature=outcome.temperature,
+                              model_name=model_name)
+
+
+def _log_run(outcome, saved_model: Path, settings: TrainerSettings, gate_set: GateSet,
+             trainable_images: int) -> LoggedRun:
+    card = render_model_card(
+        model_name=settings.registered_model_name, threshold=outcome.threshold,
+        temperature=outcome.temperature, params=outcome.params, validation=outcome.validation,
+        baseline=outcome.baseline, git_commit=git_commit())
+    gate_params = {"gate.fraction": settings.gate_fraction, "gate.seed": settings.gate_seed,
+                   "gate.images": len(gate_set.is_pneumonia),
+                   "gate.set_fingerprint": gate_set.fingerprint,
+                   "data_images_before_gate_split": trainable_images + len(gate_set.is_pneumonia)}
+    return log_training_run(outcome, saved_model, experiment=settings.mlflow_experiment,
+                            model_card=card, extra_params=gate_params)
+
+
+def _gate(registry: ModelRegistry, settings: TrainerSettings, gate_set: GateSet,
+          candidate_dir: Path, champion: int | None, work: Path) -> GateVerdict:
+    champion_dir = (registry.download_saved_model(champion, work / "champion")
+                    if champion is not None else None)
+    return PromotionGate.from_settings(settings).evaluate(gate_set, candidate_dir, champion_dir,
+                                                          champion)
+
+
+def _log_gate_metrics(run_id: str, verdict: GateVerdict) -> None:
+    """The gate numbers also on the run, next to its validation numbers (`gate.auroc` ...)."""
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(k, v, timestamp, 0)
+               for k, v in numeric_metrics(verdict.candidate, "gate").items()]
+    MlflowClient().log_batch(run_id, metrics=metrics)

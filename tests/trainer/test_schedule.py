@@ -1,0 +1,114 @@
+"""Scheduled retraining: the beat schedule from CXR_RETRAIN_CRON, routing, and the one-run lock."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+from celery import Celery
+from celery.schedules import crontab
+
+from services.trainer.celery_app import (
+    QUEUE,
+    SCHEDULE_ENTRY,
+    TASK_NAME,
+    celery_config,
+    parse_cron,
+)
+from services.trainer.config import TrainerSettings
+from services.trainer.retrain_lock import LOCK_KEY, retrain_exclusively
+from tests.support.procs import ManagedProcess, python_argv, wait_until
+
+
+def test_default_schedule_is_weekly_on_sunday_at_three():
+    entry = celery_config(TrainerSettings())["beat_schedule"][SCHEDULE_ENTRY]
+    assert entry["task"] == TASK_NAME
+    assert entry["options"]["queue"] == QUEUE
+    schedule = entry["schedule"]
+    assert (schedule.minute, schedule.hour, schedule.day_of_week) == ({0}, {3}, {0})
+    assert schedule.day_of_month == set(range(1, 32))
+
+
+def test_schedule_follows_the_cron_setting(monkeypatch):
+    monkeypatch.setenv("CXR_RETRAIN_CRON", "30 4 1,15 * *")
+    schedule = celery_config(TrainerSettings())["beat_schedule"][SCHEDULE_ENTRY]["schedule"]
+    assert schedule == crontab(minute="30", hour="4", day_of_month="1,15")
+    assert schedule.day_of_month == {1, 15}
+
+
+@pytest.mark.parametrize("bad", ["0 3 * *", "0 25 * * *", "every sunday", "61 * * * *"])
+def test_a_bad_cron_is_refused_with_the_setting_name(bad):
+    with pytest.raises(ValueError, match="CXR_RETRAIN_CRON"):
+        parse_cron(bad)
+
+
+def test_retrain_task_is_routed_to_the_training_queue_and_acked_late():
+    from services.trainer.celery_app import app
+    from services.trainer.tasks import retrain
+
+    assert retrain.name == TASK_NAME
+    assert app.amqp.router.route({}, TASK_NAME)["queue"].name == QUEUE
+    assert app.conf.task_acks_late and app.conf.worker_prefetch_multiplier == 1
+    visibility = app.conf.broker_transport_options["visibility_timeout"]
+    assert visibility > TrainerSettings().retrain_lock_ttl_s > app.conf.task_time_limit
+
+
+def test_a_second_retraining_is_skipped_while_one_runs(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow_retrain() -> dict:
+        calls.append("first")
+        started.set()
+        assert release.wait(30)
+        return {"version": 1}
+
+    results: list[dict] = []
+    first = threading.Thread(target=lambda: results.append(
+        retrain_exclusively(client, 600, slow_retrain)))
+    first.start()
+    assert started.wait(30)
+    assert 0 < client.ttl(LOCK_KEY) <= 600
+    second = retrain_exclusively(client, 600, lambda: calls.append("second") or {})
+    assert second == {"skipped": True, "reason": "another retraining is running"}
+    release.set()
+    first.join(30)
+    assert results == [{"skipped": False, "version": 1}]
+    assert calls == ["first"]
+    assert not client.exists(LOCK_KEY)  # released at the end, not left to its TTL
+    assert retrain_exclusively(client, 600, lambda: {"version": 2})["version"] == 2
+
+
+def test_the_lock_is_released_when_retraining_fails(redis_url):
+    client = redis.Redis.from_url(redis_url)
+
+    def broken() -> dict:
+        raise RuntimeError("training crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        retrain_exclusively(client, 600, broken)
+    assert not client.exists(LOCK_KEY)
+
+
+@pytest.mark.slow
+def test_a_real_worker_takes_cxr_retrain_from_the_training_queue(redis_url, tmp_path):
+    """Sent by name like beat does; the lock is held, so the worker skips it and says so."""
+    client = redis.Redis.from_url(redis_url)
+    assert client.set(LOCK_KEY, "held-by-test", ex=600)
+    worker = ManagedProcess(
+        "trainer-worker",
+        python_argv("-m", "celery", "-A", "services.trainer.celery_app", "worker", "-Q", QUEUE,
+                    "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"),
+        tmp_path, env={"CXR_REDIS_URL": redis_url})
+    try:
+        sender = Celery(broker=redis_url)
+        sender.conf.task_routes = {TASK_NAME: {"queue": QUEUE}}
+        sender.send_task(TASK_NAME)
+        wait_until(lambda: "retraining skipped" in worker.log_tail(20000), 180,
+                   "worker log line for the skipped retraining", worker)
+        assert client.llen(QUEUE) == 0
+        assert client.get(LOCK_KEY) == b"held-by-test"
+    finally:
+        worker.stop()
