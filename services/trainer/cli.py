@@ -24,6 +24,14 @@ def default_data_dir() -> Path:
     return Path(get_settings().data_dir)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_data_argument(parser: argparse.ArgumentParser) -> None:
     """`--data DIR`: the Kaggle-layout data set, defaulting to the `CXR_DATA_DIR` setting."""
     parser.add_argument("--data", type=Path, default=default_data_dir(),
@@ -35,7 +43,7 @@ def add_explore(subparsers: argparse._SubParsersAction) -> None:
     add_data_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("out/explore"),
                         help="folder for the PNG figures, summary.md and summary.json")
-    parser.add_argument("--samples-per-class", type=int, default=6,
+    parser.add_argument("--samples-per-class", type=positive_int, default=6,
                         help="images per class in the sample grid")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sample grid")
     parser.set_defaults(handler=run_explore)

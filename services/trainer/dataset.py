@@ -209,9 +209,12 @@ def load_images(records: Sequence[XrayRecord], size: int = 224,
             cached = np.load(cache_file)
             if cached.shape == (len(records), size, size, 1) and cached.dtype == np.uint8:
                 return cached
-    images = map_with_progress(lambda r: to_model_input(read_pixels(r), size), records,
-                               f"loading images at {size}px")
-    array = np.stack(images) if images else np.zeros((0, size, size, 1), dtype=np.uint8)
+    array = np.empty((len(records), size, size, 1), dtype=np.uint8)
+
+    def fill(index: int) -> None:  # in place: the full set never sits in memory twice
+        array[index] = to_model_input(read_pixels(records[index]), size)
+
+    map_with_progress(fill, range(len(records)), f"loading images at {size}px")
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(f".{os.getpid()}.partial.npy")

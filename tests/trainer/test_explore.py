@@ -92,6 +92,15 @@ def test_cli_reports_a_bad_data_folder_in_one_line(tmp_path: Path,
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_sample_grid_without_images(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explore", "--data", str(SAMPLE), "--out", str(tmp_path), "--samples-per-class", "0"])
+    assert exit_info.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_data_defaults_to_the_data_dir_setting(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     from services.trainer import cli
