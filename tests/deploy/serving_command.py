@@ -1,4 +1,4 @@
-"""TF Serving's command line and config mounts, as docker-compose and the k8s Deployment give them."""
+"""TF Serving's command line as docker-compose and the k8s Deployment give it, and its protos."""
 
 from __future__ import annotations
 
@@ -38,16 +38,15 @@ def monitoring_config_class():
     proto = descriptor_pb2.FileDescriptorProto(
         name="cxr_tests/monitoring_config.proto", package="tensorflow.serving", syntax="proto3")
     prometheus = proto.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
-                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
-    prometheus.field.add(name="path", number=2,
-                         type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+    field = descriptor_pb2.FieldDescriptorProto
+    prometheus.field.add(name="enable", number=1, type=field.TYPE_BOOL,
+                         label=field.LABEL_OPTIONAL)
+    prometheus.field.add(name="path", number=2, type=field.TYPE_STRING,
+                         label=field.LABEL_OPTIONAL)
     monitoring = proto.message_type.add(name="MonitoringConfig")
-    monitoring.field.add(name="prometheus_config", number=1,
-                         type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+    monitoring.field.add(name="prometheus_config", number=1, type=field.TYPE_MESSAGE,
                          type_name=".tensorflow.serving.PrometheusConfig",
-                         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
+                         label=field.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(

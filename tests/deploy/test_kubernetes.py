@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Iterator
 
 import kubernetes_validate
 import pytest
@@ -149,3 +151,38 @@ def test_images_are_pinned_and_placeholders_replaced(overlay_objects):
             name, _, tag = image.rpartition(":")
             assert name and tag and tag != "latest", image
             assert name not in IMAGE_PLACEHOLDERS, f"{image}: placeholder not set by the overlay"
+
+
+def documented_secrets() -> dict[str, set[str]]:
+    """Secret name -> keys, from the `kubectl create secret` commands in docs/deployment.md."""
+    text = (K8S_DIR.parents[1] / "docs" / "deployment.md").read_text().replace("\\\n", " ")
+    secrets: dict[str, set[str]] = {}
+    for command in re.findall(r"create secret (generic|tls) ([a-z0-9-]+)([^\n]*)", text):
+        kind, name, rest = command
+        keys = {"tls.crt", "tls.key"} if kind == "tls" else set(
+            re.findall(r"--from-literal=([A-Za-z0-9_.-]+)=", rest))
+        secrets.setdefault(name, set()).update(keys)
+    return secrets
+
+
+def referenced_secrets(objects: list[dict]) -> Iterator[tuple[str, str | None]]:
+    """(secret name, key or None) for every reference in pods and ingresses."""
+    for _, pod in pod_specs(objects):
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                yield volume["secret"]["secretName"], None
+        for container in containers(pod):
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    yield ref["name"], ref["key"]
+    for ingress in (o for o in objects if o["kind"] == "Ingress"):
+        for tls in ingress["spec"].get("tls", []):
+            yield tls["secretName"], None
+
+
+def test_every_secret_the_pods_need_is_documented(overlay_objects):
+    documented = documented_secrets()
+    for name, key in referenced_secrets(overlay_objects):
+        assert name in documented, f"docs/deployment.md does not say how to create {name}"
+        assert key is None or key in documented[name], f"{name} is documented without key {key}"
