@@ -1,0 +1,127 @@
+"""The whole path over HTTPS: gateway process -> Redis -> Celery worker -> model server -> result.
+
+One stack per module (starting TensorFlow processes takes a while): the session's model server
+holding version 1 of the trainer's tiny model, a real `celery worker`, and a TLS gateway with its
+own self-signed certificate, which the clients here trust explicitly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from PIL import Image
+
+from tests.gateway.uploads import sample_xray
+from tests.support.gateway import GatewayProcess, start_gateway
+from tests.support.model_server import ModelServer
+from tests.support.worker import CeleryWorker, start_celery_worker
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    gateway: GatewayProcess
+    worker: CeleryWorker
+    model_server: ModelServer
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_server, shared_model_server) -> Iterator[Stack]:
+    redis_server.client().flushall()  # no task left over from other modules' gateways
+    work = tmp_path_factory.mktemp("stack")
+    gateway = start_gateway(work, redis_server.url, tls=True, env={
+        "CXR_MODEL_SERVER_REST": shared_model_server.rest_url,
+        "CXR_RATE_LIMIT_PER_MINUTE": "100000",
+    })
+    try:
+        worker = start_celery_worker(work / "worker", redis_url=redis_server.url,
+                                     storage_root=gateway.storage_root,
+                                     model_server_target=shared_model_server.grpc_target)
+    except BaseException:
+        gateway.stop()
+        raise
+    yield Stack(gateway, worker, shared_model_server)
+    worker.stop()
+    gateway.stop()
+
+
+def predict(http, path, **upload_kwargs) -> dict:
+    """Upload `path` and long-poll until the job has finished."""
+    response = http.post("/v1/predictions", files={"file": (path.name, path.read_bytes())},
+                         **upload_kwargs)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    for _ in range(12):
+        view = http.get(f"/v1/predictions/{job_id}", params={"wait": 30}).json()
+        if view["status"] in ("succeeded", "failed"):
+            return view
+    raise AssertionError(f"job {job_id} did not finish: {view}")
+
+
+def test_upload_over_https_gives_a_full_result_and_heatmap(stack):
+    gateway = stack.gateway
+    with gateway.client("alice", timeout=60) as http:
+        view = predict(http, sample_xray("PNEUMONIA"))
+        assert view["status"] == "succeeded", view
+        result = view["result"]
+        assert result["label"] in ("NORMAL", "PNEUMONIA")
+        p, threshold = result["pneumonia_probability"], result["threshold"]
+        assert 0.0 <= p <= 1.0 and threshold == pytest.approx(0.5)
+        assert result["label"] == ("PNEUMONIA" if p >= threshold else "NORMAL")
+        classes = result["class_probabilities"]
+        assert sum(classes.values()) == pytest.approx(1.0, abs=1e-4)
+        assert p == pytest.approx(classes["bacterial"] + classes["viral"], abs=1e-4)
+        if result["label"] == "PNEUMONIA":
+            assert result["subtype"] in ("bacterial", "viral")
+        else:
+            assert result["subtype"] is None
+        assert result["model"] == {"name": "cxr-pneumonia", "version": 1}
+        assert result["timings_ms"]["total"] > 0
+
+        assert view["heatmap_url"] == f"/v1/predictions/{view['job_id']}/heatmap"
+        heatmap = http.get(view["heatmap_url"])
+        assert heatmap.status_code == 200
+        assert heatmap.headers["content-type"] == "image/png"
+        assert heatmap.headers["cache-control"] == "no-store"
+        with Image.open(io.BytesIO(heatmap.content)) as image:
+            assert image.format == "PNG" and min(image.size) >= 64
+
+    audit = [json.loads(line) for line in gateway.audit_log.read_text().splitlines()]
+    mine = [(e["client"], e["action"], e["status"]) for e in audit if e["job_id"] == view["job_id"]]
+    assert ("alice", "upload", 202) in mine
+    assert ("alice", "read_result", 200) in mine and ("alice", "read_heatmap", 200) in mine
+
+
+def test_current_model_and_readiness_come_from_the_model_server(stack):
+    with stack.gateway.client("bob") as http:
+        current = http.get("/v1/models/current")
+        assert current.status_code == 200, current.text
+        body = current.json()
+        assert body["name"] == "cxr-pneumonia"
+        assert body["version"] == 1 and body["available_versions"] == [1]
+        assert body["threshold"] == pytest.approx(0.5)
+        # No MLflow server in this stack: the registry part degrades to null and a note.
+        assert body["registry"] is None
+        assert any("MLflow" in note for note in body["notes"])
+
+        ready = http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"redis": "ok", "storage": "ok", "model_server": "ok"}
+
+
+def test_metrics_count_requests_by_route_template_and_jobs(stack):
+    with stack.gateway.client("alice", timeout=60) as http:
+        predict(http, sample_xray("NORMAL"))
+        text = http.get("/metrics").text
+    assert 'route="/v1/predictions/{job_id}"' in text
+    assert 'cxr_gateway_requests_total{method="POST",route="/v1/predictions",status="202"}' in text
+    created = [line for line in text.splitlines()
+               if line.startswith("cxr_gateway_jobs_created_total ")]
+    assert created and float(created[0].split()[-1]) >= 1
+    assert "cxr_gateway_upload_bytes_bucket" in text
+    assert "cxr_gateway_request_duration_seconds_bucket" in text
