@@ -19,9 +19,10 @@ from shared.imaging.limits import DecodedImage, DecodeLimits
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
+# Identifiers and acquisition facts only: no patient data, since metadata lands in job records.
 _METADATA_KEYWORDS = (
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
-    "BodyPartExamined", "ViewPosition", "PhotometricInterpretation", "PatientID", "AccessionNumber",
+    "BodyPartExamined", "ViewPosition", "PhotometricInterpretation",
 )
 
 

@@ -83,10 +83,10 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, int]:
         return rescale_to_uint8(values, float(values.min()), float(values.max())), bit_depth
     if mode == "1":
         return np.asarray(image.convert("L")), 1
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode in ("LA", "La", "PA"):
-        image = image.getchannel(0) if mode != "PA" else image.convert("RGB")
+    if mode in ("P", "PA"):
+        image = image.convert("RGBA")  # the palette lookup; alpha is then ignored by convert("L")
+    elif mode in ("LA", "La"):
+        image = image.getchannel("L")
     elif mode not in ("L", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
         raise UnsupportedFormatError(
             f"Images in Pillow mode {mode!r} are not accepted; send 8- or 16-bit gray or RGB."

@@ -138,6 +138,14 @@ def test_metadata_carries_the_identifiers():
     assert metadata["transfer_syntax"] == "Explicit VR Little Endian"
 
 
+def test_metadata_carries_no_patient_data():
+    dataset = xray_dataset(_stored_gradient(), PatientName="Doe^Jane", PatientID="12345",
+                           PatientBirthDate="19800101", AccessionNumber="A1")
+    metadata = decode_xray(dicom_bytes(dataset)).metadata
+    assert not [key for key in metadata if key.startswith("Patient") or key == "AccessionNumber"]
+    assert not {"Doe^Jane", "12345", "19800101", "A1"} & {str(value) for value in metadata.values()}
+
+
 @pytest.mark.parametrize("transfer_syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless],
                          ids=lambda uid: uid.name)
 def test_lossless_compressed_dicom_decodes_like_the_uncompressed_file(transfer_syntax):
