@@ -93,7 +93,7 @@ class TrainConfig:
             "data_dir": settings.data_dir, "image_size": settings.image_size,
             "target_sensitivity": settings.target_sensitivity, "epochs": settings.train_epochs,
             "batch_size": settings.train_batch_size, "folds": settings.train_folds,
-            "seed": settings.train_seed, "cache_dir": settings.train_image_cache_dir,
+            "seed": settings.train_seed, "cache_dir": settings.train_image_cache_dir or None,
         }
         return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
 

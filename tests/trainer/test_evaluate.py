@@ -1,0 +1,71 @@
+"""`evaluate_saved_model` and the `evaluate` / `train` subcommands on the sample images."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from services.trainer.evaluation import METRIC_KEYS, evaluate_saved_model
+from tests.support.procs import REPO_ROOT
+from tests.trainer.conftest import SAMPLE_DIR
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.trainer", *args], cwd=REPO_ROOT,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_evaluate_saved_model_at_its_own_threshold(sample_training, sample_export, tmp_path):
+    _, outcome = sample_training
+    metrics = evaluate_saved_model(sample_export, SAMPLE_DIR, figures_dir=tmp_path)
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert metrics["n"] == 40 and metrics["n_pneumonia"] == 20
+    assert metrics["threshold"] == pytest.approx(outcome.threshold, abs=1e-6)
+    assert sum(metrics["confusion"].values()) == 40
+    assert metrics["n_subtyped"] == 20 and metrics["subtype_auroc"] is not None
+    for path in metrics["figures"].values():
+        assert os.path.getsize(path) > 0
+
+
+def test_evaluate_cli_writes_json_with_all_keys(sample_export, tmp_path):
+    out_json = tmp_path / "eval" / "metrics.json"
+    result = _cli("evaluate", "--model", str(sample_export), "--data", str(SAMPLE_DIR),
+                  "--json", str(out_json), "--out", str(tmp_path / "figs"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(out_json.read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert metrics["n"] == 40
+    assert (tmp_path / "figs" / "roc.png").is_file()
+
+
+def test_evaluate_cli_refuses_a_folder_that_is_not_a_model(tmp_path):
+    result = _cli("evaluate", "--model", str(tmp_path), "--data", str(SAMPLE_DIR),
+                  "--json", str(tmp_path / "m.json"))
+    assert result.returncode == 2
+    assert "not an exported model version" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_cli_trains_writes_outcome_and_exports(tmp_path):
+    result = _cli("train", "--data", str(SAMPLE_DIR), "--epochs", "1", "--max-images", "24",
+                  "--batch-size", "8", "--out", str(tmp_path / "train"),
+                  "--export-base", str(tmp_path / "serving"), "--version", "3",
+                  env={"CXR_TRAIN_IMAGE_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads((tmp_path / "train" / "outcome.json").read_text())
+    assert set(METRIC_KEYS) <= set(outcome["validation"])
+    assert outcome["params"]["epochs"] == 1
+    version_dir = tmp_path / "serving" / "cxr-pneumonia" / "3"
+    assert (version_dir / "saved_model.pb").is_file()
+    info = json.loads((version_dir / "assets.extra" / "model_info.json").read_text())
+    assert info["threshold"] == pytest.approx(outcome["threshold"])
+    assert list((tmp_path / "cache").glob("*.npy"))  # the image cache setting was honoured
+
+
+def test_train_cli_needs_version_with_export_base(tmp_path):
+    result = _cli("train", "--data", str(SAMPLE_DIR), "--export-base", str(tmp_path))
+    assert result.returncode == 2
+    assert "--export-base and --version go together" in result.stderr

@@ -1,0 +1,120 @@
+"""The training recipe end to end on the sample images, and its building blocks."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from services.trainer.augment import AugmentConfig, augment_batch
+from services.trainer.cnn_training import balanced_weights, soft_targets
+from services.trainer.evaluation import METRIC_KEYS
+from services.trainer.model import GRADCAM_LAYER
+from services.trainer.recipe import TrainConfig, run_training, select_records, subsample
+from tests.trainer.conftest import SAMPLE_DIR
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_single_split_outcome(sample_training):
+    config, outcome = sample_training
+    assert len(outcome.models) == 1
+    model = outcome.models[0]
+    assert model.get_layer(GRADCAM_LAYER) is not None
+    logits = model(np.full((2, 224, 224, 1), 100.0, np.float32), training=False)
+    assert tuple(logits.shape) == (2, 3)
+    assert 0.0 <= outcome.threshold <= 1.0 and outcome.temperature > 0
+
+    validation = outcome.validation
+    assert set(METRIC_KEYS) <= set(validation)
+    assert validation["n"] == outcome.params["validation_images"][0]
+    assert validation["n"] + outcome.params["train_images"][0] == outcome.params["data_images"]
+    # The threshold is chosen on these images, so it must reach the target sensitivity on them.
+    assert validation["sensitivity"] >= config.target_sensitivity
+    assert outcome.baseline is not None and set(METRIC_KEYS) <= set(outcome.baseline)
+    assert outcome.calibration["temperature"] == outcome.temperature
+    assert outcome.calibration["ece_after"] == validation["ece"]
+
+
+def test_params_history_figures_and_json(sample_training):
+    config, outcome = sample_training
+    for name in (f.name for f in dataclasses.fields(TrainConfig)):
+        assert name in outcome.params
+    assert len(outcome.params["data_fingerprint"]) == 64
+    assert outcome.params["data_images"] <= 30 + 4  # whole patients: about max_images
+    assert [row["epoch"] for row in outcome.history] == [1]
+    assert {"loss", "val_loss", "auroc", "val_auroc"} <= set(outcome.history[0])
+    for name in ("confusion_matrix", "roc", "precision_recall", "calibration", "training_curves"):
+        assert outcome.figures[name].read_bytes()[:8] == PNG_MAGIC, name
+    saved = json.loads((outcome.figures["roc"].parents[1] / "outcome.json").read_text())
+    assert saved["threshold"] == outcome.threshold
+    assert saved["validation"]["confusion"] == outcome.validation["confusion"]
+
+
+def test_exported_model_has_the_serving_layout(sample_export):
+    assert sample_export.name == "1" and sample_export.parent.name == "cxr-pneumonia"
+    assert (sample_export / "saved_model.pb").is_file()
+    assert (sample_export / "assets.extra" / "tf_serving_warmup_requests").is_file()
+
+
+@pytest.mark.slow
+def test_folds_give_out_of_fold_metrics_and_an_ensemble(tmp_path):
+    config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path), epochs=1, batch_size=8,
+                         width=4, folds=2, baseline=False, verbose=0)
+    outcome = run_training(config)
+    assert len(outcome.models) == 2
+    assert outcome.validation["n"] == outcome.params["data_images"]  # every image scored once
+    assert [f["fold"] for f in outcome.folds] == [0, 1]
+    assert sum(f["n"] for f in outcome.folds) == outcome.validation["n"]
+    assert set(outcome.fold_summary["auroc"]) == {"mean", "sd"}
+    assert {row["fold"] for row in outcome.history} == {0, 1}
+    assert outcome.baseline is None
+
+
+def test_sample_folder_without_splits_and_subsample():
+    records = select_records(TrainConfig(data_dir=str(SAMPLE_DIR)))
+    assert len(records) == 40
+    kept = subsample(records, 20, seed=0)
+    assert 15 <= len(kept) <= 25
+    assert {r.label for r in kept} == {"NORMAL", "PNEUMONIA"}
+    patients_kept = {r.patient for r in kept}
+    assert all(r in kept for r in records if r.patient in patients_kept)  # whole patients only
+
+
+def test_class_weights_balance_every_group():
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1 + [-1] * 2)
+    weights = balanced_weights(labels)
+    totals = {label: weights[labels == label].sum() for label in (0, 1, 2, -1)}
+    assert np.allclose(list(totals.values()), len(labels) / 4)
+    assert weights.mean() == pytest.approx(1.0)
+    targets = soft_targets(labels)
+    np.testing.assert_allclose(targets[labels == -1], [[0, 0.5, 0.5]] * 2)
+    np.testing.assert_allclose(targets[:1], [[1, 0, 0]])
+
+
+def test_augmentation_is_seeded_and_keeps_range():
+    images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 1)).astype(np.float32)
+    seed = tf.constant([7, 1], tf.int64)
+    first = augment_batch(images, seed).numpy()
+    assert first.shape == images.shape and first.min() >= 0 and first.max() <= 255
+    np.testing.assert_array_equal(first, augment_batch(images, seed).numpy())
+    assert not np.allclose(first, augment_batch(images, tf.constant([7, 2], tf.int64)).numpy())
+
+
+def test_augmentation_with_zero_ranges_is_the_identity():
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
+    still = AugmentConfig(rotation_deg=0, shear_deg=0, zoom=(1, 1), translation=0, brightness=0,
+                          contrast=(1, 1), gamma=(1, 1))
+    out = augment_batch(images, tf.constant([0, 0], tf.int64), still).numpy()
+    np.testing.assert_allclose(out, images, atol=1e-3)
+
+
+def test_augmentation_never_mirrors():
+    # A bright left half stays on the left: no flip, and shifts are a few pixels at most.
+    image = np.zeros((1, 64, 64, 1), np.float32)
+    image[:, :, :32] = 255.0
+    geometry_only = AugmentConfig(brightness=0, contrast=(1, 1), gamma=(1, 1))
+    for step in range(20):
+        out = augment_batch(image, tf.constant([3, step], tf.int64), geometry_only).numpy()
+        assert out[0, 16:48, :16].mean() > out[0, 16:48, 48:].mean() + 100
