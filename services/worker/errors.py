@@ -1,7 +1,7 @@
-"""Model-server failures as typed errors, and the one mapping from gRPC status codes to them.
+"""The worker's own typed errors, and the one mapping from gRPC status codes to them.
 
-Only the worker talks to the model server, so these live here rather than in `shared.errors`;
-the transient one (`ModelUnavailableError`) is shared because the gateway reports it too.
+Only the worker talks to the model server and holds job locks, so these live here rather than in
+`shared.errors`; the transient `ModelUnavailableError` is shared because the gateway reports it too.
 """
 
 from __future__ import annotations
@@ -54,6 +54,29 @@ class ModelServerError(CXRError):
     code = "model_server_error"
     http_status = 502
     default_message = "The model server failed while reading the image."
+
+
+class JobBusyError(CXRError):
+    """Another delivery of the same job holds its lock (Redis delivered the message twice)."""
+
+    code = "job_busy"
+    http_status = 409
+    transient = True
+    default_message = "Another worker is processing this job."
+
+
+class RedisUnavailableError(CXRError):
+    code = "redis_unavailable"
+    http_status = 503
+    transient = True
+    default_message = "The job queue (Redis) is unavailable right now."
+
+
+class TaskTimeoutError(CXRError):
+    code = "task_timeout"
+    http_status = 504
+    transient = True
+    default_message = "Processing the image took longer than the task's time limit."
 
 
 def error_from_rpc(

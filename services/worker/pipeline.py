@@ -18,6 +18,7 @@ import numpy as np
 import redis
 
 from services.worker import metrics
+from services.worker.errors import JobBusyError
 from services.worker.heatmap import render_overlay
 from services.worker.keys import heatmap_key, job_lock_key, result_key
 from services.worker.result import HEATMAP, build_result
@@ -30,15 +31,6 @@ from shared.schemas import Failure, JobRecord, PredictionResult, utc_now
 from shared.storage import Storage, get_storage
 
 log = logging.getLogger(__name__)
-
-
-class JobBusyError(CXRError):
-    """Another delivery of the same job holds its lock (Redis delivered the message twice)."""
-
-    code = "job_busy"
-    http_status = 409
-    transient = True
-    default_message = "Another worker is processing this job."
 
 
 class Outcome(StrEnum):

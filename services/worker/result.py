@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from services.worker.errors import ModelServerError
 from services.worker.serving_client import ServingAnswer
-from services.worker.serving_errors import ModelServerError
 from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
 
 # Output keys of the `serving_default` signature (docs/architecture.md, "The exported model").

@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from services.worker.serving_errors import (
+from services.worker.errors import (
     InferenceRejectedError,
     ModelSignatureError,
     error_from_rpc,

@@ -16,26 +16,13 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from services.worker import dead_letter, metrics
 from services.worker.celery_app import TASK_NAME, app
+from services.worker.errors import RedisUnavailableError, TaskTimeoutError
 from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
 from shared.errors import CXRError, JobNotFoundError
 from shared.schemas import Failure
 
 log = logging.getLogger(__name__)
-
-
-class RedisUnavailableError(CXRError):
-    code = "redis_unavailable"
-    http_status = 503
-    transient = True
-    default_message = "The job queue (Redis) is unavailable right now."
-
-
-class TaskTimeoutError(CXRError):
-    code = "task_timeout"
-    http_status = 504
-    transient = True
-    default_message = "Processing the image took longer than the task's time limit."
 
 
 _deps: tuple[int, WorkerDeps] | None = None

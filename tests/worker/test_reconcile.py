@@ -13,8 +13,8 @@ from kombu import Queue
 
 from services.worker import dead_letter
 from services.worker.celery_app import QUEUE
+from services.worker.errors import ModelNotFoundError
 from services.worker.reconcile import broker_job_ids, reconcile
-from services.worker.serving_errors import ModelNotFoundError
 from shared.jobs import JobStore
 from shared.schemas import Failure, JobRecord, JobStatus, utc_now
 from shared.storage import LocalStorage

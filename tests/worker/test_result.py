@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from services.worker.errors import ModelServerError
 from services.worker.result import build_result, label_for, subtype_for
 from services.worker.serving_client import ServingAnswer
-from services.worker.serving_errors import ModelServerError
 from shared.schemas import ClassProbabilities
 
 

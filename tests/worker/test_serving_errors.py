@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.worker.serving_errors import (
+from services.worker.errors import (
     InferenceRejectedError,
     ModelNotFoundError,
     ModelServerError,
