@@ -22,7 +22,9 @@ from tests.support.procs import REPO_ROOT
 ENTRY_IMPORTS = {
     "gateway": ["services.gateway.app", "services.gateway.__main__"],
     "worker": ["services.worker.celery_app", "services.worker.tasks"],
-    "trainer": ["services.trainer.celery_app", "services.trainer.cli", "mlflow.server"],
+    # The trainer image also runs `mlflow server` on PostgreSQL with S3 artifacts.
+    "trainer": ["services.trainer.celery_app", "services.trainer.cli", "mlflow.server",
+                "psycopg2", "boto3"],
 }
 # The gateway image must stay small: the import must not pull TensorFlow in.
 MUST_NOT_IMPORT = {"gateway": "tensorflow"}
