@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes_validate.utils import ValidationError
 
 from tests.deploy.loaders import K8S_DIR, containers, find, pod_specs, render
@@ -51,6 +52,10 @@ def test_no_secret_carries_data(overlay_objects):
             assert not obj.get("data") and not obj.get("stringData"), obj["metadata"]["name"]
     for kustomization in K8S_DIR.rglob("kustomization.yaml"):
         assert "secretGenerator" not in kustomization.read_text(), kustomization
+    for manifest in K8S_DIR.rglob("*.yaml"):  # rendered or not
+        for doc in yaml.safe_load_all(manifest.read_text()):
+            if doc and doc.get("kind") == "Secret":
+                assert not doc.get("data") and not doc.get("stringData"), manifest
 
 
 def test_every_container_runs_as_the_service_user_with_nothing_extra(overlay_objects):
