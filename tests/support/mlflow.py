@@ -20,6 +20,8 @@ import pytest
 from tests.support.procs import ManagedProcess, free_port, wait_until
 
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/{database}"
+# SQLAlchemy 2.1 defaults to psycopg 3; the lock file ships psycopg2.
+MLFLOW_POSTGRES_URI = "postgresql+psycopg2://postgres@127.0.0.1:5432/{database}"
 # Importing MLflow's server app takes tens of seconds on a busy 2-core machine.
 START_TIMEOUT_S = 240
 
@@ -82,7 +84,7 @@ def mlflow_server_postgres(tmp_path) -> Iterator[MlflowServer]:
     try:
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{database}"')
-        server = start_mlflow(tmp_path, POSTGRES_DSN.format(database=database),
+        server = start_mlflow(tmp_path, MLFLOW_POSTGRES_URI.format(database=database),
                               str(tmp_path / "artifacts"))
         try:
             yield server
