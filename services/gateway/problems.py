@@ -47,11 +47,26 @@ def problem_response(request: Request, status: int, code: str, detail: str,
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries documenting problem answers for `statuses`."""
+    schema = {"$ref": "#/components/schemas/Problem"}
     return {
-        status: {"model": Problem, "description": HTTPStatus(status).phrase,
-                 "content": {PROBLEM_MEDIA_TYPE: {}}}
+        status: {"description": HTTPStatus(status).phrase,
+                 "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
         for status in statuses
     }
+
+
+def document_problems(app: FastAPI) -> None:
+    """Add the `Problem` schema that `problem_responses` refers to to the generated OpenAPI."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}"))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _status_code_slug(status: int) -> str:
@@ -107,6 +122,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    document_problems(app)
     app.add_exception_handler(CXRError, _cxr_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -125,3 +125,65 @@ def test_metrics_count_requests_by_route_template_and_jobs(stack):
     assert created and float(created[0].split()[-1]) >= 1
     assert "cxr_gateway_upload_bytes_bucket" in text
     assert "cxr_gateway_request_duration_seconds_bucket" in text
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def browser_page(stack):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                             args=CHROMIUM_ARGS)
+        context = browser.new_context(ignore_https_errors=True)
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def test_web_page_uploads_an_xray_and_shows_the_reading(stack, browser_page):
+    page = browser_page
+    page.goto(f"{stack.gateway.url}/")
+    assert "Not for clinical use" in page.inner_text(".notice")
+    assert page.get_attribute("#file", "accept")
+    page.get_by_label("Your API key").fill(stack.gateway.keys["carol"])
+    page.get_by_role("button", name="Use this key").click()
+    page.wait_for_function(
+        "document.getElementById('model-info').textContent.includes('version 1')")
+
+    xray = sample_xray("NORMAL", index=1)
+    page.set_input_files("#file", str(xray))
+    page.get_by_role("button", name="Analyse").click()
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    page.wait_for_function("document.getElementById('heatmap-image').naturalWidth > 0")
+
+    label = page.inner_text("#result-label")
+    job_id = page.inner_text("#result-job")
+    assert page.inner_text("#result-model") == "cxr-pneumonia version 1"
+    assert page.get_attribute("#heatmap-image", "alt")
+    assert page.get_attribute("#original-image", "alt")
+    with stack.gateway.client("carol") as http:
+        result = http.get(f"/v1/predictions/{job_id}").json()["result"]
+    assert label == result["label"]
+    assert f"{result['pneumonia_probability']:.3f}" in page.inner_text("#probability-text")
+    bar = page.locator("#probability-bar").bounding_box()
+    marker = page.locator("#bar-threshold").bounding_box()
+    marker_at = (marker["x"] + marker["width"] / 2 - bar["x"]) / bar["width"]
+    assert marker_at == pytest.approx(0.5, abs=0.02)  # the tiny model's threshold
+
+
+def test_web_page_shows_the_problem_detail_for_a_bad_file(stack, browser_page, tmp_path):
+    page = browser_page
+    page.goto(f"{stack.gateway.url}/")  # the key stays in this tab's sessionStorage
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image at all")
+    page.set_input_files("#file", str(notes))
+    page.get_by_role("button", name="Analyse").click()
+    error = page.locator("#error")
+    error.wait_for(state="visible")
+    assert "not a JPEG, PNG or DICOM" in error.inner_text()
+    assert page.locator("#result").is_hidden()
+
