@@ -94,6 +94,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         try:
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise invalid_argument(
+                    "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                    "Only ModelConfigList is currently supported"
+                )
             self.manager.apply_config(request.config)
         except ServingError as exc:
             log.error("Config reload failed: %s", exc.message)

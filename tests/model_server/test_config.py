@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from services.model_server.__main__ import parse_flags
 from services.model_server.config import parse_model_config, single_model_config, wanted_versions
 from services.model_server.errors import ServingError
+from services.model_server.monitoring import metrics_path
 from services.model_server.tensors import array_from_json
 
 TWO_MODELS = """
@@ -104,3 +106,27 @@ def test_json_values_that_do_not_fit_are_refused(value, dtype, words):
         array_from_json("x", value, dtype)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert words in caught.value.message
+
+
+def test_monitoring_config_sets_or_turns_off_the_metrics_page(tmp_path):
+    config = tmp_path / "monitoring.config"
+    config.write_text('prometheus_config { enable: true path: "/metrics/here" }')
+    assert metrics_path(config) == "/metrics/here"
+    config.write_text("prometheus_config { enable: false }")
+    assert metrics_path(config) is None
+    assert metrics_path(None) == "/monitoring/prometheus/metrics"
+    config.write_text("prometheus { on }")
+    with pytest.raises(ServingError) as caught:
+        metrics_path(config)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_flags_are_read_like_tf_serving():
+    flags = parse_flags(["--port=9000", "--model_base_path=/srv/m", "--model_name=m",
+                         "--allow_version_labels_for_unavailable_models=true"])
+    assert (flags.port, flags.rest_api_port, flags.file_system_poll_wait_seconds) == (9000, 8501, 1)
+    assert flags.allow_version_labels_for_unavailable_models is True
+    assert parse_flags(["--model_config_file=x", "--allow_version_labels_for_unavailable_models"]
+                       ).allow_version_labels_for_unavailable_models is True
+    with pytest.raises(SystemExit):
+        parse_flags(["--port=9000"])  # neither a base path nor a config file
