@@ -1,0 +1,74 @@
+"""End to end retraining on the sample images through a real MLflow server (one short epoch)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from services.trainer.config import TrainerSettings
+from services.trainer.pipeline import retrain
+from services.trainer.publish import CONFIG_KEY, parse_models_config
+from services.trainer.registry import CHALLENGER, ModelRegistry
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
+SMOKE_TRAINING = {"epochs": 1, "batch_size": 4, "width": 4, "max_images": 24, "verbose": 0,
+                  "cache_dir": None}
+
+
+def served(settings: TrainerSettings) -> tuple[list[int], int]:
+    config = parse_models_config((Path(settings.model_base_path) / CONFIG_KEY).read_text())
+    model = config.model_config_list.config[0]
+    return list(model.model_version_policy.specific.versions), model.version_labels["stable"]
+
+
+@pytest.mark.slow
+def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_server, tmp_path):
+    name = f"cxr-e2e-{uuid.uuid4().hex[:8]}"
+    common = {"data_dir": str(SAMPLE), "mlflow_tracking_uri": mlflow_server.tracking_uri,
+              "registered_model_name": name, "mlflow_experiment": name,
+              "model_base_path": str(tmp_path / "serving"), "gate_fraction": 0.25,
+              "train_image_cache_dir": None}
+    lenient = TrainerSettings(**common, gate_min_sensitivity=0, gate_min_specificity=0,
+                              gate_min_auroc=0)
+
+    first = retrain(lenient, train_overrides=SMOKE_TRAINING)
+
+    assert (first["version"], first["promoted"], first["previous_champion"]) == (1, True, None)
+    registry = ModelRegistry(name)
+    assert registry.champion() == 1
+    tags = registry.version(1).tags
+    assert tags["gate.passed"] == "true" and tags["gate.champion_version"] == "none"
+    assert 0 < int(tags["gate.n"]) < 40
+    assert served(lenient) == ([1], 1)
+    assert (tmp_path / "serving" / lenient.model_name / "1" / "saved_model.pb").is_file()
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    run = client.get_run(first["run_id"])
+    params = run.data.params
+    assert params["epochs"] == "1" and params["max_images"] == "24"
+    assert params["gate.set_fingerprint"] == tags["gate.set_fingerprint"]
+    assert int(params["gate.images"]) == int(tags["gate.n"])
+    # Training saw only images outside the gate set.
+    assert int(params["data_images"]) + int(params["gate.images"]) <= 40
+    assert "val.auroc" in run.data.metrics and "gate.auroc" in run.data.metrics
+    assert client.get_metric_history(first["run_id"], "loss")
+    baseline = client.get_run(first["baseline_run_id"])
+    assert baseline.data.tags["paired_run_id"] == first["run_id"]
+    assert {a.path for a in client.list_artifacts(first["run_id"])} >= {"model_card.md",
+                                                                       "figures"}
+
+    # A gate no model can pass: the new version stays challenger, nothing is republished.
+    strict = TrainerSettings(**common, gate_min_sensitivity=1, gate_min_specificity=1,
+                             gate_min_auroc=1)
+    second = retrain(strict, train_overrides={**SMOKE_TRAINING, "seed": 1})
+    assert (second["version"], second["promoted"], second["previous_champion"]) == (2, False, 1)
+    assert second["published"] is None and "refused" in second["gate_reason"]
+    assert registry.champion() == 1 and registry.alias_version(CHALLENGER) == 2
+    second_tags = registry.version(2).tags
+    assert second_tags["gate.passed"] == "false"
+    assert second_tags["gate.champion_version"] == "1"
+    assert "gate.champion.auroc" in second_tags  # the champion was scored on the same images
+    assert served(strict) == ([1], 1)
