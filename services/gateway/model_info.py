@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 log = logging.getLogger("cxr.gateway")
 CHAMPION_ALIAS = "champion"
+MODEL_CARD_ARTIFACT = "model_card.md"
+MODEL_CARD_MAX_CHARS = 64_000
 # What a down or misbehaving upstream raises here; callers degrade instead of failing.
 UPSTREAM_ERRORS = (httpx.HTTPError, KeyError, ValueError, TypeError, StopIteration)
 
@@ -34,8 +36,8 @@ class RegistryInfo(BaseModel):
     run_id: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
-    model_card: str | None = Field(default=None,
-                                   description="The registered version's description.")
+    model_card: str | None = Field(
+        default=None, description="The version's description, else its run's model_card.md.")
 
 
 class ServingClient:
@@ -83,7 +85,8 @@ class RegistryClient:
 
     def __init__(self, http: httpx.AsyncClient, tracking_uri: str, model_name: str) -> None:
         self._http = http
-        self._api = f"{tracking_uri.rstrip('/')}/api/2.0/mlflow"
+        self._root = tracking_uri.rstrip("/")
+        self._api = f"{self._root}/api/2.0/mlflow"
         self._model_name = model_name
 
     async def champion(self) -> RegistryInfo | None:
@@ -95,14 +98,22 @@ class RegistryClient:
             return None
         response.raise_for_status()
         version: dict[str, Any] = response.json()["model_version"]
-        run_id = version.get("run_id") or None
+        tags = {t["key"]: str(t.get("value", "")) for t in version.get("tags", [])}
+        # Versions registered from a LoggedModel carry their run only as a tag.
+        run_id = version.get("run_id") or tags.get("run_id") or None
+        card = version.get("description") or (await self._model_card(run_id) if run_id else None)
         return RegistryInfo(
-            model_version=str(version["version"]),
-            run_id=run_id,
-            tags={t["key"]: str(t.get("value", "")) for t in version.get("tags", [])},
-            model_card=version.get("description") or None,
+            model_version=str(version["version"]), run_id=run_id, tags=tags, model_card=card,
             metrics=await self._run_metrics(run_id) if run_id else {},
         )
+
+    async def _model_card(self, run_id: str) -> str | None:
+        """The run's `model_card.md` artifact, through the server's artifact download endpoint."""
+        response = await self._http.get(f"{self._root}/get-artifact",
+                                        params={"path": MODEL_CARD_ARTIFACT, "run_uuid": run_id})
+        if response.status_code != 200:
+            return None
+        return response.text[:MODEL_CARD_MAX_CHARS]
 
     async def _run_metrics(self, run_id: str) -> dict[str, float]:
         response = await self._http.get(f"{self._api}/runs/get", params={"run_id": run_id})
