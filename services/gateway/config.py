@@ -34,9 +34,6 @@ class GatewaySettings(SharedSettings):
     # Seconds to wait for the model server and MLflow when answering /v1/models/current, /readyz.
     upstream_timeout_seconds: float = Field(default=3.0, gt=0.0)
 
-    inference_queue: str = "inference"
-    predict_task: str = "cxr.predict"
-
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> GatewaySettings:
         require_real_secret(self.env, "CXR_API_KEYS", self.api_keys)

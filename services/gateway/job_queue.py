@@ -10,14 +10,17 @@ from services.gateway.config import GatewaySettings
 from services.gateway.errors import QueueUnavailableError
 
 log = logging.getLogger("cxr.gateway")
+# The worker's contract (docs/architecture.md, "Celery").
+INFERENCE_QUEUE = "inference"
+PREDICT_TASK = "cxr.predict"
 
 
 class JobQueue:
     """Sends `cxr.predict(job_id)` to the `inference` queue on the Redis broker."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        self.queue = settings.inference_queue
-        self.task_name = settings.predict_task
+        self.queue = INFERENCE_QUEUE
+        self.task_name = PREDICT_TASK
         self.celery = Celery("cxr-gateway", broker=settings.redis_url, set_as_current=False)
         self.celery.conf.update(task_serializer="json", accept_content=["json"],
                                 broker_connection_retry_on_startup=True)
