@@ -10,6 +10,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
+    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
@@ -88,6 +89,8 @@ GOOD = xray_batch(1)
     ({"inputs": {}}, grpc.StatusCode.INVALID_ARGUMENT, "Missing but required: {image}"),
     ({"inputs": {"image": GOOD.astype(np.float32)}}, grpc.StatusCode.INVALID_ARGUMENT,
      "to be uint8 but float"),
+    ({"inputs": {"image": np.array([b"x"])}}, grpc.StatusCode.INVALID_ARGUMENT,
+     "to be uint8 but string"),
     ({"inputs": {"image": GOOD[:, :32, :32]}}, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
     ({"inputs": {"image": GOOD[0]}}, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
     ({"signature": "nope"}, grpc.StatusCode.FAILED_PRECONDITION, "signature key"),
@@ -101,6 +104,18 @@ def test_bad_predict_requests_get_tf_serving_status_codes(shared_model_server, k
         assert words in exc.details()
     else:
         pytest.fail(f"{kwargs} was answered")
+
+
+def test_a_malformed_tensor_proto_is_an_invalid_argument(shared_model_server):
+    request = predict_pb2.PredictRequest(model_spec=model_spec())
+    image = request.inputs["image"]
+    image.dtype = 4  # DT_UINT8
+    image.tensor_shape.dim.add(size=1)
+    image.tensor_shape.dim.add(size=224)
+    image.tensor_content = b"far too few bytes"
+    with shared_model_server.channel() as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert status_code_of(lambda: stub.Predict(request)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_metadata_and_status_errors(shared_model_server):
