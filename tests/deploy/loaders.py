@@ -102,3 +102,22 @@ def dockerfile_stages(path: Path) -> list[DockerStage]:
         else:
             stages[-1].instructions.append((keyword, rest))
     return stages
+
+
+def copy_sources(stage: DockerStage) -> list[str]:
+    """Sources of the stage's COPY instructions that read the build context."""
+    sources = []
+    for rest in stage.args("COPY"):
+        words = shlex.split(rest)
+        if any(word.startswith("--from") for word in words):
+            continue
+        sources += [w for w in words[:-1] if not w.startswith("--")]
+    return sources
+
+
+def uv_bin() -> str:
+    """uv on PATH; `make install` installs it where it is missing."""
+    path = shutil.which("uv")
+    if path is None:
+        raise RuntimeError("uv is not on PATH: `make install` installs it")
+    return path

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.loaders import SERVICE_DOCKERFILES, dockerfile_stages
-from tests.deploy.test_dockerfiles import copy_sources, uv_bin
+from tests.deploy.loaders import SERVICE_DOCKERFILES, copy_sources, dockerfile_stages, uv_bin
 from tests.support.procs import REPO_ROOT
 
 ENTRY_IMPORTS = {
