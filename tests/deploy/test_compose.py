@@ -8,8 +8,10 @@ import re
 
 import jsonschema
 import pytest
+import yaml
 
 from tests.deploy.loaders import COMPOSE_FILE, load_compose
+from tests.deploy.serving_command import from_compose
 from tests.support.procs import REPO_ROOT
 
 SCHEMA_FILE = REPO_ROOT / "tests" / "deploy" / "schemas" / "compose-spec.json"
@@ -96,3 +98,25 @@ def test_operator_consoles_listen_on_loopback_only(compose):
         for port in service.get("ports", []):
             if name != "gateway":
                 assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"
+
+
+def test_prometheus_scrapes_ports_the_services_listen_on(compose):
+    prometheus = yaml.safe_load((REPO_ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
+    services = compose["services"]
+    listening = {
+        "gateway": int(services["gateway"]["environment"]["CXR_GATEWAY_PORT"]),
+        "worker": int(services["worker"]["environment"]["CXR_WORKER_METRICS_PORT"]),
+        "tf-serving": int(from_compose(compose).flag("rest_api_port")),
+    }
+    scraped = {}
+    for job in prometheus["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _, port = target.partition(":")
+                scraped[host] = int(port)
+        for dns in job.get("dns_sd_configs", []):
+            for name in dns["names"]:
+                scraped[name] = dns["port"]
+    assert {host: scraped.get(host) for host in listening} == listening
+    gateway_job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "gateway")
+    assert gateway_job["scheme"] == "https"  # the gateway serves TLS only
