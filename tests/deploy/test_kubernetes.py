@@ -191,3 +191,41 @@ def test_every_secret_the_pods_need_is_documented(overlay_objects):
     for name, key in referenced_secrets(overlay_objects):
         assert name in documented, f"docs/deployment.md does not say how to create {name}"
         assert key is None or key in documented[name], f"{name} is documented without key {key}"
+
+
+def container_ports(objects: list[dict], labels_selector: dict) -> dict[str, int]:
+    ports = {}
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        if labels_selector.items() <= obj["spec"]["template"]["metadata"]["labels"].items():
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                ports.update({p["name"]: p["containerPort"] for p in container.get("ports", [])})
+    return ports
+
+
+def test_service_ports_name_ports_their_pods_open(overlay_objects):
+    for service in (o for o in overlay_objects if o["kind"] == "Service"):
+        opened = container_ports(overlay_objects, service["spec"]["selector"])
+        for port in service["spec"]["ports"]:
+            target = port["targetPort"]
+            assert target in opened or target in opened.values(), \
+                f"{service['metadata']['name']} targets {target}, pods open {opened}"
+
+
+def test_processes_listen_on_the_ports_their_containers_declare(overlay_objects):
+    def container(name: str) -> dict:
+        pod = find(overlay_objects, "Deployment", name)["spec"]["template"]["spec"]
+        return pod["containers"][0]
+
+    def env(c: dict) -> dict:
+        return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+    def ports(c: dict) -> dict:
+        return {p["name"]: p["containerPort"] for p in c["ports"]}
+
+    gateway, worker, serving = container("gateway"), container("worker"), container("tf-serving")
+    assert int(env(gateway)["CXR_GATEWAY_PORT"]) == ports(gateway)["https"]
+    assert int(env(worker)["CXR_WORKER_METRICS_PORT"]) == ports(worker)["metrics"]
+    assert f"--port={ports(serving)['grpc']}" in serving["args"]
+    assert f"--rest_api_port={ports(serving)['http']}" in serving["args"]
