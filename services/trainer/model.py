@@ -9,6 +9,10 @@ runs above S/4 (56 x 56 for 224 inputs); the stages are depthwise-separable conv
 residual shortcut, BatchNorm and ReLU. Each image is standardised to zero mean and unit variance
 inside the graph, which removes global brightness and contrast differences between machines and
 periods before the first convolution.
+
+BatchNorm momentum is 0.9, not Keras's 0.99: an epoch is only ~140 steps, and with 0.99 the moving
+statistics used at inference lagged the weights so far that a model with training AUROC 0.97 scored
+0.82 on the same (clean) images in inference mode.
 """
 
 from __future__ import annotations
@@ -37,16 +41,23 @@ class PerImageStandardization(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+BN_MOMENTUM = 0.9
+
+
+def _batch_norm(name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
+
+
 def _separable(x, filters: int, name: str, activate: bool = True):
     x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = _batch_norm(f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x) if activate else x
 
 
 def _stage(x, filters: int, name: str, *, pool: bool):
     """Two separable convolutions with a 1x1-projected shortcut, then optional 2x2 max pooling."""
     shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj")(x)
-    shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    shortcut = _batch_norm(f"{name}_proj_bn")(shortcut)
     x = _separable(x, filters, f"{name}_a")
     x = _separable(x, filters, f"{name}_b", activate=False)
     x = layers.Add(name=f"{name}_add")([x, shortcut])
@@ -64,7 +75,7 @@ def build_cnn(image_size: int = 224, width: int = 16, dropout: float = 0.3, seed
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = PerImageStandardization(name="standardize")(inputs)
     x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = _batch_norm("stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
     x = layers.MaxPooling2D(2, name="stem_pool")(x)
     for index in range(stages):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from services.trainer.augment import AugmentConfig, augment_batch
+from services.trainer.augment import AugmentConfig, augment_batch, gaussian_blur
 from services.trainer.cnn_training import balanced_weights, soft_targets
 from services.trainer.evaluation import METRIC_KEYS
 from services.trainer.model import GRADCAM_LAYER
@@ -105,9 +105,19 @@ def test_augmentation_is_seeded_and_keeps_range():
 def test_augmentation_with_zero_ranges_is_the_identity():
     images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 1)).astype(np.float32)
     still = AugmentConfig(rotation_deg=0, shear_deg=0, zoom=(1, 1), translation=0, brightness=0,
-                          contrast=(1, 1), gamma=(1, 1))
+                          contrast=(1, 1), gamma=(1, 1), blur_sigma=(0, 0), noise=0)
     out = augment_batch(images, tf.constant([0, 0], tf.int64), still).numpy()
     np.testing.assert_allclose(out, images, atol=1e-3)
+
+
+def test_blur_keeps_the_mean_and_softens_edges():
+    images = np.zeros((2, 32, 32, 1), np.float32)
+    images[:, :, 16:] = 200.0
+    blurred = gaussian_blur(tf.constant(images), tf.constant([0.0, 1.5])).numpy()
+    np.testing.assert_allclose(blurred[0], images[0], atol=1e-3)  # sigma 0: unchanged
+    row = blurred[1, 16, :, 0]
+    assert 0 < row[15] < 100 < row[16] < 200  # the step is spread over its neighbours
+    np.testing.assert_allclose(row[6:26].sum(), images[1, 16, 6:26, 0].sum(), rtol=1e-4)
 
 
 def test_augmentation_never_mirrors():
