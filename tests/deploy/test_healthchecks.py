@@ -1,0 +1,70 @@
+"""The containers' health checks, run against real processes: they pass while the service is up
+and fail once it is gone (so an orchestrator restarts what is really down, and only that)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.loaders import SERVICE_DOCKERFILES, dockerfile_stages, load_compose
+from tests.support.procs import ManagedProcess, free_port, port_open, python_argv, wait_until
+
+VENV_BIN = Path(sys.executable).parent
+WORKER_START_S = 180  # importing TensorFlow on a busy machine
+
+
+def compose_check(service: str) -> list[str]:
+    """The compose health check as an argv (CMD-SHELL through sh, `$$` unescaped)."""
+    kind, *rest = load_compose()["services"][service]["healthcheck"]["test"]
+    if kind == "CMD-SHELL":
+        return ["sh", "-c", rest[0].replace("$$", "$")]
+    return rest
+
+
+def run_check(argv: list[str], env: dict[str, str]) -> int:
+    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **env}
+    return subprocess.run(argv, env=full_env, capture_output=True, timeout=120,
+                          check=False).returncode
+
+
+def test_gateway_check_is_the_images_and_follows_the_process(gateway_factory):
+    argv = compose_check("gateway")
+    final = dockerfile_stages(SERVICE_DOCKERFILES["gateway"])[-1]
+    healthcheck = final.args("HEALTHCHECK")[0]
+    assert json.loads(healthcheck[healthcheck.index("CMD") + 3:].strip()) == argv
+    gateway = gateway_factory(tls=True)
+    on_test_port = [a.replace("127.0.0.1:8443", f"127.0.0.1:{gateway.port}") for a in argv]
+    on_test_port[0] = sys.executable
+    assert run_check(on_test_port, {}) == 0
+    gateway.stop()
+    assert run_check(on_test_port, {}) != 0
+
+
+@pytest.mark.slow
+def test_worker_check_pings_the_worker_the_image_starts(tmp_path, redis_url):
+    """The worker started with the image's own ENTRYPOINT + CMD answers the image's check."""
+    final = dockerfile_stages(SERVICE_DOCKERFILES["worker"])[-1]
+    command = [*json.loads(final.args("ENTRYPOINT")[0]), *json.loads(final.args("CMD")[0])]
+    metrics_port = free_port()
+    env = {
+        "CXR_ENV": "test", "CXR_REDIS_URL": redis_url, "CXR_STORAGE_BACKEND": "local",
+        "CXR_STORAGE_ROOT": str(tmp_path / "storage"),
+        "CXR_MODEL_SERVER_GRPC": f"127.0.0.1:{free_port()}",
+        "CXR_WORKER_METRICS_PORT": str(metrics_port),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    worker = ManagedProcess("image-worker", python_argv("-m", *command), tmp_path, env=env)
+    check_env = {"CXR_REDIS_URL": redis_url, "HOSTNAME": socket.gethostname()}
+    try:
+        wait_until(lambda: port_open(metrics_port), WORKER_START_S, "worker", worker)
+        assert run_check(compose_check("worker"), check_env) == 0
+    finally:
+        worker.stop(timeout=30)
+    assert run_check(compose_check("worker"), check_env) != 0
