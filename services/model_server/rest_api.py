@@ -153,6 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
     max_body_bytes: int
     metrics_path: str | None
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, delayed ACKs stall each answer.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         log.debug("%s %s", self.address_string(), format % args)
