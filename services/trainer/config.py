@@ -14,7 +14,7 @@ class TrainerSettings(SharedSettings):
 
     # --- training recipe (services.trainer.recipe.TrainConfig.from_settings) ---
     target_sensitivity: float = Field(default=0.95, gt=0, le=1)
-    train_epochs: int = Field(default=30, ge=1)
+    train_epochs: int = Field(default=20, ge=1)
     train_batch_size: int = Field(default=32, ge=1)
     train_folds: int = Field(default=1, ge=1)
     train_seed: int = 0

@@ -64,7 +64,7 @@ class TrainConfig:
     data_dir: str = "../shared/data/chest_xray"
     data_splits: tuple[str, ...] = ("train", "val")  # never "test": it is for independent checks
     out_dir: str | None = None
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 32
     folds: int = 1
     ship: Literal["ensemble", "refit"] = "ensemble"
