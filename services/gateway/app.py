@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,8 +16,6 @@ from services.gateway.problems import install_problem_handlers
 from services.gateway.resources import GatewayResources
 from services.gateway.routes import health, models, predictions, web
 from services.gateway.upload_limit import BodySizeLimitMiddleware
-
-log = logging.getLogger("cxr.gateway")
 
 DESCRIPTION = """Reads chest X-rays (JPEG, PNG, DICOM) and answers NORMAL or PNEUMONIA with a
 calibrated probability, the decision threshold, the model version and a Grad-CAM heatmap.
@@ -40,8 +37,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if resources.demo_key:
-            log.warning("development API key (client 'demo'): %s", resources.demo_key)
         yield
         await resources.aclose()
 

@@ -17,16 +17,17 @@ audit_log = logging.getLogger(AUDIT_LOGGER)
 
 
 def configure_audit_file(path: str | None) -> None:
-    """Also append audit lines to `path` (CXR_AUDIT_LOG); idempotent per path."""
+    """Also append audit lines to `path` (CXR_AUDIT_LOG), replacing a file set up before."""
     audit_log.setLevel(logging.INFO)
+    for handler in [h for h in audit_log.handlers if getattr(h, "cxr_audit_file", False)]:
+        audit_log.removeHandler(handler)
+        handler.close()
     if not path:
         return
-    target = str(Path(path).resolve())
-    if any(getattr(h, "baseFilename", None) == target for h in audit_log.handlers):
-        return
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(target, encoding="utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.cxr_audit_file = True  # type: ignore[attr-defined]
     audit_log.addHandler(handler)
 
 
