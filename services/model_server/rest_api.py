@@ -92,7 +92,12 @@ def _json_outputs(outputs: dict, row_format: bool):
         return {"outputs": {name: value.tolist() for name, value in outputs.items()}}
     if len(outputs) == 1:
         return {"predictions": next(iter(outputs.values())).tolist()}
-    batch = len(next(iter(outputs.values())))
+    batch_sizes = {value.shape[0] if value.ndim else None for value in outputs.values()}
+    if len(batch_sizes) != 1 or None in batch_sizes:
+        raise invalid_argument(
+            "the outputs have no common batch size: ask with 'inputs' for column format"
+        )
+    batch = batch_sizes.pop()
     return {
         "predictions": [
             {name: value[i].tolist() for name, value in outputs.items()} for i in range(batch)

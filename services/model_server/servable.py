@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from services.model_server.errors import ServingError, invalid_argument
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 
