@@ -219,3 +219,36 @@ def test_long_poll_waits_for_the_job_to_finish(gateway, redis_server):
     assert view["status"] == "failed"
     assert view["failure"] == {"code": "test_failure", "message": "stopped"}
     assert waited < 20  # answered when the job finished, not at the end of the wait
+
+
+def test_concurrent_uploads_with_one_idempotency_key_make_one_job(gateway, redis_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = sample_xray(index=2).read_bytes()
+
+    def upload(_index: int) -> str:
+        with gateway.client("alice") as http:
+            response = http.post("/v1/predictions", files={"file": ("a.jpeg", data)},
+                                 headers={"Idempotency-Key": "same-moment"})
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        job_ids = set(pool.map(upload, range(4)))
+    assert len(job_ids) == 1
+    queued = [args[0] for _task, args in _queued_tasks(redis_server.client())]
+    assert queued == list(job_ids)
+
+
+def test_dicom_upload_is_accepted_with_its_identifiers_recorded(gateway):
+    dataset = xray_files.xray_dataset(xray_files.gradient(128, 160, 0, 4000, np.uint16))
+    with gateway.client() as http:
+        response = http.post("/v1/predictions",
+                             files={"file": ("chest.dcm", xray_files.dicom_bytes(dataset))})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    record = JobRecord.model_validate_json(
+        (gateway.storage_root / "jobs" / f"{job_id}.json").read_bytes())
+    assert record.content_type == "application/dicom"
+    assert record.extra["format"] == "dicom"
+    assert dataset.SOPInstanceUID in record.extra.values()
