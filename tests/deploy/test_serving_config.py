@@ -3,6 +3,7 @@ stand-in (`python -m services.model_server`) and in the format the trainer's pub
 
 from __future__ import annotations
 
+import subprocess
 import urllib.request
 
 import pytest
@@ -107,7 +108,8 @@ def test_local_model_server_accepts_the_flag(flag):
 @pytest.mark.slow
 def test_local_model_server_serves_the_seed_config_with_these_flags(tmp_path):
     """The stand-in, started with the deployed flags (paths moved to tmp and the repo), serves
-    version 1 as `stable` from the seed config and its metrics at the monitoring config's path."""
+    version 1 as `stable` from the seed config and its metrics at the monitoring config's path;
+    compose's health check passes against it, and fails once it stopped."""
     command = from_compose(load_compose())
     models_dir = tmp_path / "models"
     models_dir.mkdir()
@@ -127,5 +129,15 @@ def test_local_model_server_serves_the_seed_config_with_these_flags(tmp_path):
                                          monitoring_config_class()()).prometheus_config.path
         with urllib.request.urlopen(f"{server.rest_url}{metrics_path}", timeout=10) as response:
             assert response.status == 200
+        assert run_health_check(server.rest_port) == 0
     finally:
         server.stop()
+    assert run_health_check(server.rest_port) != 0
+
+
+def run_health_check(rest_port: int) -> int:
+    """compose's TF Serving health check (bash, no curl in the image) against this REST port."""
+    kind, *argv = load_compose()["services"]["tf-serving"]["healthcheck"]["test"]
+    assert kind == "CMD"
+    argv = [a.replace("/127.0.0.1/8501", f"/127.0.0.1/{rest_port}") for a in argv]
+    return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode
