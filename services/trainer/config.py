@@ -43,6 +43,9 @@ class TrainerSettings(SharedSettings):
     # --- publishing to the serving folder ---
     # Keep the previous champion loaded next to the new one, so a rollback is one config change.
     serving_keep_previous: bool = True
+    # How long a publish waits for the model server (CXR_MODEL_SERVER_GRPC) to load the new
+    # version before moving the `stable` label onto it; 0 moves it at once.
+    publish_wait_for_load_s: float = Field(default=300, ge=0)
     bundled_models_dir: str = "models"
 
 

@@ -46,9 +46,20 @@ def publish_registered(registry: ModelRegistry, settings, version: int | None = 
         if source is None and not has_version(storage, settings.model_name, version):
             source = registry.download_saved_model(version, scratch)
         published = publish_version(source or scratch, version, storage=storage,
-                                    model_name=settings.model_name, keep_versions=keep)
+                                    model_name=settings.model_name, keep_versions=keep,
+                                    wait_until_loaded=_load_waiter(settings))
     registry.tag_version(version, {"published_to": published.model_base_path})
     return published
+
+
+def _load_waiter(settings):
+    """Waits for the model server to load a new version (`CXR_PUBLISH_WAIT_FOR_LOAD_S`, 0: off)."""
+    if settings.publish_wait_for_load_s <= 0:
+        return None
+    from services.trainer.serving_status import VersionLoadWaiter
+
+    return VersionLoadWaiter(settings.model_server_grpc, settings.model_name,
+                             settings.publish_wait_for_load_s).wait
 
 
 def promote(settings, version: int, *, reason: str, force: bool = False,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +59,9 @@ def storage_uri(storage: Storage, key: str = "") -> str:
 
 
 def render_models_config(model_name: str, model_base_path: str, versions: Sequence[int],
-                         stable: int) -> str:
-    """TF Serving's model config text: the given versions loaded, `stable` pointing at one."""
-    if stable not in versions:
+                         stable: int | None) -> str:
+    """TF Serving's model config text: the given versions loaded, `stable` on one (or none)."""
+    if stable is not None and stable not in versions:
         raise ValueError(f"the stable version {stable} must be one of the served {list(versions)}")
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()
@@ -69,7 +69,8 @@ def render_models_config(model_name: str, model_base_path: str, versions: Sequen
     model.base_path = model_base_path
     model.model_platform = "tensorflow"
     model.model_version_policy.specific.versions.extend(sorted(set(versions)))
-    model.version_labels[STABLE_LABEL] = stable
+    if stable is not None:
+        model.version_labels[STABLE_LABEL] = stable
     return text_format.MessageToString(config)
 
 
@@ -120,13 +121,42 @@ def _copy_objects(storage: Storage, source: Path, prefix: str) -> None:
 
 
 def publish_version(saved_model_dir: str | Path, version: int, *, storage: Storage,
-                    model_name: str, keep_versions: Sequence[int] = ()) -> PublishedVersion:
-    """Copy the version in, then point `models.config` at it (plus `keep_versions` present)."""
+                    model_name: str, keep_versions: Sequence[int] = (),
+                    wait_until_loaded: Callable[[int], bool] | None = None) -> PublishedVersion:
+    """Copy the version in, then point `models.config` at it (plus `keep_versions` present).
+
+    With `wait_until_loaded`, the config is written twice, as TF Serving wants for a label swap:
+    first the new version is listed with `stable` left where it was, then, once the server has
+    loaded it, `stable` moves to it.
+    """
     copy_version(storage, saved_model_dir, model_name, version)
     kept = [v for v in keep_versions if v != version and has_version(storage, model_name, v)]
     served = sorted({version, *kept})
     base_uri = storage_uri(storage, model_name)
-    text = render_models_config(model_name, base_uri, served, stable=version)
-    storage.put(CONFIG_KEY, text.encode(), content_type="text/plain")
+    if wait_until_loaded is not None:
+        current = _current_stable(storage, model_name)
+        interim = current if current in served and current != version else None
+        _write_config(storage, render_models_config(model_name, base_uri, served, interim))
+        wait_until_loaded(version)
+    _write_config(storage, render_models_config(model_name, base_uri, served, stable=version))
     log.info("published %s version %d to %s (serving %s)", model_name, version, base_uri, served)
     return PublishedVersion(version, served, base_uri, storage_uri(storage, CONFIG_KEY))
+
+
+def _write_config(storage: Storage, text: str) -> None:
+    storage.put(CONFIG_KEY, text.encode(), content_type="text/plain")
+
+
+def _current_stable(storage: Storage, model_name: str) -> int | None:
+    """The version `stable` names in the config being replaced (None without one)."""
+    if not storage.exists(CONFIG_KEY):
+        return None
+    try:
+        config = parse_models_config(storage.get(CONFIG_KEY).decode())
+    except text_format.ParseError:
+        log.warning("the existing %s does not parse; replacing it", CONFIG_KEY)
+        return None
+    for model in config.model_config_list.config:
+        if model.name == model_name and STABLE_LABEL in model.version_labels:
+            return model.version_labels[STABLE_LABEL]
+    return None

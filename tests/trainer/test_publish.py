@@ -19,9 +19,10 @@ from services.trainer.publish import (
     render_models_config,
     serving_storage,
 )
+from services.trainer.serving_status import VersionLoadWaiter
 from shared.storage import S3Storage
 from tests.support.model_server import ModelServer
-from tests.support.procs import wait_until
+from tests.support.procs import free_port, wait_until
 
 MODEL = "cxr-pneumonia"
 
@@ -81,6 +82,26 @@ def test_publish_refuses_a_folder_without_a_saved_model(tmp_path):
     assert not (tmp_path / "serving" / CONFIG_KEY).exists()
 
 
+def test_the_stable_label_moves_only_after_the_new_version_is_loaded(tmp_path, exported):
+    storage = serving_storage(str(tmp_path))
+    seen: list[tuple[list[int], dict[str, int]]] = []
+
+    def waiter(version: int) -> bool:
+        seen.append(served_versions((tmp_path / CONFIG_KEY).read_text())[:2])
+        return True
+
+    publish_version(exported[1], 1, storage=storage, model_name=MODEL, wait_until_loaded=waiter)
+    publish_version(exported[2], 2, storage=storage, model_name=MODEL, keep_versions=[1],
+                    wait_until_loaded=waiter)
+    # First start: listed without a label; a swap: listed while `stable` stays on the old one.
+    assert seen == [([1], {}), ([1, 2], {"stable": 1})]
+    assert served_versions((tmp_path / CONFIG_KEY).read_text())[:2] == ([1, 2], {"stable": 2})
+
+
+def test_the_load_waiter_gives_up_at_once_without_a_model_server():
+    assert VersionLoadWaiter(f"127.0.0.1:{free_port()}", MODEL, timeout_s=60).wait(1) is False
+
+
 class RecordingS3Storage(S3Storage):
     """S3Storage that remembers the order of its writes."""
 
@@ -134,9 +155,12 @@ def test_model_server_follows_the_published_config_without_restart(tmp_path, exp
     server.start(wait_for=1)
     try:
         assert predict_with_label(server, "stable") == 1
-        publish_version(exported[2], 2, storage=storage, model_name=MODEL, keep_versions=[1])
-        server.wait_for_version(2, timeout=120)
         pid = server.process.pid
+        waiter = VersionLoadWaiter(server.grpc_target, MODEL, timeout_s=120, poll_s=0.5)
+        publish_version(exported[2], 2, storage=storage, model_name=MODEL, keep_versions=[1],
+                        wait_until_loaded=waiter.wait)
+        assert server.version_states()[2] == "AVAILABLE"
+        # The server rereads the config once a second; the label moves with the next read.
         wait_until(lambda: predict_with_label(server, "stable") == 2, 60,
                    "label stable on version 2", server.process)
         assert server.version_states()[1] == "AVAILABLE"  # kept for a one-step rollback

@@ -38,7 +38,8 @@ def settings_for(server, tmp_path: Path, **overrides) -> TrainerSettings:
     values = {"mlflow_tracking_uri": server.tracking_uri,
               "registered_model_name": unique("cxr-test"), "mlflow_experiment": unique("exp"),
               "model_base_path": str(tmp_path / "serving"),
-              "bundled_models_dir": str(tmp_path / "bundled"), **overrides}
+              "bundled_models_dir": str(tmp_path / "bundled"),
+              "publish_wait_for_load_s": 0, **overrides}
     return TrainerSettings(**values)
 
 
@@ -163,7 +164,7 @@ def run_cli(settings: TrainerSettings, *args: str) -> subprocess.CompletedProces
            "CXR_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
            "CXR_REGISTERED_MODEL_NAME": settings.registered_model_name,
            "CXR_MLFLOW_EXPERIMENT": settings.mlflow_experiment,
-           "CXR_MODEL_BASE_PATH": settings.model_base_path}
+           "CXR_MODEL_BASE_PATH": settings.model_base_path, "CXR_PUBLISH_WAIT_FOR_LOAD_S": "0"}
     return subprocess.run([sys.executable, "-m", "services.trainer", *args], env=env,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
