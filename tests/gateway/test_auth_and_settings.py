@@ -83,3 +83,19 @@ def test_self_signed_certificate_names_localhost_and_is_reused(tmp_path):
     assert ensure_self_signed(tmp_path / "tls")[0].read_bytes() == first
     cert_path.write_text("not a certificate")
     assert ensure_self_signed(tmp_path / "tls")[0].read_bytes() != first
+
+
+def test_the_gateway_imports_neither_tensorflow_nor_worker_code():
+    """The gateway image has no TensorFlow: tasks are sent by name, models asked over REST."""
+    import subprocess
+
+    from tests.support.procs import REPO_ROOT
+
+    probe = ("import sys, services.gateway.__main__, services.gateway.app; "
+             "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow' "
+             "or m.startswith(('services.worker', 'services.trainer', 'services.model_server'))); "
+             "print(bad); sys.exit(1 if bad else 0)")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(python_argv("-c", probe), cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
