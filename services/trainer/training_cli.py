@@ -26,7 +26,8 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--folds", type=int,
                         help="K >= 2: patient-grouped K-fold training (CXR_TRAIN_FOLDS)")
     parser.add_argument("--ship", choices=("ensemble", "refit"),
-                        help="with --folds: export the fold ensemble or one network refit on all")
+                        help="with --folds: one network refit on all images (default) or the "
+                        "fold ensemble")
     parser.add_argument("--batch-size", type=int, help="images per step (CXR_TRAIN_BATCH_SIZE)")
     parser.add_argument("--seed", type=int, help="random seed (CXR_TRAIN_SEED)")
     parser.add_argument("--max-images", type=int, help="train on about N images (smoke runs)")

@@ -59,14 +59,15 @@ def test_exported_model_has_the_serving_layout(sample_export):
 
 
 @pytest.mark.slow
-def test_folds_give_out_of_fold_metrics_and_an_ensemble(tmp_path):
+def test_folds_give_out_of_fold_metrics_and_a_refit_model(tmp_path):
     config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path), epochs=1, batch_size=8,
-                         width=4, folds=2, baseline=False, verbose=0)
+                         width=4, folds=2, ship="refit", baseline=False, verbose=0)
     outcome = run_training(config)
-    assert len(outcome.models) == 2
+    assert len(outcome.models) == 1 and outcome.params["ensemble_size"] == 1
     assert outcome.validation["n"] == outcome.params["data_images"]  # every image scored once
     assert [f["fold"] for f in outcome.folds] == [0, 1]
     assert sum(f["n"] for f in outcome.folds) == outcome.validation["n"]
+    assert [f["best_epoch"] for f in outcome.folds] == [1, 1]
     assert set(outcome.fold_summary["auroc"]) == {"mean", "sd"}
     assert {row["fold"] for row in outcome.history} == {0, 1}
     assert outcome.baseline is None
