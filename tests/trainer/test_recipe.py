@@ -10,6 +10,7 @@ import tensorflow as tf
 from services.trainer.augment import AugmentConfig, augment_batch, gaussian_blur
 from services.trainer.cnn_training import balanced_weights, soft_targets
 from services.trainer.evaluation import METRIC_KEYS
+from services.trainer.hog import fit_hog_baseline, hog_features, pneumonia_probability
 from services.trainer.model import GRADCAM_LAYER
 from services.trainer.recipe import TrainConfig, run_training, select_records, subsample
 from tests.trainer.conftest import SAMPLE_DIR
@@ -129,3 +130,21 @@ def test_augmentation_never_mirrors():
     for step in range(20):
         out = augment_batch(image, tf.constant([3, step], tf.int64), geometry_only).numpy()
         assert out[0, 16:48, :16].mean() > out[0, 16:48, 48:].mean() + 100
+
+
+def test_hog_baseline_separates_oriented_textures():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:224, 0:224]
+    images, is_pneumonia = [], []
+    for i in range(40):
+        stripes = np.sin((yy if i % 2 else xx) / 3.0 + rng.uniform(0, 6))  # class by orientation
+        noisy = 128 + 60 * stripes + rng.normal(0, 20, stripes.shape)
+        images.append(np.clip(noisy, 0, 255).astype(np.uint8)[..., None])
+        is_pneumonia.append(i % 2)
+    images, is_pneumonia = np.stack(images), np.array(is_pneumonia)
+    features = hog_features(images)
+    assert features.shape == (40, 1764)
+    train, test = np.arange(30), np.arange(30, 40)
+    model = fit_hog_baseline(features[train], is_pneumonia[train], np.arange(30))
+    p = pneumonia_probability(model, features[test])
+    assert ((p >= 0.5) == is_pneumonia[test]).all()
