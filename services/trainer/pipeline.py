@@ -59,6 +59,7 @@ def retrain(settings: TrainerSettings | None = None,
         champion = registry.champion()
         verdict = _gate(registry, settings, gate_set, saved_model, champion, work)
         registry.tag_version(version, verdict.as_tags())
+        registry.describe(version, _card(outcome, settings, version, verdict))
         _log_gate_metrics(logged.run_id, verdict)
         published = None
         if verdict.passed:
@@ -90,12 +91,18 @@ def _export(outcome, base: Path, model_name: str) -> Path:
                               model_name=model_name)
 
 
-def _log_run(outcome, saved_model: Path, settings: TrainerSettings, gate_set: GateSet,
-             trainable_images: int) -> LoggedRun:
-    card = render_model_card(
+def _card(outcome, settings: TrainerSettings, version: int | None = None,
+          verdict: GateVerdict | None = None) -> str:
+    return render_model_card(
         model_name=settings.registered_model_name, threshold=outcome.threshold,
         temperature=outcome.temperature, params=outcome.params, validation=outcome.validation,
-        baseline=outcome.baseline, git_commit=git_commit())
+        baseline=outcome.baseline, git_commit=git_commit(), version=version,
+        gate=verdict.as_tags() if verdict is not None else None)
+
+
+def _log_run(outcome, saved_model: Path, settings: TrainerSettings, gate_set: GateSet,
+             trainable_images: int) -> LoggedRun:
+    card = _card(outcome, settings)
     gate_params = {"gate.fraction": settings.gate_fraction, "gate.seed": settings.gate_seed,
                    "gate.images": len(gate_set.is_pneumonia),
                    "gate.set_fingerprint": gate_set.fingerprint,

@@ -72,6 +72,10 @@ class ModelRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, str(number), key, str(value))
 
+    def describe(self, number: int, markdown: str) -> None:
+        """Set the version's description (the MLflow UI and the gateway show it)."""
+        self.client.update_model_version(self.name, str(number), description=markdown)
+
     def download_saved_model(self, number: int, dst: str | Path | None = None) -> Path:
         """The version's SavedModel folder, downloaded from the registry into `dst`."""
         self.version(number)

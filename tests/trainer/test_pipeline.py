@@ -30,7 +30,7 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
     common = {"data_dir": str(SAMPLE), "mlflow_tracking_uri": mlflow_server.tracking_uri,
               "registered_model_name": name, "mlflow_experiment": name,
               "model_base_path": str(tmp_path / "serving"), "gate_fraction": 0.25,
-              "train_image_cache_dir": None}
+              "train_image_cache_dir": None, "publish_wait_for_load_s": 0}
     lenient = TrainerSettings(**common, gate_min_sensitivity=0, gate_min_specificity=0,
                               gate_min_auroc=0)
 
@@ -43,6 +43,8 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
     assert tags["gate.passed"] == "true" and tags["gate.champion_version"] == "none"
     assert 0 < int(tags["gate.n"]) < 40
     assert served(lenient) == ([1], 1)
+    card = registry.version(1).description
+    assert card.startswith("# Model card") and "gate.passed: true" in card
     assert (tmp_path / "serving" / lenient.model_name / "1" / "saved_model.pb").is_file()
 
     client = MlflowClient(mlflow_server.tracking_uri)
