@@ -2,7 +2,7 @@
 
 Each entry is JSON (`job_id`, `task`, `error` code and message, `retries`, `failed_at`); the job
 itself is marked failed with reason `retries_exhausted`. `requeue` puts such a job back in the
-queue: its record returns to `queued` and a new task is sent.
+queue: its record returns to `queued` with no attempts counted, and a new task is sent.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def take_for_requeue(
                     "failure": None,
                     "finished_at": None,
                     "started_at": None,
+                    "attempts": 0,  # a fresh budget of attempts
                 }
             )
         )

@@ -65,6 +65,14 @@ class JobBusyError(CXRError):
     default_message = "Another worker is processing this job."
 
 
+class AttemptsExhaustedError(CXRError):
+    """A job started too often without finishing: its worker keeps dying (memory, time limit)."""
+
+    code = "attempts_exhausted"
+    http_status = 500
+    default_message = "The job was started too many times without finishing."
+
+
 class RedisUnavailableError(CXRError):
     code = "redis_unavailable"
     http_status = 503

@@ -8,7 +8,6 @@ import os
 from celery import signals
 from celery.concurrency import get_implementation
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.exceptions import ImproperlyConfigured
 
 from services.worker import metrics
 from services.worker.settings import get_settings
@@ -24,10 +23,13 @@ def check_metrics_mode(sender, **_kwargs) -> None:
         return
     pool = get_implementation(sender.pool_cls)
     if issubclass(pool, PreforkPool) and metrics.multiprocess_dir() is None:
-        raise ImproperlyConfigured(
+        message = (
             f"CXR_WORKER_METRICS_PORT is set and the pool is prefork: set {metrics.MULTIPROC_ENV} "
-            "to an empty writable folder so the pool processes' metrics can be served"
+            "to a writable folder so the pool processes' metrics can be served"
         )
+        log.critical(message)
+        # Celery logs and swallows exceptions from signal handlers; SystemExit stops the start.
+        raise SystemExit(message)
     metrics.clear_multiprocess_dir()
 
 

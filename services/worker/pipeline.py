@@ -18,7 +18,7 @@ import numpy as np
 import redis
 
 from services.worker import metrics
-from services.worker.errors import JobBusyError
+from services.worker.errors import AttemptsExhaustedError, JobBusyError
 from services.worker.heatmap import render_overlay
 from services.worker.keys import heatmap_key, job_lock_key, result_key
 from services.worker.result import HEATMAP, build_result
@@ -110,13 +110,20 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
     """Run job `job_id` once: a job already finished is left alone, whatever delivered it again.
 
     Permanent errors (a corrupt image, a model that refuses the input) fail the job with their code
-    and message; transient ones propagate so the caller can retry.
+    and message; transient ones propagate so the caller can retry, and so does
+    `AttemptsExhaustedError` for the caller to dead-letter the job.
     """
     with job_lock(deps, job_id):
         record = deps.jobs.mark_running(job_id)  # JobNotFoundError when there is no record
         if record.status.finished:
             log.info("job %s is already %s; nothing to do", job_id, record.status)
             return Outcome.ALREADY_FINISHED
+        if record.attempts > deps.settings.job_max_attempts:
+            # Deliveries after a killed worker do not count as Celery retries; this stops a job
+            # that kills its worker from being delivered forever.
+            raise AttemptsExhaustedError(
+                f"Job {job_id} was started {record.attempts - 1} times without finishing."
+            )
         try:
             result, heatmap_png = predict_record(record, deps)
         except CXRError as error:

@@ -27,6 +27,8 @@ class WorkerSettings(SharedSettings):
     broker_visibility_timeout_s: int = Field(default=3600, gt=0)
     job_lock_ttl_s: int | None = Field(default=None, gt=0)
 
+    job_max_attempts: int = Field(default=12, ge=1)
+
     dead_letter_key: str = "cxr:dead-letter"
     heatmap_max_side: int = Field(default=1024, ge=64)
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -36,6 +38,8 @@ class WorkerSettings(SharedSettings):
     def _check_time_limits(self) -> WorkerSettings:
         # With Redis, a message not acked within the visibility timeout is delivered again: it must
         # outlast the longest a task can run, plus the longest countdown a retry waits in a worker.
+        if self.job_max_attempts <= self.task_max_retries:
+            raise ValueError("CXR_JOB_MAX_ATTEMPTS must exceed CXR_TASK_MAX_RETRIES")
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("CXR_TASK_SOFT_TIME_LIMIT_S must be below CXR_TASK_TIME_LIMIT_S")
         if self.broker_visibility_timeout_s <= self.task_time_limit_s + self.retry_backoff_max_s:

@@ -16,7 +16,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from services.worker import dead_letter, metrics
 from services.worker.celery_app import TASK_NAME, app
-from services.worker.errors import RedisUnavailableError, TaskTimeoutError
+from services.worker.errors import AttemptsExhaustedError, RedisUnavailableError, TaskTimeoutError
 from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
 from shared.errors import CXRError, JobNotFoundError
@@ -59,6 +59,8 @@ def predict(self, job_id: str) -> str:
     deps = worker_deps()
     try:
         outcome = process_job(job_id, deps)
+    except AttemptsExhaustedError as error:
+        return _dead_letter(self, job_id, error, deps)
     except JobNotFoundError:
         log.error("task for job %s dropped: no job record in Redis or storage", job_id)
         metrics.JOBS.labels("job_not_found").inc()
@@ -81,12 +83,7 @@ def _retry_or_dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) 
     retries = task.request.retries
     settings = deps.settings
     if retries >= task.max_retries:
-        log.error("job %s: retries exhausted after %s; dead-lettered (%s)", job_id, retries, error)
-        fail_job(job_id, dead_letter.exhausted_failure(error, retries), deps)
-        dead_letter.push(deps.redis, settings.dead_letter_key, job_id, task.name, error, retries)
-        metrics.DEAD_LETTERED.inc()
-        metrics.JOBS.labels("dead_lettered").inc()
-        return "dead_lettered"
+        return _dead_letter(task, job_id, error, deps)
     countdown = get_exponential_backoff_interval(
         factor=settings.retry_backoff_s,
         retries=retries,
@@ -103,3 +100,14 @@ def _retry_or_dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) 
     )
     metrics.RETRIES.labels(error.code).inc()
     raise task.retry(exc=error, countdown=countdown)
+
+
+def _dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) -> str:
+    """Give up: fail the job with reason `retries_exhausted` and keep it for operators."""
+    retries = task.request.retries
+    log.error("job %s: giving up after %s retries; dead-lettered (%s)", job_id, retries, error)
+    fail_job(job_id, dead_letter.exhausted_failure(error, retries), deps)
+    dead_letter.push(deps.redis, deps.settings.dead_letter_key, job_id, task.name, error, retries)
+    metrics.DEAD_LETTERED.inc()
+    metrics.JOBS.labels("dead_lettered").inc()
+    return "dead_lettered"

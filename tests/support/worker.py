@@ -51,7 +51,8 @@ StartWorker = Callable[..., CeleryWorker]
 
 def start_celery_worker(log_dir: Path, *, redis_url: str, storage_root: str | Path,
                         model_server_target: str, env: dict[str, str] | None = None,
-                        concurrency: int = 1, name: str = "worker") -> CeleryWorker:
+                        concurrency: int = 1, name: str = "worker",
+                        multiprocess_metrics: bool = True) -> CeleryWorker:
     metrics_port = free_port()
     metrics_dir = Path(log_dir) / f"{name}-{metrics_port}-prometheus"
     full_env = {
@@ -70,6 +71,8 @@ def start_celery_worker(log_dir: Path, *, redis_url: str, storage_root: str | Pa
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **(env or {}),
     }
+    if not multiprocess_metrics:
+        del full_env["PROMETHEUS_MULTIPROC_DIR"]
     argv = python_argv(
         "-m", "celery", "-A", "services.worker.celery_app", "worker", "-Q", "inference",
         "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",

@@ -74,6 +74,7 @@ def test_dead_letters_are_listed_and_taken_back_for_requeueing(jobs, redis_url):
     first, second = jobs.create(b"x"), jobs.create(b"x")
     for job_id in (first, second):
         error = ModelNotFoundError("gone")
+        jobs.store.mark_running(job_id)
         jobs.store.mark_failed(job_id, dead_letter.exhausted_failure(error, 3))
         dead_letter.push(client, key, job_id, "cxr.predict", error, 3)
     assert [e.job_id for e in dead_letter.entries(client, key)] == [first, second]
@@ -82,6 +83,7 @@ def test_dead_letters_are_listed_and_taken_back_for_requeueing(jobs, redis_url):
     assert dead_letter.take_for_requeue(client, key, jobs.store, second) == [second]
     record = jobs.store.get(second)
     assert record.status is JobStatus.QUEUED and record.failure is None
+    assert record.attempts == 0
     assert [e.job_id for e in dead_letter.entries(client, key)] == [first]
     assert dead_letter.take_for_requeue(client, key, jobs.store) == [first]
     assert dead_letter.entries(client, key) == []

@@ -25,6 +25,11 @@ def test_visibility_timeout_must_outlast_a_task_and_its_longest_backoff():
                        broker_visibility_timeout_s=650)
 
 
+def test_attempts_must_allow_every_retry():
+    with pytest.raises(ValidationError, match="JOB_MAX_ATTEMPTS"):
+        WorkerSettings(task_max_retries=8, job_max_attempts=8)
+
+
 def test_soft_time_limit_must_come_before_the_hard_one():
     with pytest.raises(ValidationError, match="SOFT_TIME_LIMIT"):
         WorkerSettings(task_soft_time_limit_s=60, task_time_limit_s=60)
