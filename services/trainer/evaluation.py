@@ -146,15 +146,17 @@ def score_saved_model(model_dir: str | Path, images: np.ndarray,
 
 
 def evaluate_saved_model(model_dir: str | Path, data_dir: str | Path,
-                         figures_dir: str | Path | None = None) -> dict:
+                         figures_dir: str | Path | None = None,
+                         splits: Sequence[str] | None = None) -> dict:
     """Metrics of an exported model on a Kaggle-layout folder, at the model's own threshold.
 
-    Images go through the dataset loader, i.e. `shared.imaging` (the path the worker uses).
+    Every image under `data_dir` counts unless `splits` (e.g. `["test"]`) names the sub-folders
+    to read. Images go through the dataset loader, i.e. `shared.imaging` (the worker's path).
     """
     from services.trainer.dataset import load_images, scan_dataset
     from services.trainer.figures import save_evaluation_figures
 
-    records = scan_dataset(Path(data_dir))
+    records = scan_dataset(Path(data_dir), splits)
     if not records:
         raise ValueError(f"no labelled images under {data_dir}")
     images = load_images(records)
@@ -166,4 +168,5 @@ def evaluate_saved_model(model_dir: str | Path, data_dir: str | Path,
     if figures_dir is not None:
         metrics["figures"] = {name: str(path) for name, path in save_evaluation_figures(
             Path(figures_dir), y_true, scores.p_pneumonia, scores.threshold).items()}
-    return {**metrics, "model_dir": str(model_dir), "data_dir": str(data_dir)}
+    return {**metrics, "model_dir": str(model_dir), "data_dir": str(data_dir),
+            "splits": list(splits) if splits else None}

@@ -80,6 +80,9 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout data folder")
     parser.add_argument("--json", type=Path, required=True, help="where to write the metrics")
     parser.add_argument("--out", type=Path, help="folder for the evaluation figures")
+    parser.add_argument("--split", action="append", dest="splits", metavar="NAME",
+                        help="only this split folder of the data (repeatable, e.g. --split test); "
+                        "default: every image under --data")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -90,7 +93,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 2
     from services.trainer.evaluation import evaluate_saved_model
 
-    metrics = evaluate_saved_model(args.model, args.data, figures_dir=args.out)
+    metrics = evaluate_saved_model(args.model, args.data, figures_dir=args.out, splits=args.splits)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(metrics, indent=2))
     print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}, indent=2))

@@ -69,3 +69,18 @@ def test_train_cli_needs_version_with_export_base(tmp_path):
     result = _cli("train", "--data", str(SAMPLE_DIR), "--export-base", str(tmp_path))
     assert result.returncode == 2
     assert "--export-base and --version go together" in result.stderr
+
+
+def test_evaluate_only_the_named_split(sample_export, tmp_path):
+    import shutil
+
+    for split, count in (("train", 3), ("test", 2)):
+        for label in ("NORMAL", "PNEUMONIA"):
+            target = tmp_path / split / label
+            target.mkdir(parents=True)
+            files = sorted((SAMPLE_DIR / label).iterdir())
+            for path in files[:count] if split == "train" else files[-count:]:
+                shutil.copy(path, target / path.name)
+    assert evaluate_saved_model(sample_export, tmp_path)["n"] == 10
+    only_test = evaluate_saved_model(sample_export, tmp_path, splits=["test"])
+    assert only_test["n"] == 4 and only_test["splits"] == ["test"]
