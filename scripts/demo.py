@@ -31,7 +31,9 @@ def main() -> None:
     with httpx.Client(base_url=base, headers=headers, verify=False, timeout=60) as client:
         jobs = []
         for path in images:
-            response = client.post("/v1/predictions", files={"file": (path.name, path.read_bytes())})
+            response = client.post(
+                "/v1/predictions", files={"file": (path.name, path.read_bytes())}
+            )
             response.raise_for_status()
             jobs.append((path, response.json()["job_id"]))
         rows, correct = [], 0
@@ -41,14 +43,25 @@ def main() -> None:
             label = result.get("label", job["status"])
             correct += label == _truth(path)
             model = result.get("model") or {}
-            rows.append((path.name, _truth(path), label, result.get("pneumonia_probability"),
-                         result.get("subtype") or "", f"{model.get('name', '')} v{model.get('version', '')}"))
+            rows.append(
+                (
+                    path.name,
+                    _truth(path),
+                    label,
+                    result.get("pneumonia_probability"),
+                    result.get("subtype") or "",
+                    f"{model.get('name', '')} v{model.get('version', '')}",
+                )
+            )
     elapsed = time.monotonic() - started
     print(f"{'file':40s} {'truth':9s} {'label':9s} {'p(pneu)':>7s}  {'subtype':9s} model")
     for name, truth, label, prob, subtype, model in rows:
         prob_text = f"{prob:7.3f}" if isinstance(prob, float) else "      -"
         print(f"{name:40s} {truth:9s} {label:9s} {prob_text}  {subtype:9s} {model}")
-    print(f"\n{correct}/{len(rows)} labels agree with the file's folder; {elapsed:.1f}s for all of them.")
+    print(
+        f"\n{correct}/{len(rows)} labels agree with the file's folder; "
+        f"{elapsed:.1f}s for all of them."
+    )
     print(f"The service is still running: open {base}/ (API key above), `make down` to stop it.")
 
 

@@ -108,40 +108,101 @@ def services() -> list[Service]:
     return [
         Service(
             "redis",
-            ["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                "redis-server",
+                "--port",
+                str(REDIS_PORT),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             _redis_answers,
             needed=lambda: not _redis_answers(),
         ),
         Service(
             "mlflow",
-            [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(MLFLOW_PORT),
-             "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-             "--artifacts-destination", str(mlflow_dir / "artifacts"), "--serve-artifacts", "--workers", "1"],
+            [
+                str(VENV_BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(MLFLOW_PORT),
+                "--backend-store-uri",
+                f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(mlflow_dir / "artifacts"),
+                "--serve-artifacts",
+                "--workers",
+                "1",
+            ],
             _http_ok(f"http://127.0.0.1:{MLFLOW_PORT}/health"),
         ),
         Service(
             "model-server",
-            [py, "-m", "services.model_server", "--port", str(GRPC_PORT), "--rest_api_port", str(REST_PORT),
-             "--model_config_file", str(SERVING_BASE / "models.config"),
-             "--model_config_file_poll_wait_seconds", "5", "--file_system_poll_wait_seconds", "2"],
+            [
+                py,
+                "-m",
+                "services.model_server",
+                "--port",
+                str(GRPC_PORT),
+                "--rest_api_port",
+                str(REST_PORT),
+                "--model_config_file",
+                str(SERVING_BASE / "models.config"),
+                "--model_config_file_poll_wait_seconds",
+                "5",
+                "--file_system_poll_wait_seconds",
+                "2",
+            ],
             _http_ok(f"http://127.0.0.1:{REST_PORT}/v1/models/cxr-pneumonia"),
         ),
         Service(
             "worker",
-            _celery("-A", "services.worker.celery_app", "worker", "-Q", "inference", "-n", "inference@%h",
-                    "--loglevel", "INFO"),
+            _celery(
+                "-A",
+                "services.worker.celery_app",
+                "worker",
+                "-Q",
+                "inference",
+                "-n",
+                "inference@%h",
+                "--loglevel",
+                "INFO",
+            ),
             lambda: _celery_ping("services.worker.celery_app", "inference"),
         ),
         Service(
             "trainer-worker",
-            _celery("-A", "services.trainer.celery_app", "worker", "-Q", "training", "-n", "training@%h",
-                    "--concurrency", "1", "--loglevel", "INFO"),
+            _celery(
+                "-A",
+                "services.trainer.celery_app",
+                "worker",
+                "-Q",
+                "training",
+                "-n",
+                "training@%h",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+            ),
             lambda: _celery_ping("services.trainer.celery_app", "training"),
         ),
         Service(
             "beat",
-            _celery("-A", "services.trainer.celery_app", "beat", "--loglevel", "INFO",
-                    "--schedule", str(VAR / "celerybeat-schedule")),
+            _celery(
+                "-A",
+                "services.trainer.celery_app",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(VAR / "celerybeat-schedule"),
+            ),
             lambda: _pid_alive("beat"),
             timeout=10,
         ),
@@ -155,8 +216,21 @@ def services() -> list[Service]:
 
 def _celery_ping(app: str, node_prefix: str) -> bool:
     result = subprocess.run(
-        _celery("-A", app, "inspect", "ping", "-d", f"{node_prefix}@{socket.gethostname()}", "--timeout", "2"),
-        env=local_environment(), capture_output=True, text=True, cwd=ROOT, check=False,
+        _celery(
+            "-A",
+            app,
+            "inspect",
+            "ping",
+            "-d",
+            f"{node_prefix}@{socket.gethostname()}",
+            "--timeout",
+            "2",
+        ),
+        env=local_environment(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     return result.returncode == 0 and "pong" in result.stdout
 
@@ -176,24 +250,39 @@ def _pid_alive(name: str) -> bool:
 
 def _start(service: Service) -> None:
     log = open(LOG_DIR / f"{service.name}.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=local_environment(), cwd=ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        service.argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=local_environment(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
     _pid_file(service.name).write_text(str(proc.pid))
     deadline = time.monotonic() + service.timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{service.name} exited with {proc.returncode}; see {LOG_DIR / service.name}.log")
+            raise SystemExit(
+                f"{service.name} exited with {proc.returncode}; see {LOG_DIR / service.name}.log"
+            )
         if service.ready():
             print(f"  {service.name:15s} ready (pid {proc.pid})")
             return
         time.sleep(0.5)
-    raise SystemExit(f"{service.name} not ready after {service.timeout:.0f}s; see {LOG_DIR / service.name}.log")
+    raise SystemExit(
+        f"{service.name} not ready after {service.timeout:.0f}s; see {LOG_DIR / service.name}.log"
+    )
 
 
 def _bootstrap_model() -> None:
     """Register and publish the bundled model when the registry has no champion yet."""
-    result = subprocess.run([sys.executable, "-m", "services.trainer", "bootstrap"], env=local_environment(),
-                            cwd=ROOT, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "services.trainer", "bootstrap"],
+        env=local_environment(),
+        cwd=ROOT,
+        check=False,
+    )
     if result.returncode != 0:
         raise SystemExit("registering the bundled model failed (see the output above)")
 
@@ -213,12 +302,13 @@ def up() -> None:
         if service.name == "mlflow":
             _bootstrap_model()
     key_file = VAR / "demo-api-key"
+    key = key_file.read_text().strip() if key_file.exists() else "(see var/log/gateway.log)"
     print(f"""
 cxr-pneumonia is up.
   Gateway (API and web page): https://localhost:{GATEWAY_PORT}/   (self-signed certificate)
   API documentation:          https://localhost:{GATEWAY_PORT}/docs
   MLflow UI:                  http://localhost:{MLFLOW_PORT}/
-  API key for the demo:       {key_file.read_text().strip() if key_file.exists() else "(see var/log/gateway.log)"}
+  API key for the demo:       {key}
   (set CXR_API_KEYS="client:key,..." before `make up` to choose your own keys)
 Stop everything with `make down`.""")
 

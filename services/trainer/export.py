@@ -45,7 +45,8 @@ class _ServingFunctions:
     def __init__(self, models: Sequence[keras.Model], threshold: float, temperature: float) -> None:
         self.models = list(models)
         self.gradcam_models = [
-            keras.Model(m.inputs, [m.get_layer(GRADCAM_LAYER).output, m.outputs[0]]) for m in self.models
+            keras.Model(m.inputs, [m.get_layer(GRADCAM_LAYER).output, m.outputs[0]])
+            for m in self.models
         ]
         self.threshold = float(threshold)
         self.temperature = float(temperature)
@@ -164,5 +165,11 @@ def make_tiny_serving_model(
 ) -> Path:
     """A small untrained model of the real family, exported for serving: for tests and benches."""
     model = build_cnn(image_size=image_size, width=4, dropout=0.0, seed=seed)
-    return export_for_serving(model, base_path=base_path, version=version, threshold=threshold,
-                              model_name=model_name, extra_info={"tiny_untrained": True, "seed": seed})
+    return export_for_serving(
+        model,
+        base_path=base_path,
+        version=version,
+        threshold=threshold,
+        model_name=model_name,
+        extra_info={"tiny_untrained": True, "seed": seed},
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -27,12 +28,16 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: ManagedProcess | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: ManagedProcess | None = None
+) -> None:
     """Poll `check` until it is true; fail loudly (with the process log) when `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.popen.returncode}\n{proc.log_tail()}")
+            raise RuntimeError(
+                f"{what}: process exited with {proc.popen.returncode}\n{proc.log_tail()}"
+            )
         try:
             if check():
                 return
@@ -46,8 +51,14 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: Manag
 class ManagedProcess:
     """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = Path(log_dir) / f"{name}.log"
@@ -57,8 +68,12 @@ class ManagedProcess:
         full_env.update(env or {})
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-            cwd=str(cwd or REPO_ROOT), start_new_session=True,
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=str(cwd or REPO_ROOT),
+            start_new_session=True,
         )
 
     @property
@@ -77,10 +92,8 @@ class ManagedProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to the whole process group (a Celery worker's children included)."""
         if self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.alive():

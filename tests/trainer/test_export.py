@@ -26,7 +26,9 @@ def test_signatures_and_outputs(tmp_path, images):
     out = {k: v.numpy() for k, v in serve(image=tf.constant(images)).items()}
     assert out["class_probabilities"].shape == (3, 3)
     np.testing.assert_allclose(out["class_probabilities"].sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(out["pneumonia_probability"], out["class_probabilities"][:, 1:].sum(axis=1), atol=1e-6)
+    np.testing.assert_allclose(
+        out["pneumonia_probability"], out["class_probabilities"][:, 1:].sum(axis=1), atol=1e-6
+    )
     np.testing.assert_allclose(out["threshold"], [0.42] * 3, atol=1e-7)
     heat = loaded.signatures["gradcam"](image=tf.constant(images))["heatmap"].numpy()
     assert heat.shape == (3, 224, 224)
@@ -35,9 +37,16 @@ def test_signatures_and_outputs(tmp_path, images):
 
 def test_matches_keras_with_temperature_and_ensemble(tmp_path, images):
     models = [build_cnn(width=4, seed=1), build_cnn(width=4, seed=2)]
-    version_dir = export_for_serving(models, base_path=tmp_path, version=1, threshold=0.3, temperature=2.0)
-    expected = np.mean([tf.nn.softmax(m(images.astype("float32"), training=False) / 2.0).numpy() for m in models], axis=0)
-    got = tf.saved_model.load(str(version_dir)).signatures["serving_default"](image=tf.constant(images))
+    version_dir = export_for_serving(
+        models, base_path=tmp_path, version=1, threshold=0.3, temperature=2.0
+    )
+    expected = np.mean(
+        [tf.nn.softmax(m(images.astype("float32"), training=False) / 2.0).numpy() for m in models],
+        axis=0,
+    )
+    got = tf.saved_model.load(str(version_dir)).signatures["serving_default"](
+        image=tf.constant(images)
+    )
     np.testing.assert_allclose(got["class_probabilities"].numpy(), expected, atol=1e-5)
     info = json.loads((version_dir / "assets.extra" / "model_info.json").read_text())
     assert info["ensemble_size"] == 2 and info["temperature"] == 2.0
@@ -45,7 +54,9 @@ def test_matches_keras_with_temperature_and_ensemble(tmp_path, images):
 
 def test_warmup_records_cover_both_signatures(tmp_path):
     version_dir = make_tiny_serving_model(tmp_path, 1)
-    records = list(tf.data.TFRecordDataset(str(version_dir / "assets.extra" / "tf_serving_warmup_requests")))
+    records = list(
+        tf.data.TFRecordDataset(str(version_dir / "assets.extra" / "tf_serving_warmup_requests"))
+    )
     signatures = []
     for raw in records:
         log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
