@@ -139,3 +139,13 @@ class ModelUnavailableError(CXRError):
     http_status = 503
     transient = True
     default_message = "The model server is unavailable right now; the request will be retried."
+
+
+# --- job queue --------------------------------------------------------------------------------
+
+
+class QueueUnavailableError(CXRError):
+    code = "queue_unavailable"
+    http_status = 503
+    transient = True
+    default_message = "The job queue is unavailable right now; try again shortly."

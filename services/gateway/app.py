@@ -9,13 +9,13 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from services.gateway.access import ApiAccessMiddleware
-from services.gateway.audit import configure_audit_file
 from services.gateway.config import GatewaySettings, get_settings
 from services.gateway.metrics import MetricsMiddleware
 from services.gateway.problems import install_problem_handlers
 from services.gateway.resources import GatewayResources
 from services.gateway.routes import health, models, predictions, web
 from services.gateway.upload_limit import BodySizeLimitMiddleware
+from shared.audit import configure_audit_file
 
 DESCRIPTION = """Reads chest X-rays (JPEG, PNG, DICOM) and answers NORMAL or PNEUMONIA with a
 calibrated probability, the decision threshold, the model version and a Grad-CAM heatmap.

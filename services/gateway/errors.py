@@ -74,13 +74,6 @@ class HeatmapNotReadyError(CXRError):
     default_message = "The heatmap is not ready yet; it appears when the job has succeeded."
 
 
-class QueueUnavailableError(CXRError):
-    code = "queue_unavailable"
-    http_status = 503
-    transient = True
-    default_message = "The job queue is unavailable right now; try again shortly."
-
-
 class NotReadyError(CXRError):
     code = "not_ready"
     http_status = 503

@@ -12,11 +12,11 @@ import redis.asyncio
 from services.gateway.auth import DEMO_CLIENT, ApiKeyRing, load_or_create_demo_key
 from services.gateway.config import GatewaySettings
 from services.gateway.idempotency import IdempotencyKeys
-from services.gateway.job_queue import JobQueue
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.model_info import RegistryClient, ServingClient
 from services.gateway.ratelimit import RateLimiter
 from shared.imaging import DecodeLimits
+from shared.job_queue import JobQueue
 from shared.jobs import JobStore
 from shared.storage import Storage, get_storage
 

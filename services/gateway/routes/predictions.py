@@ -11,14 +11,14 @@ from fastapi import APIRouter, File, Header, Path, Query, Request, Response, Upl
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.api_models import JobAccepted, JobView
-from services.gateway.audit import audited
 from services.gateway.deps import ClientDep, ResourcesDep
 from services.gateway.errors import HeatmapNotReadyError
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
-from services.gateway.uploads import create_job, new_job_id
+from shared.audit import audited
 from shared.errors import ImageError, JobNotFoundError
 from shared.imaging import decode_xray
+from shared.intake import new_job_id, submit_job
 from shared.schemas import JobRecord, JobStatus
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
@@ -83,7 +83,8 @@ async def create_prediction(
         entry.job_id = job_id
         try:
             record = await run_in_threadpool(
-                lambda: create_job(resources, job_id=job_id, client=client, data=data,
+                lambda: submit_job(resources.storage, resources.jobs, resources.queue,
+                                   job_id=job_id, client=client, data=data,
                                    filename=file.filename, decoded=decoded))
         except Exception:
             if idempotency_key is not None:

@@ -1,17 +1,27 @@
-"""Turning a validated upload into a stored, recorded and queued job (in that order)."""
+"""Turning a validated image into a stored, recorded and queued job (in that order).
+
+The one path from "bytes arrived" to "the worker will predict": HTTP uploads, DICOM C-STORE and
+DICOMweb STOW-RS all call `submit_job`.
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
+from typing import Protocol
 
-from services.gateway.errors import QueueUnavailableError
-from services.gateway.resources import GatewayResources
+from shared.errors import CXRError, JobExistsError
 from shared.imaging import DecodedImage
+from shared.jobs import JobStore
 from shared.schemas import Failure, JobRecord
+from shared.storage import Storage
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Enqueuer(Protocol):
+    def enqueue(self, job_id: str) -> None: ...
 
 
 def new_job_id() -> str:
@@ -35,23 +45,27 @@ def image_facts(decoded: DecodedImage) -> dict[str, object]:
     return facts
 
 
-def create_job(resources: GatewayResources, *, job_id: str, client: str, data: bytes,
-               filename: str | None, decoded: DecodedImage) -> JobRecord:
+def submit_job(storage: Storage, jobs: JobStore, queue: Enqueuer, *, job_id: str, client: str,
+               data: bytes, filename: str | None, decoded: DecodedImage,
+               source: str = "api", extra: dict[str, object] | None = None) -> JobRecord:
     """Store the bytes, write the record, then queue; blocking, so run it in a worker thread.
 
     The blob and the record exist before the task is sent, so a worker never sees an unknown job
-    and a job whose task was lost can be re-queued from storage.
+    and a job whose task was lost can be re-queued from storage. JobExistsError if `job_id` is
+    taken (callers with deterministic ids use it for idempotency).
     """
+    if jobs.get(job_id) is not None:
+        raise JobExistsError(f"A prediction job with id {job_id} already exists.")
     upload_key = f"uploads/{job_id}"
     media_type = MEDIA_TYPES.get(decoded.format, "application/octet-stream")
-    resources.storage.put(upload_key, data, content_type=media_type)
+    storage.put(upload_key, data, content_type=media_type)
     record = JobRecord(job_id=job_id, client_id=client, filename=display_name(filename),
                        content_type=media_type, size_bytes=len(data), upload_key=upload_key,
-                       source="api", extra=image_facts(decoded))
-    resources.jobs.create(record)
+                       source=source, extra={**image_facts(decoded), **(extra or {})})
+    jobs.create(record)
     try:
-        resources.queue.enqueue(job_id)
-    except QueueUnavailableError as exc:
-        resources.jobs.mark_failed(job_id, Failure(code=exc.code, message=exc.message))
+        queue.enqueue(job_id)
+    except CXRError as exc:
+        jobs.mark_failed(job_id, Failure(code=exc.code, message=exc.message))
         raise
     return record

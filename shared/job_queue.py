@@ -1,4 +1,4 @@
-"""Queues prediction jobs for the worker by task name, so the gateway never imports worker code."""
+"""Queues prediction jobs for the worker by task name, so producers never import worker code."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import logging
 
 from celery import Celery
 
-from services.gateway.config import GatewaySettings
-from services.gateway.errors import QueueUnavailableError
+from shared.config import SharedSettings
+from shared.errors import QueueUnavailableError
 
-log = logging.getLogger("cxr.gateway")
+log = logging.getLogger("cxr.queue")
 # The worker's contract (docs/architecture.md, "Celery").
 INFERENCE_QUEUE = "inference"
 PREDICT_TASK = "cxr.predict"
@@ -18,10 +18,10 @@ PREDICT_TASK = "cxr.predict"
 class JobQueue:
     """Sends `cxr.predict(job_id)` to the `inference` queue on the Redis broker."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: SharedSettings) -> None:
         self.queue = INFERENCE_QUEUE
         self.task_name = PREDICT_TASK
-        self.celery = Celery("cxr-gateway", broker=settings.redis_url, set_as_current=False)
+        self.celery = Celery("cxr-producer", broker=settings.redis_url, set_as_current=False)
         self.celery.conf.update(task_serializer="json", accept_content=["json"],
                                 broker_connection_retry_on_startup=True)
 

@@ -1,4 +1,4 @@
-"""Audit trail: one JSON line per upload and per result or heatmap read, to logger `cxr.audit`."""
+"""Audit trail: one JSON line per upload (HTTP or DICOM) and per result or heatmap read."""
 
 from __future__ import annotations
 
