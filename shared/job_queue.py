@@ -39,3 +39,9 @@ class JobQueue:
 
     def close(self) -> None:
         self.celery.close()
+
+
+# Results of DICOM-sourced jobs go back to the PACS through this task (services/pacs/tasks.py).
+REPORT_QUEUE = "pacs"
+REPORT_TASK = "cxr.pacs_report"
+REPORT_STATE_KEY = "pacs_report"  # JobRecord.extra key holding the report's delivery state

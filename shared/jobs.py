@@ -105,6 +105,12 @@ class JobStore:
         """Record why the job failed; a job that already failed keeps its first reason."""
         return self._finish(job_id, JobStatus.FAILED, {"failure": failure})
 
+    def set_extra(self, job_id: str, key: str, value: object) -> JobRecord:
+        """Set `extra[key]` (e.g. the PACS report state), whatever the job's status."""
+        return self._update(
+            job_id, lambda record: record.model_copy(update={"extra": {**record.extra, key: value}})
+        )
+
     def list_unfinished(self) -> list[JobRecord]:
         """Queued and running jobs from the durable copy, oldest first (for re-queueing)."""
         unfinished = []

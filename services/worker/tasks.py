@@ -20,6 +20,7 @@ from services.worker.errors import AttemptsExhaustedError, RedisUnavailableError
 from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
 from shared.errors import CXRError, JobNotFoundError
+from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
 from shared.schemas import Failure
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,21 @@ def predict(self, job_id: str) -> str:
             raise
         return _retry_or_dead_letter(self, job_id, transient, deps)
     metrics.JOBS.labels(outcome).inc()
+    if outcome == Outcome.SUCCEEDED:
+        request_pacs_report(job_id, deps)
     return outcome
+
+
+def request_pacs_report(job_id: str, deps: WorkerDeps) -> None:
+    """A result of a DICOM-sourced job goes back to the PACS: mark it pending, queue the sender."""
+    try:
+        record = deps.jobs.get(job_id)
+        if record is None or record.source != "dicom":
+            return
+        deps.jobs.set_extra(job_id, REPORT_STATE_KEY, {"state": "pending", "attempts": 0})
+        app.send_task(REPORT_TASK, args=[job_id], queue=REPORT_QUEUE)
+    except Exception:  # the prediction itself succeeded; never undo that over the report
+        log.exception("could not queue the PACS report of job %s", job_id)
 
 
 def _retry_or_dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) -> str:

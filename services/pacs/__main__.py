@@ -1,0 +1,39 @@
+"""`python -m services.pacs`: run the DICOM C-STORE SCP until stopped (SIGTERM/SIGINT)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import redis
+
+from services.pacs.scp import start_scp
+from services.pacs.settings import get_settings
+from shared.audit import configure_audit_file
+from shared.dicom_intake.receive import DicomIntake
+from shared.imaging import DecodeLimits
+from shared.job_queue import JobQueue
+from shared.jobs import JobStore
+from shared.storage import get_storage
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    configure_audit_file(settings.audit_log)
+    storage = get_storage(settings)
+    intake = DicomIntake(storage=storage,
+                         jobs=JobStore(redis.Redis.from_url(settings.redis_url), storage),
+                         queue=JobQueue(settings), limits=DecodeLimits.from_settings(settings),
+                         keep_identifiers=settings.pacs_keep_identifiers)
+    server = start_scp(settings, intake)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

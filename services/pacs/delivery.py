@@ -1,0 +1,70 @@
+"""Send one job's report to the PACS and record the state in `extra.pacs_report`.
+
+States: `pending` (with the last transient error while retries go on), `sent` (with the SR and
+Secondary Capture SOP Instance UIDs), `failed` (permanent rejection, or retries used up), and
+`skipped` (no destination configured).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from services.pacs.report import build_report
+from services.pacs.sender import send_instances
+from services.pacs.settings import PacsSettings
+from shared.job_queue import REPORT_STATE_KEY as STATE_KEY
+from shared.jobs import JobStore
+from shared.schemas import JobStatus, utc_now
+from shared.storage import Storage, get_storage
+
+log = logging.getLogger("cxr.pacs")
+
+
+@dataclass
+class ReportDeps:
+    settings: PacsSettings
+    storage: Storage
+    jobs: JobStore
+
+    @classmethod
+    def from_settings(cls, settings: PacsSettings) -> ReportDeps:
+        storage = get_storage(settings)
+        return cls(settings, storage, JobStore(redis.Redis.from_url(settings.redis_url), storage))
+
+
+def record_state(deps: ReportDeps, job_id: str, state: str, attempts: int, **details) -> None:
+    deps.jobs.set_extra(job_id, STATE_KEY, {"state": state, "attempts": attempts,
+                                            "updated_at": utc_now().isoformat(), **details})
+
+
+def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:
+    """Build and send the SR and Secondary Capture; raises `SendError` (state left to the caller).
+
+    Returns the state reached without an error: `sent`, `skipped`, or `not_applicable` for a job
+    that is not a succeeded DICOM job (or was already sent).
+    """
+    record = deps.jobs.get(job_id)
+    if record is None or record.source != "dicom" or record.status != JobStatus.SUCCEEDED:
+        log.warning("no report for job %s: not a succeeded DICOM job", job_id)
+        return "not_applicable"
+    if record.extra.get(STATE_KEY, {}).get("state") == "sent":
+        return "not_applicable"
+    destination = deps.settings.destination
+    if destination is None:
+        record_state(deps, job_id, "skipped", attempt, reason="CXR_PACS_DESTINATION is not set")
+        return "skipped"
+    report = build_report(record, deps.storage.get(record.upload_key),
+                          deps.storage.get(record.heatmap_key or ""),
+                          deps.settings.pacs_manufacturer)
+    send_instances([report.structured_report, report.secondary_capture],
+                   calling_ae_title=deps.settings.pacs_ae_title, destination=destination,
+                   timeout_s=deps.settings.pacs_network_timeout_s)
+    record_state(deps, job_id, "sent", attempt,
+                 destination=deps.settings.pacs_destination,
+                 sr_sop_instance_uid=str(report.structured_report.SOPInstanceUID),
+                 sc_sop_instance_uid=str(report.secondary_capture.SOPInstanceUID))
+    log.info("report for job %s sent to %s", job_id, deps.settings.pacs_destination)
+    return "sent"

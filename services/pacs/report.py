@@ -1,0 +1,126 @@
+"""The DICOM objects sent back for a result: a Comprehensive 3D SR and a Secondary Capture.
+
+Both live in the original study (the PACS's Study Instance UID), in new series of their own, and
+reference the original image. Their UIDs are derived from the job id, so a retried send delivers
+the same instances again instead of duplicates. The SR is UNVERIFIED (no human signed it) and names
+the algorithm: model name, version, and a device UID derived from both, so it changes whenever the
+model version does.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from PIL import Image
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from shared.schemas import JobRecord, PredictionResult
+
+REPORT_TITLE = hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report")
+FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
+PNEUMONIA = hd.sr.CodedConcept("233604007", "SCT", "Pneumonia")
+NO_PNEUMONIA = hd.sr.CodedConcept("17621005", "SCT", "Normal")
+ALGORITHM_NAME = hd.sr.CodedConcept("111001", "DCM", "Algorithm Name")
+ALGORITHM_VERSION = hd.sr.CodedConcept("111003", "DCM", "Algorithm Version")
+SOURCE_IMAGE = hd.sr.CodedConcept("260753009", "SCT", "Source")
+COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+# Local codes ("99" prefix: a private coding scheme, PS3.16 8.2) for what no standard code names.
+PROBABILITY = hd.sr.CodedConcept("CXR001", "99CXR", "Pneumonia probability")
+THRESHOLD = hd.sr.CodedConcept("CXR002", "99CXR", "Decision threshold")
+NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+
+
+@dataclass(frozen=True)
+class ReportInstances:
+    structured_report: Dataset
+    secondary_capture: Dataset
+
+
+def device_uid(model_name: str, version: int) -> str:
+    """The algorithm's Device Observer UID: one per model name and version."""
+    return generate_uid(entropy_srcs=["cxr-device", model_name, str(version)])
+
+
+def report_uid(job_id: str, part: str) -> str:
+    return generate_uid(entropy_srcs=["cxr-report", job_id, part])
+
+
+def reference_dataset(record: JobRecord, stored_dicom: bytes) -> Dataset:
+    """The stored copy of the received image, under the UIDs the PACS knows it by."""
+    dataset = dcmread(io.BytesIO(stored_dicom))
+    uids = record.extra["dicom"]
+    dataset.StudyInstanceUID = uids["study_instance_uid"]
+    dataset.SeriesInstanceUID = uids["series_instance_uid"]
+    dataset.SOPInstanceUID = uids["sop_instance_uid"]
+    dataset.SOPClassUID = uids["sop_class_uid"]
+    return dataset
+
+
+def summary(result: PredictionResult) -> str:
+    relation = ">=" if result.label == "PNEUMONIA" else "<"
+    return (f"{result.label}: pneumonia probability {result.pneumonia_probability:.4f} "
+            f"{relation} threshold {result.threshold:.4f}; model {result.model.name} "
+            f"version {result.model.version}. Unverified AI result, {NOT_FOR_CLINICAL_USE}.")
+
+
+def structured_report(record: JobRecord, ref: Dataset, manufacturer: str) -> Dataset:
+    result = record.result
+    assert result is not None
+    model = result.model
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    modifier = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(model.name, model.version), name=model.name,
+            manufacturer_name=manufacturer, model_name=f"{model.name} v{model.version}"),
+    )
+    root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
+    root.ContentSequence = hd.sr.ContentSequence([
+        *observer,
+        hd.sr.TextContentItem(ALGORITHM_NAME, model.name, relationship_type=modifier),
+        hd.sr.TextContentItem(ALGORITHM_VERSION, str(model.version), relationship_type=modifier),
+        hd.sr.CodeContentItem(FINDING, PNEUMONIA if result.label == "PNEUMONIA" else NO_PNEUMONIA,
+                              relationship_type=contains),
+        hd.sr.NumContentItem(PROBABILITY, result.pneumonia_probability, NO_UNITS,
+                             relationship_type=contains),
+        hd.sr.NumContentItem(THRESHOLD, result.threshold, NO_UNITS, relationship_type=contains),
+        hd.sr.TextContentItem(COMMENT, summary(result), relationship_type=contains),
+        hd.sr.ImageContentItem(SOURCE_IMAGE, ref.SOPClassUID, ref.SOPInstanceUID,
+                               relationship_type=contains),
+    ])
+    return hd.sr.Comprehensive3DSR(
+        evidence=[ref], content=root, series_instance_uid=report_uid(record.job_id, "sr-series"),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=report_uid(record.job_id, "sr"),
+        instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False,
+        is_verified=False, series_description=f"AI pneumonia result - {NOT_FOR_CLINICAL_USE}",
+    )
+
+
+def heatmap_capture(record: JobRecord, ref: Dataset, heatmap_png: bytes,
+                    manufacturer: str) -> Dataset:
+    pixels = np.asarray(Image.open(io.BytesIO(heatmap_png)).convert("RGB"), dtype=np.uint8)
+    return hd.sc.SCImage.from_ref_dataset(
+        ref, pixels, photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", patient_orientation=tuple(ref.get("PatientOrientation")
+                                                               or ("L", "F")),
+        series_instance_uid=report_uid(record.job_id, "sc-series"),
+        series_number=SC_SERIES_NUMBER, sop_instance_uid=report_uid(record.job_id, "sc"),
+        instance_number=1, manufacturer=manufacturer,
+        series_description=f"Grad-CAM heatmap - {NOT_FOR_CLINICAL_USE}",
+    )
+
+
+def build_report(record: JobRecord, stored_dicom: bytes, heatmap_png: bytes,
+                 manufacturer: str) -> ReportInstances:
+    ref = reference_dataset(record, stored_dicom)
+    return ReportInstances(structured_report(record, ref, manufacturer),
+                           heatmap_capture(record, ref, heatmap_png, manufacturer))

@@ -1,0 +1,81 @@
+"""The PACS service's settings (env prefix `CXR_`); names are listed in docs/pacs.md."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator, model_validator
+
+from shared.config import SharedSettings
+
+
+def _ae_title(value: str) -> str:
+    title = value.strip()
+    if not 1 <= len(title) <= 16 or "\\" in title or not title.isprintable():
+        raise ValueError(f"{value!r} is not a valid AE title (1 to 16 printable characters, no \\)")
+    return title
+
+
+class PacsSettings(SharedSettings):
+    """What `python -m services.pacs` and the `pacs` Celery queue read."""
+
+    pacs_ae_title: str = "CXR"
+    pacs_host: str = "0.0.0.0"
+    pacs_port: int = Field(default=11112, ge=1, le=65535)
+    # Comma list. Empty: every calling AE title is accepted in development/test; in production the
+    # service refuses to start (it would otherwise accept images from anyone on the network).
+    pacs_allowed_calling_ae_titles: str = ""
+    # Where reports go, as AET@host:port; empty: reports are not sent.
+    pacs_destination: str = ""
+    pacs_keep_identifiers: bool = False
+    # CXR_AUDIT_LOG: audit lines (the gateway's format, client = calling AE title) also go here.
+    audit_log: str | None = None
+    pacs_manufacturer: str = "cxr-pneumonia"
+    pacs_network_timeout_s: float = Field(default=10.0, gt=0)
+    pacs_report_max_retries: int = Field(default=8, ge=0)
+    pacs_report_backoff_s: int = Field(default=2, ge=1)
+    pacs_report_backoff_max_s: int = Field(default=300, ge=1)
+
+    @field_validator("pacs_ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return _ae_title(value)
+
+    @field_validator("pacs_destination")
+    @classmethod
+    def _check_destination(cls, value: str) -> str:
+        if value.strip():
+            parse_destination(value)
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _refuse_open_door_in_production(self) -> PacsSettings:
+        if self.env == "production" and not self.allowed_calling_ae_titles:
+            raise ValueError("CXR_PACS_ALLOWED_CALLING_AE_TITLES must list the AE titles allowed "
+                             "to send images when CXR_ENV=production")
+        return self
+
+    @property
+    def allowed_calling_ae_titles(self) -> list[str]:
+        return [_ae_title(title) for title in self.pacs_allowed_calling_ae_titles.split(",")
+                if title.strip()]
+
+    @property
+    def destination(self) -> tuple[str, str, int] | None:
+        """(AE title, host, port) of the PACS that receives reports, or None."""
+        return parse_destination(self.pacs_destination) if self.pacs_destination else None
+
+
+def parse_destination(value: str) -> tuple[str, str, int]:
+    """`AET@host:port` -> (AET, host, port); ValueError when malformed."""
+    title, at, address = value.strip().partition("@")
+    host, colon, port = address.rpartition(":")
+    if not (at and colon and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{value!r} is not AET@host:port")
+    return _ae_title(title), host, int(port)
+
+
+@lru_cache
+def get_settings() -> PacsSettings:
+    """The process settings, read once (tests call `get_settings.cache_clear()`)."""
+    return PacsSettings()

@@ -1,0 +1,1 @@
+"""DICOM instances arriving over C-STORE or STOW-RS: screening, de-identification, job intake."""

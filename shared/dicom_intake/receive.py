@@ -1,0 +1,112 @@
+"""One received DICOM instance -> screened, de-identified, stored, recorded and queued.
+
+Used by the C-STORE SCP (`services.pacs`) and by STOW-RS on the gateway. The job id is derived
+from the SOP Instance UID, so the same instance sent twice (by any route) makes one job. The
+original Study/Series/SOP Instance UIDs stay in the job record (`extra.dicom`), so results can be
+sent back to the PACS that knows the instance by them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydicom import dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from shared.audit import audited
+from shared.dicom_intake.deidentify import deidentify
+from shared.dicom_intake.screening import rejection_reason
+from shared.errors import InvalidDicomError, JobExistsError
+from shared.imaging import DecodeLimits, decode_xray
+from shared.intake import Enqueuer, submit_job
+from shared.jobs import JobStore
+from shared.storage import Storage
+
+log = logging.getLogger("cxr.dicom")
+UID_KEYWORDS = {"study_instance_uid": "StudyInstanceUID",
+                "series_instance_uid": "SeriesInstanceUID",
+                "sop_instance_uid": "SOPInstanceUID", "sop_class_uid": "SOPClassUID"}
+
+
+class Disposition(StrEnum):
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Received:
+    disposition: Disposition
+    job_id: str | None
+    sop_class_uid: str
+    sop_instance_uid: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DicomIntake:
+    """Everything a received instance needs to become a job."""
+
+    storage: Storage
+    jobs: JobStore
+    queue: Enqueuer
+    limits: DecodeLimits
+    keep_identifiers: bool = False
+
+    def receive(self, dataset: Dataset, *, client: str, route: str) -> Received:
+        """Turn `dataset` into a job; image errors (`ImageError`) propagate to the caller."""
+        uids = original_uids(dataset)
+        with audited(client, "dicom_store") as entry:
+            entry.extra.update(route=route, sop_instance_uid=uids["sop_instance_uid"])
+            reason = rejection_reason(dataset)
+            if reason is not None:
+                log.info("instance %s from %s not sent to the model: %s",
+                         uids["sop_instance_uid"], client, reason)
+                entry.extra["skipped"] = reason
+                return Received(Disposition.SKIPPED, None, uids["sop_class_uid"],
+                                uids["sop_instance_uid"], reason)
+            job_id = entry.job_id = instance_job_id(uids["sop_instance_uid"])
+            stored = dataset if self.keep_identifiers else deidentify(dataset)
+            data = encode(stored)
+            decoded = decode_xray(data, self.limits)
+            try:
+                submit_job(self.storage, self.jobs, self.queue, job_id=job_id, client=client,
+                           data=data, filename=None, decoded=decoded, source="dicom",
+                           extra={"dicom": {**uids, "calling_ae_title": client}})
+            except JobExistsError:
+                entry.extra["duplicate"] = True
+                return Received(Disposition.DUPLICATE, job_id, uids["sop_class_uid"],
+                                uids["sop_instance_uid"])
+            entry.status = 202
+            return Received(Disposition.QUEUED, job_id, uids["sop_class_uid"],
+                            uids["sop_instance_uid"])
+
+
+def original_uids(dataset: Dataset) -> dict[str, str]:
+    missing = [keyword for keyword in UID_KEYWORDS.values() if not dataset.get(keyword)]
+    if missing:
+        raise InvalidDicomError(f"The DICOM instance lacks {', '.join(missing)}.")
+    return {name: str(dataset[keyword].value) for name, keyword in UID_KEYWORDS.items()}
+
+
+def instance_job_id(sop_instance_uid: str) -> str:
+    return "dicom-" + hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:40]
+
+
+def encode(dataset: Dataset) -> bytes:
+    """The instance as a DICOM file (Part 10), keeping its transfer syntax when it has one."""
+    file_meta = getattr(dataset, "file_meta", None) or FileMetaDataset()
+    file_meta = FileMetaDataset(file_meta)
+    file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    if "TransferSyntaxUID" not in file_meta:
+        file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta = file_meta
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
