@@ -27,6 +27,7 @@ class ReceivingPacs:
     allowed_calling: list[str]
     received: list[Dataset] = field(default_factory=list)
     connections: int = 0
+    store_status: int = 0x0000  # what every C-STORE is answered
     _server: object | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,7 +54,7 @@ class ReceivingPacs:
         dataset.file_meta = event.file_meta
         with self._lock:
             self.received.append(dataset)
-        return 0x0000
+        return self.store_status
 
     def instances_for_study(self, study_uid: str) -> list[Dataset]:
         with self._lock:
