@@ -60,6 +60,8 @@ class SharedSettings(BaseSettings):
     model_server_rest: str = "http://127.0.0.1:8501"
     model_base_path: str = "var/serving"
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    # DICOM received over C-STORE or STOW-RS is stored de-identified unless this is true.
+    pacs_keep_identifiers: bool = False
 
 
 @lru_cache

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.gateway.problems import backend_down_response, error_response
 from shared.errors import CXRError
 
-PROTECTED_PREFIX = "/v1/"
+PROTECTED_PREFIXES = ("/v1/", "/dicomweb/")
 log = logging.getLogger("cxr.gateway")
 
 
@@ -25,7 +25,7 @@ class ApiAccessMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
         resources = scope["app"].state.resources

@@ -13,7 +13,7 @@ from services.gateway.config import GatewaySettings, get_settings
 from services.gateway.metrics import MetricsMiddleware
 from services.gateway.problems import install_problem_handlers
 from services.gateway.resources import GatewayResources
-from services.gateway.routes import health, models, predictions, web
+from services.gateway.routes import dicomweb, health, models, predictions, web
 from services.gateway.upload_limit import BodySizeLimitMiddleware
 from shared.audit import configure_audit_file
 
@@ -48,7 +48,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(ApiAccessMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=resources.metrics)
-    for module in (predictions, models, health, web):
+    for module in (predictions, dicomweb, models, health, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     return app

@@ -13,22 +13,16 @@ from __future__ import annotations
 import logging
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
-from pynetdicom.sop_class import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    Verification,
-)
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from services.pacs.settings import PacsSettings
 from shared.dicom_intake.receive import DicomIntake
+from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
 from shared.errors import CXRError, ImageError
 
 log = logging.getLogger("cxr.pacs")
 
-STORAGE_CLASSES = (DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing,
-                   ComputedRadiographyImageStorage)
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 
 
@@ -37,7 +31,7 @@ def build_ae(settings: PacsSettings) -> AE:
     # An empty list means "accept any"; settings refuse that in production.
     ae.require_calling_aet = settings.allowed_calling_ae_titles
     ae.network_timeout = settings.pacs_network_timeout_s
-    for sop_class in STORAGE_CLASSES:
+    for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     return ae

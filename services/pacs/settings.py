@@ -27,7 +27,6 @@ class PacsSettings(SharedSettings):
     pacs_allowed_calling_ae_titles: str = ""
     # Where reports go, as AET@host:port; empty: reports are not sent.
     pacs_destination: str = ""
-    pacs_keep_identifiers: bool = False
     # CXR_AUDIT_LOG: audit lines (the gateway's format, client = calling AE title) also go here.
     audit_log: str | None = None
     pacs_manufacturer: str = "cxr-pneumonia"

@@ -8,6 +8,15 @@ are given the benefit of the doubt, since many modalities leave them blank.
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+)
+
+# The storage SOP classes accepted over C-STORE and STOW-RS.
+ACCEPTED_SOP_CLASSES = (DigitalXRayImageStorageForPresentation,
+                        DigitalXRayImageStorageForProcessing, ComputedRadiographyImageStorage)
 
 CHEST_BODY_PARTS = frozenset({"CHEST"})
 FRONTAL_VIEWS = frozenset({"PA", "AP"})
