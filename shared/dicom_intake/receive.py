@@ -60,9 +60,10 @@ class DicomIntake:
 
     def receive(self, dataset: Dataset, *, client: str, route: str) -> Received:
         """Turn `dataset` into a job; image errors (`ImageError`) propagate to the caller."""
-        uids = original_uids(dataset)
         with audited(client, "dicom_store") as entry:
-            entry.extra.update(route=route, sop_instance_uid=uids["sop_instance_uid"])
+            entry.extra["route"] = route
+            uids = original_uids(dataset)
+            entry.extra["sop_instance_uid"] = uids["sop_instance_uid"]
             reason = rejection_reason(dataset)
             if reason is not None:
                 log.info("instance %s from %s not sent to the model: %s",

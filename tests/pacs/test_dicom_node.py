@@ -162,3 +162,15 @@ def test_report_waits_for_a_destination_that_is_down_then_arrives(pacs_node):
     assert state["attempts"] >= 3
     received = pacs_node.hospital.instances_for_study(dataset.StudyInstanceUID)
     assert sorted(ds.Modality for ds in received) == ["OT", "SR"]
+
+
+def test_an_instance_without_pixels_is_refused_with_cannot_understand(pacs_node):
+    dataset = chest_dx()
+    del dataset.PixelData
+    assert c_store(pacs_node.scp_port, dataset) == 0xC000
+    assert pacs_node.job(instance_job_id(dataset.SOPInstanceUID)) is None
+    wait_until(lambda: any(line.get("sop_instance_uid") == dataset.SOPInstanceUID
+                           for line in audit_lines(pacs_node)), 10, "audit line")
+    line = next(line for line in audit_lines(pacs_node)
+                if line.get("sop_instance_uid") == dataset.SOPInstanceUID)
+    assert (line["status"], line["code"]) == (422, "invalid_dicom")
