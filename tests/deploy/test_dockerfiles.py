@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
-import shutil
 import subprocess
 
 import pytest
 
 from tests.deploy.dockerignore import ignore_patterns, is_ignored
-from tests.deploy.loaders import SERVICE_DOCKERFILES, DockerStage, dockerfile_stages
+from tests.deploy.loaders import (
+    SERVICE_DOCKERFILES,
+    DockerStage,
+    copy_sources,
+    dockerfile_stages,
+    uv_bin,
+)
 from tests.support.procs import REPO_ROOT
 
 BASE_IMAGE = "python:3.11-slim"
@@ -36,24 +40,6 @@ def stages_of(service: str) -> list[DockerStage]:
     return dockerfile_stages(SERVICE_DOCKERFILES[service])
 
 
-def copy_sources(stage: DockerStage) -> list[str]:
-    """Sources of the stage's COPY instructions that read the build context."""
-    sources = []
-    for rest in stage.args("COPY"):
-        words = shlex.split(rest)
-        if any(word.startswith("--from") for word in words):
-            continue
-        sources += [w for w in words[:-1] if not w.startswith("--")]
-    return sources
-
-
-def uv_bin() -> str:
-    path = shutil.which("uv")
-    if path is None:
-        raise RuntimeError("uv is not on PATH: `make install` installs it")
-    return path
-
-
 def test_multi_stage_build_from_python_slim(service):
     stages = stages_of(service)
     assert len(stages) >= 2
@@ -70,11 +56,21 @@ def test_builder_installs_the_makefiles_uv_and_syncs_the_lock(service):
     assert f"uv sync --frozen --no-dev --no-default-groups --group {service}" in runs
 
 
+def files_in_repository(path: str) -> list[str]:
+    """What a fresh clone has under `path` (tracked, or new and not ignored): an empty folder or
+    an ignored file on this machine does not make a COPY source exist for a build elsewhere."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", path],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    return listed.splitlines()
+
+
 def test_copied_sources_exist_and_are_in_the_build_context(service):
     patterns = ignore_patterns()
     for stage in stages_of(service):
         for source in copy_sources(stage):
-            assert (REPO_ROOT / source).exists(), f"{service}: COPY {source} does not exist"
+            assert files_in_repository(source), f"{service}: COPY {source}: nothing in the repo"
             assert not is_ignored(source, patterns), f"{service}: {source} is in .dockerignore"
 
 
@@ -119,3 +115,12 @@ def test_gateway_group_brings_no_tensorflow():
     packages = {line.split("==")[0] for line in exported.splitlines() if "==" in line}
     assert {"fastapi", "uvicorn", "celery"} <= packages
     assert not {name for name in packages if name.startswith("tensorflow")}
+
+
+def test_worker_pool_metrics_have_a_fresh_writable_folder():
+    """With the prefork pool the worker refuses to serve metrics without a multiprocess folder;
+    it must be on the per-container scratch mount (/tmp), never on a kept volume."""
+    env = " ".join(stages_of("worker")[-1].args("ENV"))
+    folder = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", env)
+    assert folder and folder.group(1).startswith("/tmp/")
+    assert "CXR_WORKER_METRICS_PORT=9100" in env
