@@ -9,6 +9,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from services.gateway.config import GatewaySettings
+from services.pacs.settings import PacsSettings
 from services.trainer.config import TrainerSettings
 from services.worker.settings import WorkerSettings
 from shared.config import SharedSettings
@@ -22,7 +23,7 @@ from tests.deploy.loaders import (
 )
 
 SETTINGS_BY_IMAGE = {"gateway": GatewaySettings, "worker": WorkerSettings,
-                     "trainer": TrainerSettings}
+                     "trainer": TrainerSettings, "pacs": PacsSettings}
 CXR_NAME = re.compile(r"\bCXR_[A-Z0-9_]+\b")
 
 
