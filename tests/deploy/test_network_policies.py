@@ -21,6 +21,8 @@ NEEDED = [
     (INGRESS_CONTROLLER, app("gateway"), 8443),
     (PROMETHEUS, app("gateway"), 8443),
     (app("worker"), app("tf-serving"), 8500),
+    (app("trainer-worker"), app("tf-serving"), 8500),  # publish waits for the new version
+    (app("trainer-bootstrap"), app("tf-serving"), 8500),
     (app("gateway"), app("tf-serving"), 8501),
     (PROMETHEUS, app("tf-serving"), 8501),
     (PROMETHEUS, app("worker"), 9100),
