@@ -62,6 +62,8 @@ def main() -> None:
         f"\n{correct}/{len(rows)} labels agree with the file's folder; "
         f"{elapsed:.1f}s for all of them."
     )
+    print("(The samples come from the training data set: this shows the service works; the model's")
+    print(" accuracy on images it never saw is in models/MODEL_CARD.md.)")
     print(f"The service is still running: open {base}/ (API key above), `make down` to stop it.")
 
 
