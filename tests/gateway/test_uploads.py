@@ -221,7 +221,8 @@ def test_long_poll_waits_for_the_job_to_finish(gateway, redis_server):
     assert waited < 20  # answered when the job finished, not at the end of the wait
 
 
-def test_concurrent_uploads_with_one_idempotency_key_make_one_job(gateway, redis_server):
+def test_concurrent_uploads_with_one_idempotency_key_make_one_job(gateway, redis_url, redis_server):
+    """Redis is flushed first (`redis_url`), so the module's 20-a-minute limit starts afresh."""
     from concurrent.futures import ThreadPoolExecutor
 
     data = sample_xray(index=2).read_bytes()
