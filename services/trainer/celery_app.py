@@ -11,6 +11,7 @@ from celery import Celery
 from celery.schedules import crontab
 
 from services.trainer.config import TrainerSettings, get_settings
+from shared.celery_config import reliable_queue_config
 
 QUEUE = "training"
 TASK_NAME = "cxr.retrain"
@@ -36,21 +37,11 @@ def parse_cron(expression: str) -> crontab:
 
 def celery_config(settings: TrainerSettings) -> dict[str, object]:
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": None,
-        "task_ignore_result": True,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "task_routes": {TASK_NAME: {"queue": QUEUE}},
-        "task_default_queue": QUEUE,
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        **reliable_queue_config(redis_url=settings.redis_url, queue=QUEUE, task_name=TASK_NAME),
         "task_soft_time_limit": settings.retrain_time_limit_s,
         "task_time_limit": settings.retrain_time_limit_s + 600,
         "broker_transport_options": {
             "visibility_timeout": settings.retrain_lock_ttl_s + VISIBILITY_MARGIN_S},
-        "broker_connection_retry_on_startup": True,
         "beat_schedule": {
             SCHEDULE_ENTRY: {"task": TASK_NAME, "schedule": parse_cron(settings.retrain_cron),
                              "options": {"queue": QUEUE}},

@@ -9,6 +9,7 @@ from __future__ import annotations
 from celery import Celery
 
 from services.worker.settings import WorkerSettings, get_settings
+from shared.celery_config import reliable_queue_config
 
 QUEUE = "inference"
 TASK_NAME = "cxr.predict"
@@ -17,17 +18,7 @@ TASK_NAME = "cxr.predict"
 def celery_config(settings: WorkerSettings) -> dict[str, object]:
     """Production settings: a task is acked only after it ran, and never lost with a worker."""
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": None,
-        "task_ignore_result": True,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "task_routes": {TASK_NAME: {"queue": QUEUE}},
-        "task_default_queue": QUEUE,
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
+        **reliable_queue_config(redis_url=settings.redis_url, queue=QUEUE, task_name=TASK_NAME),
         "task_soft_time_limit": settings.task_soft_time_limit_s,
         "task_time_limit": settings.task_time_limit_s,
         # A message not acked in this time is delivered again; settings check it outlasts a task.
@@ -35,7 +26,6 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
         # On a lost broker connection the late-acked messages go back to the queue; stop running
         # them here instead of finishing them twice.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "broker_connection_retry_on_startup": True,
         "task_send_sent_event": False,
     }
 
