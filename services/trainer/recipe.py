@@ -252,8 +252,13 @@ def _hog_baseline(images: np.ndarray, is_pneumonia: np.ndarray, records: Sequenc
                                  seed=config.seed)
         p[val_idx] = pneumonia_probability(model, features[val_idx])
     threshold = choose_threshold(is_pneumonia[scored], p[scored], config.target_sensitivity)
+    per_fold = [] if len(splits) < 2 else [
+        {"fold": fold, **compute_metrics(is_pneumonia[val_idx], p[val_idx], threshold,
+                                         bootstrap_resamples=200)}
+        for fold, (_, val_idx) in enumerate(splits)]
     return {**compute_metrics(is_pneumonia[scored], p[scored], threshold),
-            "model": f"HOG {HOG_SIZE}px + StandardScaler + LogisticRegression, sigmoid-calibrated"}
+            "model": f"HOG {HOG_SIZE}px + StandardScaler + LogisticRegression, sigmoid-calibrated",
+            "folds": per_fold, "fold_summary": _fold_summary(per_fold)}
 
 
 def _params(config: TrainConfig, records: Sequence[XrayRecord],

@@ -60,7 +60,9 @@ def run_train(args: argparse.Namespace) -> int:
     print(json.dumps({
         "validation": {k: outcome.validation.get(k) for k in SUMMARY_KEYS},
         "baseline": {k: (outcome.baseline or {}).get(k) for k in SUMMARY_KEYS},
-        "fold_summary": outcome.fold_summary, "temperature": outcome.temperature,
+        "fold_summary": outcome.fold_summary,
+        "baseline_fold_summary": (outcome.baseline or {}).get("fold_summary"),
+        "temperature": outcome.temperature,
         "calibration": outcome.calibration, "outcome": str(args.out / "outcome.json"),
     }, indent=2))
     if args.export_base is not None:

@@ -62,7 +62,7 @@ def test_exported_model_has_the_serving_layout(sample_export):
 @pytest.mark.slow
 def test_folds_give_out_of_fold_metrics_and_a_refit_model(tmp_path):
     config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path), epochs=1, batch_size=8,
-                         width=4, folds=2, ship="refit", baseline=False, verbose=0)
+                         width=4, folds=2, ship="refit", baseline=True, verbose=0)
     outcome = run_training(config)
     assert len(outcome.models) == 1 and outcome.params["ensemble_size"] == 1
     assert outcome.validation["n"] == outcome.params["data_images"]  # every image scored once
@@ -71,7 +71,11 @@ def test_folds_give_out_of_fold_metrics_and_a_refit_model(tmp_path):
     assert [f["best_epoch"] for f in outcome.folds] == [1, 1]
     assert set(outcome.fold_summary["auroc"]) == {"mean", "sd"}
     assert {row["fold"] for row in outcome.history} == {0, 1}
-    assert outcome.baseline is None
+    # the HOG baseline is scored on the same folds, at its own pooled out-of-fold threshold
+    assert [f["fold"] for f in outcome.baseline["folds"]] == [0, 1]
+    assert sum(f["n"] for f in outcome.baseline["folds"]) == outcome.baseline["n"] == 40
+    assert {f["threshold"] for f in outcome.baseline["folds"]} == {outcome.baseline["threshold"]}
+    assert set(outcome.baseline["fold_summary"]["auroc"]) == {"mean", "sd"}
 
 
 def test_sample_folder_without_splits_and_subsample():
