@@ -19,6 +19,7 @@ so a 5-fold ensemble (~35 ms) would break the 10 ms/image serving budget.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ from services.trainer.dataset import (
 from services.trainer.evaluation import compute_metrics
 from services.trainer.figures import save_evaluation_figures, save_training_curves
 from services.trainer.hog import HOG_SIZE, fit_hog_baseline, hog_features, pneumonia_probability
+from services.trainer.model import build_cnn
 from services.trainer.thresholds import choose_threshold
 
 FOLD_SUMMARY_KEYS = (
@@ -220,17 +222,73 @@ def run_training(config: TrainConfig,
 
 def _fit_networks(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
                   splits: Splits) -> tuple[np.ndarray, list[dict], list[FittedCnn]]:
-    """One network per split; the logits each gives its own validation images, and histories."""
+    """One network per split; the logits each gives its own validation images, and histories.
+
+    With K folds and an `out_dir`, every finished fold is checkpointed there (`folds/fold-K/`:
+    weights, history, best epoch), so a long cross-validation that is stopped resumes at the first
+    unfinished fold when run again with the same data and settings.
+    """
     oof_logits = np.zeros((len(images), 3))
     history: list[dict] = []
     fitted = []
     for fold, (train_idx, val_idx) in enumerate(splits):
-        run = fit_cnn(config, images[train_idx], labels[train_idx], images[val_idx],
-                      labels[val_idx], seed_offset=fold)
+        checkpoint = (FoldCheckpoint(Path(config.out_dir) / "folds" / f"fold-{fold}",
+                                     _fold_key(config, images, train_idx, val_idx))
+                      if config.out_dir and len(splits) > 1 else None)
+        run = checkpoint.load(config) if checkpoint else None
+        if run is None:
+            run = fit_cnn(config, images[train_idx], labels[train_idx], images[val_idx],
+                          labels[val_idx], seed_offset=fold)
+            if checkpoint:
+                checkpoint.save(run)
         oof_logits[val_idx] = predict_logits(run.model, images[val_idx])
         history += [{**row, "fold": fold} if len(splits) > 1 else row for row in run.history]
         fitted.append(run)
     return oof_logits, history, fitted
+
+
+# TrainConfig fields that do not change what a fold's network learns
+_NOT_IN_FOLD_KEY = ("out_dir", "verbose", "ship", "baseline", "target_sensitivity", "cache_dir")
+
+
+def _fold_key(config: TrainConfig, images: np.ndarray, train_idx: np.ndarray,
+              val_idx: np.ndarray) -> str:
+    """What a fold's network depends on: the settings, its images and its split."""
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_FOLD_KEY}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for index in (train_idx, val_idx):
+        digest.update(np.ascontiguousarray(index, dtype=np.int64).tobytes())
+        digest.update(hashlib.sha256(np.ascontiguousarray(images[index])).digest())
+    return digest.hexdigest()
+
+
+@dataclass
+class FoldCheckpoint:
+    """A finished fold on disk: its weights, history and best epoch, under the fold's key."""
+
+    folder: Path
+    key: str
+
+    def load(self, config: TrainConfig) -> FittedCnn | None:
+        meta_path = self.folder / "fold.json"
+        if not meta_path.is_file():
+            return None
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != self.key:
+            return None  # another data set or other settings: train again
+        model = build_cnn(image_size=config.image_size, width=config.width,
+                          dropout=config.dropout, seed=config.seed)
+        model.load_weights(self.folder / "model.weights.h5")
+        return FittedCnn(model=model, history=meta["history"], best_epoch=meta["best_epoch"])
+
+    def save(self, run: FittedCnn) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        run.model.save_weights(self.folder / "model.weights.h5")
+        temporary = self.folder / "fold.json.tmp"
+        temporary.write_text(json.dumps({"key": self.key, "history": run.history,
+                                         "best_epoch": run.best_epoch}))
+        temporary.replace(self.folder / "fold.json")  # the marker lands after the weights
 
 
 def _metrics_at(logits: np.ndarray, temperature: float, threshold: float, is_pneumonia: np.ndarray,

@@ -152,3 +152,29 @@ def test_hog_baseline_separates_oriented_textures():
     model = fit_hog_baseline(features[train], is_pneumonia[train], np.arange(30))
     p = pneumonia_probability(model, features[test])
     assert ((p >= 0.5) == is_pneumonia[test]).all()
+
+
+@pytest.mark.slow
+def test_a_stopped_cross_validation_resumes_from_its_finished_folds(tmp_path, monkeypatch):
+    import services.trainer.recipe as recipe
+
+    config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path), epochs=1, batch_size=8,
+                         width=4, folds=2, ship="ensemble", baseline=False, verbose=0)
+    first = run_training(config)
+    assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["fold-0", "fold-1"]
+
+    # fold 1 "did not finish": only it is trained again; fold 0 comes from its checkpoint
+    (tmp_path / "folds" / "fold-1" / "fold.json").unlink()
+    trained = []
+    real_fit = recipe.fit_cnn
+    monkeypatch.setattr(recipe, "fit_cnn",
+                        lambda *a, **kw: trained.append(kw["seed_offset"]) or real_fit(*a, **kw))
+    second = run_training(config)
+    assert trained == [1]
+    assert second.folds[0]["auroc"] == first.folds[0]["auroc"]
+    assert second.folds[0]["best_epoch"] == first.folds[0]["best_epoch"]
+
+    # other settings give other networks: nothing is reused
+    trained.clear()
+    run_training(dataclasses.replace(config, learning_rate=1e-3))
+    assert trained == [0, 1]
