@@ -4,6 +4,11 @@ Redis holds `cxr:job:{job_id}` with a TTL; storage holds `jobs/{job_id}.json` fo
 Redis first and fall back to storage, caching what they find. Updates are read-modify-write under
 a Redis WATCH, so two deliveries of the same task cannot interleave their changes; a finished job
 (succeeded or failed) never changes again.
+
+When a job finishes, its status is published on the Redis channel `cxr:job-finished:{job_id}` in
+the same transaction that stores the record, so a client waiting on the job (the gateway's
+`?wait=`) can answer at once instead of polling. The message is only a wake-up call: subscribers
+read the record itself, and one lost message costs a waiter at most its polling interval.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ def redis_key(job_id: str) -> str:
 
 def storage_key(job_id: str) -> str:
     return f"jobs/{job_id}.json"
+
+
+def finished_channel(job_id: str) -> str:
+    """The Redis pub/sub channel that hears the job's final status once it has finished."""
+    return f"cxr:job-finished:{job_id}"
 
 
 class JobStore:
@@ -78,7 +88,11 @@ class JobStore:
 
     def save(self, record: JobRecord) -> JobRecord:
         """Overwrite both copies as given; state changes should go through the mark_* methods."""
-        self._redis.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl)
+        with self._redis.pipeline() as pipe:  # MULTI: the record and its notice together
+            pipe.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl)
+            if record.status.finished:
+                pipe.publish(finished_channel(record.job_id), record.status.value)
+            pipe.execute()
         self._write_durable(record)
         return record
 
@@ -159,6 +173,8 @@ class JobStore:
                     self._write_durable(updated)
                     pipe.multi()
                     pipe.set(key, updated.model_dump_json(), ex=self._ttl)
+                    if updated.status.finished and not current.status.finished:
+                        pipe.publish(finished_channel(job_id), updated.status.value)
                     pipe.execute()
                     return updated
                 except redis.WatchError:

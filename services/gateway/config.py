@@ -18,6 +18,9 @@ class GatewaySettings(SharedSettings):
     demo_key_file: str = "var/demo-api-key"
     rate_limit_per_minute: int = Field(default=120, ge=1)
     max_wait_seconds: float = Field(default=30.0, ge=0.0, le=300.0)
+    # A `?wait=` request answers when the job's "finished" notice arrives (Redis pub/sub); it also
+    # re-reads the job this often, in case a notice is lost or pub/sub is unavailable.
+    wait_poll_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
     # How long an Idempotency-Key is remembered.
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
 

@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Header, Path, Query, Request, Response, UploadFile
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.api_models import JobAccepted, JobView
 from services.gateway.deps import ClientDep, ResourcesDep
-from services.gateway.errors import HeatmapNotReadyError
+from services.gateway.errors import HeatmapNotReadyError, TooManyFilesError
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
 from shared.audit import audited
 from shared.errors import ImageError, JobNotFoundError
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
+from shared.jobs import finished_channel
 from shared.schemas import JobRecord, JobStatus
 
+log = logging.getLogger("cxr.gateway")
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 
 JobIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -48,6 +54,7 @@ def _accepted(response: Response, record: JobRecord) -> JobAccepted:
     responses=problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
 )
 async def create_prediction(
+    request: Request,
     response: Response,
     resources: ResourcesDep,
     client: ClientDep,
@@ -59,6 +66,9 @@ async def create_prediction(
     """Validate the image, store it, record the job and queue it; then poll `Location`."""
     with audited(client, "upload") as entry:
         entry.status = 202
+        files = (await request.form()).getlist("file")  # the form FastAPI already parsed
+        if len(files) > 1:  # FastAPI would silently take one of them
+            raise TooManyFilesError(len(files))
         data = await file.read()
         digest = hashlib.sha256(data).hexdigest()
         idem = resources.idempotency
@@ -126,14 +136,60 @@ async def get_prediction(
     """The job's state; with `wait`, answers as soon as it finishes or when the wait is over."""
     with audited(client, "read_result", job_id):
         record = await _owned_job(resources, job_id, client)
-        deadline = time.monotonic() + min(wait, resources.settings.max_wait_seconds)
-        while not record.status.finished and time.monotonic() < deadline:
-            if await request.is_disconnected():
-                break
-            await asyncio.sleep(POLL_INTERVAL_S)
-            record = await _owned_job(resources, job_id, client)
+        wait_s = min(wait, resources.settings.max_wait_seconds)
+        if not record.status.finished and wait_s > 0:
+            record = await _wait_until_finished(request, resources, record, wait_s)
         response.headers.update(NO_STORE)
         return JobView.from_record(record)
+
+
+async def _wait_until_finished(request: Request, resources: GatewayResources, record: JobRecord,
+                               wait_s: float) -> JobRecord:
+    """The record once the job has finished, or as it is after `wait_s` seconds.
+
+    Woken by the job's "finished" notice (`shared.jobs.finished_channel`), re-reading the record
+    at least every `CXR_WAIT_POLL_SECONDS` in case a notice is lost; without pub/sub it polls.
+    """
+    deadline = time.monotonic() + wait_s
+    poll_s = resources.settings.wait_poll_seconds
+    notices = await _subscribe(resources, record.job_id)
+    try:
+        # Read again after subscribing: a job that finished in between has no notice left to send.
+        record = await _owned_job(resources, record.job_id, record.client_id)
+        while not record.status.finished and (left := deadline - time.monotonic()) > 0:
+            if await request.is_disconnected():
+                break
+            if notices is None:
+                await asyncio.sleep(min(POLL_INTERVAL_S, left))
+            else:
+                try:
+                    await notices.get_message(ignore_subscribe_messages=True,
+                                              timeout=min(poll_s, left))
+                except RedisError as exc:
+                    log.warning("job notices lost (%s); polling job %s", exc, record.job_id)
+                    await _close_quietly(notices)
+                    notices = None
+            record = await _owned_job(resources, record.job_id, record.client_id)
+        return record
+    finally:
+        if notices is not None:
+            await _close_quietly(notices)
+
+
+async def _subscribe(resources: GatewayResources, job_id: str) -> PubSub | None:
+    notices = resources.redis.pubsub()
+    try:
+        await notices.subscribe(finished_channel(job_id))
+    except RedisError as exc:
+        log.warning("cannot subscribe to job notices (%s); polling job %s", exc, job_id)
+        await _close_quietly(notices)
+        return None
+    return notices
+
+
+async def _close_quietly(notices: PubSub) -> None:
+    with contextlib.suppress(RedisError, OSError):
+        await notices.aclose()
 
 
 @router.get(
