@@ -53,6 +53,16 @@ class MissingFileError(CXRError):
     default_message = "Send the image as the multipart form field 'file'."
 
 
+class TooManyFilesError(CXRError):
+    code = "too_many_files"
+    http_status = 422
+
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            f"The form holds {count} parts named 'file'; send one X-ray per request."
+        )
+
+
 class InvalidIdempotencyKeyError(CXRError):
     code = "invalid_idempotency_key"
     http_status = 400

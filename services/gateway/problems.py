@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from services.gateway.errors import HTTPHeadersMixin
 from shared.errors import CXRError
@@ -96,8 +97,21 @@ def backend_down_response(request: Request) -> JSONResponse:
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
+    if isinstance(exc.__context__, MultiPartException):  # Starlette's 400 for a broken form
+        return _invalid_multipart(request, exc.__context__)
     return problem_response(request, exc.status_code, _status_code_slug(exc.status_code), detail,
                             exc.headers)
+
+
+def _invalid_multipart(request: Request, exc: MultiPartException) -> JSONResponse:
+    """The form parser's reason, and the one python-multipart gave it (e.g. a part header over
+    its size limit) when Starlette's message only says "Invalid multipart data"."""
+    reason = exc.message.rstrip(".")
+    if exc.__cause__ is not None and str(exc.__cause__):
+        reason += f" ({exc.__cause__})"
+    return problem_response(request, 400, "invalid_multipart",
+                            f"The multipart/form-data body cannot be read: {reason}. Send the "
+                            "image as one part named 'file'.")
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -106,6 +120,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = [{"loc": [str(part) for part in err.get("loc", ())], "msg": str(err.get("msg", "")),
                "type": str(err.get("type", ""))} for err in exc.errors()]
     summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+    if any(e["loc"] == ["body", "file"] for e in errors):
+        summary += (". Send the image as a multipart/form-data part named 'file' (a body cut off "
+                    "before its closing boundary has no complete part)")
     return problem_response(request, 422, "invalid_request", f"The request is invalid: {summary}",
                             errors=errors)
 

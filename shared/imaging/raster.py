@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.errors import CorruptImageError, ImageTooLargeError, UnsupportedFormatError
 from shared.imaging.intensity import rescale_to_uint8
@@ -16,6 +17,7 @@ from shared.imaging.limits import DecodedImage, DecodeLimits
 
 _EXPECTED_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
+_DECLARED_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 
 
 def decode_raster(data: bytes, image_format: str, limits: DecodeLimits) -> DecodedImage:
@@ -50,9 +52,12 @@ def _open(data: bytes, image_format: str, limits: DecodeLimits) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[_EXPECTED_PIL_FORMAT[image_format]])
     except Image.DecompressionBombError as exc:
+        # Pillow's own limit is in its message; the client needs ours (and the declared count).
+        declared = _DECLARED_PIXELS.search(str(exc))
+        count = f"{int(declared.group(1)):,} pixels" if declared else "too many pixels"
         raise ImageTooLargeError(
-            f"The image declares more pixels than the service accepts ({exc}); "
-            "send a smaller export."
+            f"The image declares {count}; the largest accepted image has "
+            f"{limits.max_pixels:,} pixels. Send a smaller export."
         ) from exc
     width, height = image.size
     limits.check_dimensions(width, height)
@@ -64,8 +69,11 @@ def _corrupt_on_failure(image_format: str) -> Iterator[None]:
     try:
         yield
     except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow names no reason when no plugin accepts the header, only the file object's repr.
+        reason = ("its header cannot be read" if isinstance(exc, UnidentifiedImageError)
+                  else str(exc))
         raise CorruptImageError(
-            f"The {image_format.upper()} file is damaged or cut off ({exc}); "
+            f"The {image_format.upper()} file is damaged or cut off ({reason}); "
             "export it again and resend it."
         ) from exc
 
