@@ -62,6 +62,7 @@ def assert_problem(response: httpx.Response, status: int, code: str,
     body = response.json()
     assert body["status"] == status and body["code"] == code, body
     assert body["type"].endswith(code) and body["title"] and body["instance"], body
+    assert " object at 0x" not in body["detail"], body["detail"]  # no Python reprs
     if mentions is not None:
         assert mentions.lower() in body["detail"].lower(), body["detail"]
     return body
