@@ -6,18 +6,19 @@ import numpy as np
 import tensorflow as tf
 
 from services.model_server.errors import invalid_argument
+from shared.tensors import to_ndarray, to_tensor_proto
 
 
 def array_from_proto(name: str, proto) -> np.ndarray:
-    """`tf.make_ndarray`, with a malformed TensorProto reported as INVALID_ARGUMENT."""
+    """The request tensor as an array, with a malformed TensorProto reported as INVALID_ARGUMENT."""
     try:
-        return tf.make_ndarray(proto)
+        return to_ndarray(proto)
     except (TypeError, ValueError) as exc:
         raise invalid_argument(f"input {name!r} is not a valid TensorProto: {exc}") from exc
 
 
 def proto_from_array(array: np.ndarray):
-    return tf.make_tensor_proto(array)
+    return to_tensor_proto(array)
 
 
 def array_from_json(name: str, value, dtype: tf.DType | None) -> np.ndarray:

@@ -25,6 +25,7 @@ from services.worker.errors import (
     ModelSignatureError,
     error_from_rpc,
 )
+from shared.tensors import to_ndarray, to_tensor_proto
 
 SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -196,7 +197,7 @@ class ServingClient:
             if version is None:
                 self._serving_version = answered
         expected = metadata.signature(signature_name).output_dtypes
-        outputs = {key: tf.make_ndarray(proto) for key, proto in response.outputs.items()}
+        outputs = {key: to_ndarray(proto) for key, proto in response.outputs.items()}
         missing = sorted(set(expected) - set(outputs))
         if missing:
             raise ModelSignatureError(f"Version {answered} answered without outputs {missing}.")
@@ -210,7 +211,7 @@ class ServingClient:
         request = predict_pb2.PredictRequest()
         self._fill_spec(request.model_spec, version)
         request.model_spec.signature_name = signature.name
-        request.inputs[signature.input_key].CopyFrom(tf.make_tensor_proto(signature.prepare(batch)))
+        request.inputs[signature.input_key].CopyFrom(to_tensor_proto(signature.prepare(batch)))
         return self._call(self._stub.Predict, request, pinned_version=version)
 
     def _known_metadata(self, version: int | None) -> ModelMetadata:
