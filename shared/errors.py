@@ -88,6 +88,15 @@ class InvalidDicomError(ImageError):
     default_message = "The DICOM file does not hold a single-frame X-ray image."
 
 
+class NotChestRadiographError(ImageError):
+    code = "not_a_chest_radiograph"
+    http_status = 422
+    default_message = (
+        "The DICOM header says this is not a frontal chest radiograph; the model reads frontal "
+        "(PA or AP) chest X-rays only."
+    )
+
+
 # --- storage ----------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-from pydicom.uid import MPEG2MPML
+from pydicom.uid import MPEG2MPML, CTImageStorage, SecondaryCaptureImageStorage
 
 from tests.gateway.uploads import sample_xray
 from tests.shared import xray_files
@@ -204,6 +204,12 @@ def dicom_huge_dimensions() -> bytes:
     return xray_files.dicom_bytes(dataset)
 
 
+def dicom_xray(**elements) -> bytes:
+    """A valid 12-bit DICOM image whose header says what `elements` set."""
+    return xray_files.dicom_bytes(xray_files.xray_dataset(
+        xray_files.gradient(128, 160, 0, 4000, np.uint16), **elements))
+
+
 # --- the corpus ---------------------------------------------------------------------------------
 
 def _file_case(kind: str, make: Callable[[], bytes], status: int, code: str, mentions: str,
@@ -286,6 +292,18 @@ def build_corpus(max_upload_bytes: int) -> list[BadInput]:
         _file_case("DICOM in an undecodable transfer syntax",
                    lambda: xray_files.dicom_with_foreign_compression(MPEG2MPML), 415,
                    "unsupported_format", "compressed", filename=b"odd.dcm"),
+        # Valid DICOM images whose header says they are not a frontal chest radiograph.
+        _file_case("CT slice (CT Image Storage)",
+                   lambda: dicom_xray(SOPClassUID=CTImageStorage, Modality="CT",
+                                      BodyPartExamined="HEAD"), 422, "not_a_chest_radiograph",
+                   "SOP class", filename=b"ct.dcm"),
+        _file_case("ultrasound modality in an X-ray SOP class",
+                   lambda: dicom_xray(Modality="US"), 422, "not_a_chest_radiograph",
+                   "modality US", filename=b"us.dcm"),
+        _file_case("DX of another body part", lambda: dicom_xray(BodyPartExamined="KNEE"), 422,
+                   "not_a_chest_radiograph", "Body Part Examined is KNEE", filename=b"knee.dcm"),
+        _file_case("lateral chest film", lambda: dicom_xray(ViewPosition="LL"), 422,
+                   "not_a_chest_radiograph", "View Position is LL", filename=b"lateral.dcm"),
         # Hostile file names: refused for their bytes, and the name is never used as a path.
         _file_case("path traversal file name", random_bytes, 415, "not_an_image",
                    "JPEG, PNG or DICOM", filename=TRAVERSAL_NAME.encode()),
@@ -368,4 +386,9 @@ def accepted_inputs() -> list[tuple[str, Callable[[], bytes], dict[str, object]]
         ("RGB colour photo (read as luma)", lambda: rgb_photo, {"format": "jpeg", "mode": "RGB"}),
         ("CMYK JPEG (read as luma)", lambda: cmyk, {"format": "jpeg", "mode": "CMYK"}),
         ("16-bit grayscale PNG", lambda: sixteen_bit, {"format": "png", "bit_depth": 16}),
+        ("frontal chest DX DICOM", lambda: dicom_xray(), {"format": "dicom", "Modality": "DX"}),
+        ("Secondary Capture export, no body part or view",
+         lambda: dicom_xray(SOPClassUID=SecondaryCaptureImageStorage, Modality="OT",
+                            BodyPartExamined="", ViewPosition=""),
+         {"format": "dicom", "Modality": "OT"}),
     ]

@@ -20,6 +20,7 @@ from services.gateway.errors import HeatmapNotReadyError, TooManyFilesError
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
 from shared.audit import audited
+from shared.dicom_intake.screening import check_uploaded_dicom
 from shared.errors import ImageError, JobNotFoundError
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
@@ -81,6 +82,7 @@ async def create_prediction(
                 return _accepted(response, await _owned_job(resources, replayed, client))
         try:
             decoded = await run_in_threadpool(decode_xray, data, resources.limits)
+            check_uploaded_dicom(decoded.metadata)
         except ImageError as exc:
             resources.metrics.uploads_refused.labels(exc.code).inc()
             raise
