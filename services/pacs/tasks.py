@@ -8,7 +8,6 @@ at once, so a PACS that refuses us is not hammered in a loop.
 from __future__ import annotations
 
 import logging
-import os
 
 from celery.utils.time import get_exponential_backoff_interval
 
@@ -17,16 +16,15 @@ from services.pacs.delivery import ReportDeps, deliver_report, record_state
 from services.pacs.sender import SendError
 from services.pacs.settings import get_settings
 from shared.job_queue import REPORT_TASK
+from shared.process_local import PerProcess
 
 log = logging.getLogger("cxr.pacs")
-_deps: tuple[int, ReportDeps] | None = None
+_deps = PerProcess(lambda: ReportDeps.from_settings(get_settings()))
 
 
 def report_deps() -> ReportDeps:
-    global _deps
-    if _deps is None or _deps[0] != os.getpid():
-        _deps = (os.getpid(), ReportDeps.from_settings(get_settings()))
-    return _deps[1]
+    """This process's dependencies; a forked pool process builds its own."""
+    return _deps.get()
 
 
 @app.task(name=REPORT_TASK, bind=True, max_retries=get_settings().pacs_report_max_retries)

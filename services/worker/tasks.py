@@ -8,7 +8,6 @@ exponential backoff and full jitter; a job that uses up its retries is failed wi
 from __future__ import annotations
 
 import logging
-import os
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -21,27 +20,22 @@ from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
 from shared.errors import CXRError, JobNotFoundError
 from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.process_local import PerProcess
 from shared.schemas import Failure
 
 log = logging.getLogger(__name__)
 
 
-_deps: tuple[int, WorkerDeps] | None = None
+_deps = PerProcess(lambda: WorkerDeps.from_settings(get_settings()), close=WorkerDeps.close)
 
 
 def worker_deps() -> WorkerDeps:
     """This process's dependencies; a forked pool process builds its own (gRPC is not fork-safe)."""
-    global _deps
-    if _deps is None or _deps[0] != os.getpid():
-        _deps = (os.getpid(), WorkerDeps.from_settings(get_settings()))
-    return _deps[1]
+    return _deps.get()
 
 
 def reset_worker_deps() -> None:
-    global _deps
-    if _deps is not None and _deps[0] == os.getpid():
-        _deps[1].close()
-    _deps = None
+    _deps.reset()
 
 
 def as_transient(exc: BaseException) -> CXRError | None:
