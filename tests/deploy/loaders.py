@@ -17,7 +17,8 @@ K8S_DIR = REPO_ROOT / "infra" / "k8s"
 OVERLAYS = ("dev", "prod")
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 SERVICE_DOCKERFILES = {
-    name: REPO_ROOT / "services" / name / "Dockerfile" for name in ("gateway", "worker", "trainer")
+    name: REPO_ROOT / "services" / name / "Dockerfile"
+    for name in ("gateway", "worker", "trainer", "pacs")
 }
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 

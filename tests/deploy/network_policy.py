@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Peer:
-    """A pod: its labels and its namespace (with the namespace's automatic name label)."""
+    """A pod (its labels and its namespace, which has the automatic name label), or a host
+    outside the cluster: no namespace, an IP address."""
 
     labels: dict
-    namespace: str
+    namespace: str | None
+    ip: str | None = None
+
+
+def outside(ip: str) -> Peer:
+    """A host outside the cluster, e.g. a modality on the hospital network."""
+    return Peer({}, None, ip)
 
 
 def selector_matches(selector: dict, labels: dict) -> bool:
@@ -30,7 +38,21 @@ def selector_matches(selector: dict, labels: dict) -> bool:
     return True
 
 
+def _in_block(block: dict, ip: str | None) -> bool:
+    """Pods are taken to lie outside every ipBlock (the policies here name hosts outside the
+    cluster, never the pod range)."""
+    if ip is None:
+        return False
+    address = ipaddress.ip_address(ip)
+    return address in ipaddress.ip_network(block["cidr"]) and not any(
+        address in ipaddress.ip_network(excepted) for excepted in block.get("except", []))
+
+
 def _peer_matches(entry: dict, source: Peer, policy_namespace: str) -> bool:
+    if "ipBlock" in entry:
+        return _in_block(entry["ipBlock"], source.ip)
+    if source.namespace is None:  # outside the cluster: no pod or namespace selector admits it
+        return False
     namespace_selector, pod_selector = entry.get("namespaceSelector"), entry.get("podSelector")
     if namespace_selector is None:
         namespace_ok = source.namespace == policy_namespace

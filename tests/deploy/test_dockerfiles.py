@@ -23,11 +23,14 @@ ENTRY_POINTS = {
     "gateway": ["python", "-m", "services.gateway"],
     "worker": ["celery", "-A", "services.worker.celery_app", "worker", "-Q", "inference"],
     "trainer": ["celery", "-A", "services.trainer.celery_app", "worker", "-Q", "training"],
+    # The SCP; the report sender is the same image with the Celery command (compose, k8s).
+    "pacs": ["python", "-m", "services.pacs"],
 }
 ENTRY_MODULES = {
     "gateway": "services/gateway/__main__.py",
     "worker": "services/worker/celery_app.py",
     "trainer": "services/trainer/celery_app.py",
+    "pacs": "services/pacs/__main__.py",
 }
 
 

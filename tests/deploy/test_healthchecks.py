@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.loaders import SERVICE_DOCKERFILES, dockerfile_stages, load_compose
+from tests.deploy.loaders import SERVICE_DOCKERFILES, dockerfile_stages, find, load_compose
 from tests.support.procs import ManagedProcess, free_port, port_open, python_argv, wait_until
 
 VENV_BIN = Path(sys.executable).parent
@@ -68,3 +68,23 @@ def test_worker_check_pings_the_worker_the_image_starts(tmp_path, redis_url):
     finally:
         worker.stop(timeout=30)
     assert run_check(compose_check("worker"), check_env) != 0
+
+
+def test_pacs_sender_probe_pings_the_sender_the_deployment_starts(tmp_path, redis_url, rendered):
+    """The report sender started with the Deployment's command answers its liveness probe and
+    compose's health check, and neither passes once it is gone."""
+    pod = find(rendered["prod"], "Deployment", "pacs-sender")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {"CXR_ENV": "test", "CXR_REDIS_URL": redis_url, "CXR_STORAGE_BACKEND": "local",
+           "CXR_STORAGE_ROOT": str(tmp_path / "storage")}
+    sender = ManagedProcess("k8s-pacs-sender", python_argv("-m", *container["command"]), tmp_path,
+                            env=env)
+    probe = container["livenessProbe"]["exec"]["command"]
+    check_env = {"CXR_REDIS_URL": redis_url, "HOSTNAME": socket.gethostname()}
+    try:
+        wait_until(lambda: "ready." in sender.log_tail(20000), 120, "pacs sender", sender)
+        assert run_check(probe, check_env) == 0
+        assert run_check(compose_check("pacs-sender"), check_env) == 0
+    finally:
+        sender.stop(timeout=30)
+    assert run_check(probe, check_env) != 0

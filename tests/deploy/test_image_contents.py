@@ -24,6 +24,8 @@ ENTRY_IMPORTS = {
     # The trainer image also runs `mlflow server` on PostgreSQL with S3 artifacts.
     "trainer": ["services.trainer.celery_app", "services.trainer.cli", "mlflow.server",
                 "psycopg2", "boto3"],
+    # The SCP and, with the Celery command, the report sender.
+    "pacs": ["services.pacs.__main__", "services.pacs.celery_app", "services.pacs.tasks"],
 }
 # The gateway image must stay small: the import must not pull TensorFlow in.
 MUST_NOT_IMPORT = {"gateway": "tensorflow"}

@@ -17,7 +17,7 @@ KUBERNETES_VERSION = "1.31"
 SERVICE_USER = 10001
 NAMESPACE = "cxr-pneumonia"
 # Image names in base/ that each overlay maps to a registry and tag.
-IMAGE_PLACEHOLDERS = {"cxr-gateway", "cxr-worker", "cxr-trainer"}
+IMAGE_PLACEHOLDERS = {"cxr-gateway", "cxr-worker", "cxr-trainer", "cxr-pacs"}
 
 
 def test_every_overlay_validates_strictly(overlay_objects):
@@ -141,12 +141,13 @@ def test_ingress_terminates_tls_for_the_gateway_only(overlay_objects):
     assert backends == {"gateway"}
 
 
-def test_prod_keeps_gateways_up_through_disruptions(rendered):
-    budget = find(rendered["prod"], "PodDisruptionBudget", "gateway")
-    gateway = find(rendered["prod"], "Deployment", "gateway")
+@pytest.mark.parametrize("deployment", ["gateway", "pacs"])  # the API and the DICOM port
+def test_prod_keeps_replicas_up_through_disruptions(rendered, deployment):
+    budget = find(rendered["prod"], "PodDisruptionBudget", deployment)
+    pods = find(rendered["prod"], "Deployment", deployment)
     assert budget["spec"]["selector"]["matchLabels"].items() <= \
-        gateway["spec"]["template"]["metadata"]["labels"].items()
-    assert 0 < budget["spec"]["minAvailable"] < gateway["spec"]["replicas"]
+        pods["spec"]["template"]["metadata"]["labels"].items()
+    assert 0 < budget["spec"]["minAvailable"] < pods["spec"]["replicas"]
 
 
 def test_images_are_pinned_and_placeholders_replaced(overlay_objects):

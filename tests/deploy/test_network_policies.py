@@ -1,11 +1,14 @@
-"""NetworkPolicies: default deny, only the gateway reachable from outside, and the needed paths."""
+"""NetworkPolicies: default deny, only the gateway reachable through the ingress controller, the
+DICOM port from the hospital network only, and the needed paths."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from tests.deploy.loaders import pod_specs
-from tests.deploy.network_policy import Peer, ingress_allowed
+from tests.deploy.loaders import find, pod_specs
+from tests.deploy.network_policy import Peer, ingress_allowed, outside
 
 NAMESPACE = "cxr-pneumonia"
 INGRESS_CONTROLLER = Peer({"app.kubernetes.io/name": "ingress-nginx"}, "ingress-nginx")
@@ -40,6 +43,10 @@ NEEDED_IN_DEV = [
     (app("worker"), app("minio"), 9000),
     (app("mlflow"), app("minio"), 9000),
     (app("minio-init"), app("minio"), 9000),
+    (app("pacs"), app("redis"), 6379),
+    (app("pacs-sender"), app("redis"), 6379),
+    (app("pacs"), app("minio"), 9000),
+    (app("pacs-sender"), app("minio"), 9000),
 ]
 REFUSED = [
     (INGRESS_CONTROLLER, app("tf-serving"), 8500),
@@ -48,7 +55,13 @@ REFUSED = [
     (app("worker"), app("mlflow"), 5000),
     (app("gateway"), app("postgres"), 5432),
     (app("beat"), app("minio"), 9000),
+    (app("pacs-sender"), app("tf-serving"), 8500),
+    (app("pacs"), app("mlflow"), 5000),
 ]
+# Nothing in the cluster sends images to the DICOM port.
+DICOM_CALLERS_REFUSED = [INGRESS_CONTROLLER, PROMETHEUS, app("gateway"), app("worker"),
+                         app("pacs-sender")]
+DICOM_PORT = 11112
 
 
 def policies(objects: list[dict]) -> list[dict]:
@@ -88,3 +101,47 @@ def test_only_the_gateway_is_reachable_from_the_ingress_controller(overlay_objec
                                             port["containerPort"])
                 assert reachable == (labels["app.kubernetes.io/name"] == "gateway"), \
                     f"{owner['metadata']['name']}:{port['containerPort']}"
+
+
+def hospital_hosts(objects: list[dict]) -> list[str]:
+    """One address inside each CIDR the DICOM load balancer accepts."""
+    ranges = find(objects, "Service", "pacs")["spec"]["loadBalancerSourceRanges"]
+    return [str(next(ipaddress.ip_network(cidr).hosts())) for cidr in ranges]
+
+
+def test_the_evaluator_reads_ip_blocks():
+    """ipBlock admits addresses in the CIDR but not in `except`, and never a pod by its labels."""
+    policy = {"metadata": {"name": "p", "namespace": NAMESPACE}, "spec": {
+        "podSelector": {}, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                     "ports": [{"port": DICOM_PORT}]}]}}
+    target = app("pacs")
+    assert ingress_allowed([policy], outside("10.2.3.4"), target, DICOM_PORT)
+    assert not ingress_allowed([policy], outside("10.2.3.4"), target, 8443)
+    assert not ingress_allowed([policy], outside("10.1.2.3"), target, DICOM_PORT)
+    assert not ingress_allowed([policy], outside("192.168.1.1"), target, DICOM_PORT)
+    assert not ingress_allowed([policy], app("gateway"), target, DICOM_PORT)
+
+
+def test_the_hospital_network_reaches_the_dicom_port_and_nothing_else(rendered):
+    objects = rendered["prod"]
+    for host in hospital_hosts(objects):
+        for owner, pod in pod_specs(objects):
+            labels = owner["spec"]["template"]["metadata"]["labels"]
+            target = Peer(labels, owner["metadata"]["namespace"])
+            for container in pod["containers"]:
+                for port in container.get("ports", []):
+                    reachable = ingress_allowed(policies(objects), outside(host), target,
+                                                port["containerPort"])
+                    expected = (labels["app.kubernetes.io/name"] == "pacs"
+                                and port["containerPort"] == DICOM_PORT)
+                    assert reachable == expected, f"{host} -> {owner['metadata']['name']}:{port}"
+
+
+def test_the_dicom_port_refuses_other_networks_and_the_cluster(overlay_objects):
+    target = app("pacs")
+    for stranger in ("203.0.113.9", "0.0.0.1"):  # nowhere near a hospital range
+        assert not ingress_allowed(policies(overlay_objects), outside(stranger), target,
+                                   DICOM_PORT)
+    for caller in DICOM_CALLERS_REFUSED:
+        assert not ingress_allowed(policies(overlay_objects), caller, target, DICOM_PORT)
