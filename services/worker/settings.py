@@ -24,7 +24,7 @@ class WorkerSettings(SharedSettings):
     retry_jitter: bool = True
     task_soft_time_limit_s: int = Field(default=120, gt=0)
     task_time_limit_s: int = Field(default=180, gt=0)
-    broker_visibility_timeout_s: int = Field(default=3600, gt=0)
+    broker_visibility_timeout_s: int = Field(default=600, gt=0)
     job_lock_ttl_s: int | None = Field(default=None, gt=0)
 
     job_max_attempts: int = Field(default=12, ge=1)
