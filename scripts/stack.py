@@ -17,20 +17,22 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VAR = ROOT / "var"
-RUN_DIR = VAR / "run"
-LOG_DIR = VAR / "log"
 VENV_BIN = Path(sys.executable).parent
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
+
+# Where the stack keeps its state, logs and pid files (another folder: a second, separate stack).
+VAR = Path(_env("CXR_STACK_DIR", str(ROOT / "var")))
+RUN_DIR = VAR / "run"
+LOG_DIR = VAR / "log"
 
 GATEWAY_PORT = int(_env("CXR_GATEWAY_PORT", "8443"))
 MLFLOW_PORT = int(_env("CXR_MLFLOW_PORT", "5000"))
@@ -172,6 +174,8 @@ def services() -> list[Service]:
                 "inference@%h",
                 "--loglevel",
                 "INFO",
+                # Pool processes; Celery's default is one per CPU.
+                *(["--concurrency", n] if (n := os.environ.get("CXR_WORKER_CONCURRENCY")) else []),
             ),
             lambda: _celery_ping("services.worker.celery_app", "inference"),
         ),
@@ -287,11 +291,15 @@ def _bootstrap_model() -> None:
         raise SystemExit("registering the bundled model failed (see the output above)")
 
 
-def up() -> None:
+def up(only: Collection[str] | None = None) -> None:
+    """Start every service, or those named in `only` (the model server then needs a
+    `models.config` in the serving folder already, which the MLflow start-up otherwise writes)."""
     for folder in (RUN_DIR, LOG_DIR, SERVING_BASE, VAR / "mlflow"):
         folder.mkdir(parents=True, exist_ok=True)
-    print("Starting cxr-pneumonia on local defaults (logs in var/log/):")
+    print(f"Starting cxr-pneumonia on local defaults (logs in {LOG_DIR}):")
     for service in services():
+        if only is not None and service.name not in only:
+            continue
         if _pid_alive(service.name):
             print(f"  {service.name:15s} already running")
             continue
