@@ -1,6 +1,8 @@
 """`make bench`: every benchmark in turn (each also runs on its own: `python -m bench.<name>`)."""
 
-from bench import serving_latency
+from bench import e2e, serving_latency, training_throughput
 
 if __name__ == "__main__":
     serving_latency.main()
+    e2e.main()
+    training_throughput.main()

@@ -1,0 +1,620 @@
+"""End to end through the gateway, against what a user would write instead and the model server.
+
+Starts the service the way `make up` does (scripts/stack.py: its own Redis, the model server with
+the bundled model, the inference worker, the HTTPS gateway; `--all-services` adds MLflow with the
+model's registration, the trainer worker and beat) in a scratch folder on free ports, then measures
+on the same real X-rays (the test split of CXR_DATA_DIR when present, else data/sample):
+
+- the pipeline: HTTPS upload, queue, worker, gRPC Predict + Grad-CAM, result, the client waiting
+  with `GET /v1/predictions/{id}?wait=30`; latency p50/p95/p99 for 1 client, images/s for 1, 4
+  and 16 concurrent clients;
+- the model server over gRPC with the worker's client: Predict alone, and Predict + Grad-CAM as
+  the worker calls them (the model's own latency), then Predict throughput for 1/4/16 callers;
+- baseline (a), `bench.inprocess_app`: one uvicorn + FastAPI process with the same TLS that
+  decodes and calls the SavedModel in-process (Predict + Grad-CAM + heatmap PNG, the same work;
+  Predict alone as well for 1 client), measured like the pipeline.
+
+Prints a Markdown table and the overheads; writes JSON (`--json`). `--profile DIR` adds a
+4-client pipeline run under py-spy (gateway, worker and its pool, model server) and writes
+their collapsed stacks and hottest functions. The default run takes about 4 minutes on 2 idle cores:
+
+    python -m bench.e2e --json out/bench/e2e.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import numpy as np
+
+from bench.serving_latency import MODEL_NAME, ROOT, free_port, latest_bundled_model
+
+REQUEST_PATH = ("redis", "model-server", "worker", "gateway")
+FINISHED = ("succeeded", "failed")
+WAIT_S = 30
+TARGET_THROUGHPUT_SHARE = 0.60  # pipeline images/s >= 60% of direct gRPC Predict, 4 clients
+TARGET_LATENCY_MARGIN_MS = 25.0  # pipeline p50 (1 client) <= the model's latency + 25 ms
+
+Image = tuple[str, bytes]
+
+
+# ---------------------------------------------------------------- images
+
+
+def bench_images(count: int) -> tuple[list[Image], str]:
+    """`count` real X-rays, alternating classes, from CXR_DATA_DIR (its test split first, then
+    val, then train) when it is there, else from data/sample."""
+    from shared.config import get_settings
+
+    data_dir = Path(get_settings().data_dir)
+    splits = [data_dir / split for split in ("test", "val", "train") if (data_dir / split).is_dir()]
+    roots = splits or [Path("data") / "sample"]
+    per_class = [[p for root in roots for p in sorted((root / label).glob("*"))
+                  if p.suffix.lower() in (".jpeg", ".jpg", ".png")]
+                 for label in ("NORMAL", "PNEUMONIA")]
+    chosen = [paths[i] for i in range(count) for paths in per_class if i < len(paths)][:count]
+    if not chosen:
+        raise SystemExit(f"no X-rays under {', '.join(map(str, roots))}")
+    source = ", ".join(str(root) for root in roots)
+    return [(p.name, p.read_bytes()) for p in chosen], source
+
+
+def model_inputs(images: list[Image]) -> list[np.ndarray]:
+    from shared.imaging import decode_xray, to_model_input
+
+    return [to_model_input(decode_xray(data).pixels)[np.newaxis] for _, data in images]
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def summarise(seconds: list[float], wall_s: float, clients: int) -> dict:
+    values = np.array(seconds) * 1000
+    return {
+        "clients": clients,
+        "requests": len(values),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p95_ms": float(np.percentile(values, 95)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "mean_ms": float(values.mean()),
+        "wall_s": wall_s,
+        "images_per_s": len(values) / wall_s,
+    }
+
+
+# ---------------------------------------------------------------- HTTP load
+
+
+@dataclass
+class HttpTarget:
+    """How to send one image to a system and get its finished answer."""
+
+    base_url: str
+    tls: ssl.SSLContext
+    headers: dict[str, str]
+    send: Callable[[httpx.AsyncClient, Image], Awaitable[dict]]
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, verify=self.tls, headers=self.headers,
+                                 timeout=WAIT_S + 30)
+
+
+async def send_to_pipeline(http: httpx.AsyncClient, image: Image) -> dict:
+    """Upload, then wait on the job with `?wait=` until it has finished; the finished view."""
+    name, data = image
+    accepted = await http.post("/v1/predictions", files={"file": (name, data, "image/jpeg")})
+    if accepted.status_code != 202:
+        raise RuntimeError(f"upload refused: {accepted.status_code} {accepted.text}")
+    job_id = accepted.json()["job_id"]
+    while True:
+        view = (await http.get(f"/v1/predictions/{job_id}", params={"wait": WAIT_S})).json()
+        if view["status"] in FINISHED:
+            if view["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} failed: {view['failure']}")
+            return view
+
+
+def send_to_inprocess(heatmap: bool) -> Callable[[httpx.AsyncClient, Image], Awaitable[dict]]:
+    async def send(http: httpx.AsyncClient, image: Image) -> dict:
+        name, data = image
+        response = await http.post("/predict", params={"heatmap": str(heatmap).lower()},
+                                   files={"file": (name, data, "image/jpeg")})
+        response.raise_for_status()
+        return response.json()
+
+    return send
+
+
+async def _closed_loop(target: HttpTarget, images: list[Image], clients: int,
+                       requests: int) -> tuple[dict, list[dict]]:
+    """`clients` clients, each with its own connection, sending back to back until `requests`
+    answers are in (after one unmeasured request each); latency of each, images/s over all."""
+    latencies: list[float] = []
+    answers: list[dict] = []
+    issued = 0
+    ready = asyncio.Barrier(clients + 1)
+
+    async def one_client(index: int) -> None:
+        nonlocal issued
+        async with target.client() as http:
+            await target.send(http, images[index % len(images)])  # connection + warm-up
+            await ready.wait()
+            while issued < requests:
+                image = images[issued % len(images)]
+                issued += 1
+                start = time.perf_counter()
+                answers.append(await target.send(http, image))
+                latencies.append(time.perf_counter() - start)
+
+    tasks = [asyncio.create_task(one_client(i)) for i in range(clients)]
+    await ready.wait()
+    start = time.perf_counter()
+    await asyncio.gather(*tasks)
+    return summarise(latencies, time.perf_counter() - start, clients), answers
+
+
+def http_levels(target: HttpTarget, images: list[Image], levels: list[tuple[int, int]],
+                label: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """A row per concurrency level, and the answers each level got."""
+    rows, answers = {}, {}
+    for clients, requests in levels:
+        row, answers[str(clients)] = asyncio.run(_closed_loop(target, images, clients, requests))
+        print(f"  {label:22s} {clients:2d} client(s): p50 {row['p50_ms']:7.1f} ms, "
+              f"{row['images_per_s']:6.1f} images/s", flush=True)
+        rows[str(clients)] = row
+    return rows, answers
+
+
+def worker_stage_medians(views: list[dict]) -> dict[str, float]:
+    """Median of each stage the worker timed (`result.timings_ms`) over the pipeline's jobs."""
+    stages: dict[str, list[float]] = {}
+    for view in views:
+        for stage, ms in (view.get("result") or {}).get("timings_ms", {}).items():
+            stages.setdefault(stage, []).append(ms)
+    return {stage: float(np.median(values)) for stage, values in stages.items()}
+
+
+# ---------------------------------------------------------------- gRPC
+
+
+def grpc_model_latency(target: str, batches: list[np.ndarray], calls: int) -> dict[str, dict]:
+    """Predict alone, and Predict then Grad-CAM pinned to the same version (the worker's calls)."""
+    from services.worker.serving_client import ServingClient
+
+    client = ServingClient(target, MODEL_NAME, timeout_s=30)
+
+    def predict(i: int) -> None:
+        client.predict(batches[i % len(batches)])
+
+    def predict_gradcam(i: int) -> None:
+        batch = batches[i % len(batches)]
+        client.heatmap(batch, version=client.predict(batch).version)
+
+    result = {}
+    try:
+        for name, call in (("predict", predict), ("predict_gradcam", predict_gradcam)):
+            for i in range(10):
+                call(i)
+            seconds = []
+            for i in range(calls):
+                start = time.perf_counter()
+                call(i)
+                seconds.append(time.perf_counter() - start)
+            result[name] = summarise(seconds, sum(seconds), 1)
+    finally:
+        client.close()
+    return result
+
+
+def grpc_predict_levels(target: str, batches: list[np.ndarray],
+                        levels: list[tuple[int, int]]) -> dict[str, dict]:
+    """Predict throughput with N concurrent callers, each with its own channel (as N workers)."""
+    rows = {}
+    for callers, calls in levels:
+        row = rows[str(callers)] = _grpc_level(target, batches, callers, calls)
+        print(f"  {'gRPC Predict':22s} {callers:2d} caller(s): p50 {row['p50_ms']:7.1f} ms, "
+              f"{row['images_per_s']:6.1f} images/s", flush=True)
+    return rows
+
+
+def _grpc_level(target: str, batches: list[np.ndarray], callers: int, calls: int) -> dict:
+    from services.worker.serving_client import ServingClient
+
+    clients = [ServingClient(target, MODEL_NAME, timeout_s=30) for _ in range(callers)]
+    lock, issued = threading.Lock(), [0]
+    latencies: list[float] = []
+    barrier = threading.Barrier(callers + 1)
+
+    def caller(client: ServingClient) -> None:
+        client.predict(batches[0])  # channel, metadata, warm-up
+        barrier.wait()
+        while True:
+            with lock:
+                if issued[0] >= calls:
+                    return
+                index = issued[0]
+                issued[0] += 1
+            start = time.perf_counter()
+            client.predict(batches[index % len(batches)])
+            seconds = time.perf_counter() - start
+            with lock:
+                latencies.append(seconds)
+
+    try:
+        with ThreadPoolExecutor(callers) as pool:
+            futures = [pool.submit(caller, client) for client in clients]
+            barrier.wait()
+            start = time.perf_counter()
+            for future in futures:
+                future.result()
+            wall = time.perf_counter() - start
+    finally:
+        for client in clients:
+            client.close()
+    return summarise(latencies, wall, callers)
+
+
+# ---------------------------------------------------------------- the service
+
+
+@dataclass
+class Stack:
+    module: ModuleType
+    folder: Path
+    api_key: str
+    tls: ssl.SSLContext
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"https://127.0.0.1:{self.module.GATEWAY_PORT}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.module.GRPC_PORT}"
+
+    def pid(self, service: str) -> int:
+        return int((self.module.RUN_DIR / f"{service}.pid").read_text())
+
+    @property
+    def cert_files(self) -> tuple[Path, Path]:
+        return self.folder / "tls" / "localhost.crt", self.folder / "tls" / "localhost.key"
+
+
+def tls_trusting(cert: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cert))
+
+
+@contextmanager
+def running_stack(folder: Path, all_services: bool,
+                  worker_concurrency: int | None = None) -> Iterator[Stack]:
+    """scripts/stack.py's `up` in `folder` on free ports; `down` afterwards, whatever happens."""
+    api_key = secrets.token_urlsafe(24)
+    redis_port, grpc_port, rest_port, mlflow_port = (free_port() for _ in range(4))
+    env = {
+        "CXR_STACK_DIR": str(folder),
+        "CXR_GATEWAY_PORT": str(free_port()),
+        "CXR_MLFLOW_PORT": str(mlflow_port),
+        "CXR_MODEL_SERVER_GRPC_PORT": str(grpc_port),
+        "CXR_MODEL_SERVER_REST_PORT": str(rest_port),
+        "CXR_REDIS_PORT": str(redis_port),
+        # Set outright: stack.py lets the caller's environment override what it derives.
+        "CXR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "CXR_MODEL_SERVER_GRPC": f"127.0.0.1:{grpc_port}",
+        "CXR_MODEL_SERVER_REST": f"http://127.0.0.1:{rest_port}",
+        "CXR_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "CXR_STORAGE_BACKEND": "local",
+        "CXR_STORAGE_ROOT": str(folder / "storage"),
+        "CXR_MODEL_BASE_PATH": str(folder / "serving"),
+        "CXR_TLS_DIR": str(folder / "tls"),
+        "CXR_API_KEYS": f"bench:{api_key}",
+        # A load test sends far more than a hospital client's default 120 requests a minute.
+        "CXR_RATE_LIMIT_PER_MINUTE": "1000000",
+    }
+    if worker_concurrency is not None:
+        env["CXR_WORKER_CONCURRENCY"] = str(worker_concurrency)
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        stack = importlib.reload(importlib.import_module("stack"))  # reads the ports just set
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    try:
+        if not all_services:  # without MLflow, publish the bundled model as its registration would
+            from services.trainer.publish import publish_version
+            from shared.storage import LocalStorage
+
+            publish_version(latest_bundled_model(), 1, storage=LocalStorage(folder / "serving"),
+                            model_name=MODEL_NAME)
+        stack.up(only=None if all_services else REQUEST_PATH)
+        cert = folder / "tls" / "localhost.crt"
+        yield Stack(stack, folder, api_key, tls_trusting(cert), env)
+    finally:
+        stack.down()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
+def inprocess_app(model_dir: Path, cert: Path, key: Path, log: Path) -> Iterator[str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.inprocess_app", "--model-dir", str(model_dir),
+            "--port", str(port), "--certfile", str(cert), "--keyfile", str(key)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                start_new_session=True)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the in-process app exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", verify=tls_trusting(cert), timeout=2).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the in-process app did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+# ---------------------------------------------------------------- profiling
+
+
+@contextmanager
+def py_spy(pids: dict[str, int], out_dir: Path) -> Iterator[None]:
+    """py-spy recording each process (and its children) until the block ends."""
+    py_spy_bin = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name, pid in pids.items():
+        # Collapsed stacks (flamegraph.pl and speedscope read them), by function, busy threads only.
+        argv = [py_spy_bin, "record", "--pid", str(pid), "--subprocesses", "--rate", "200",
+                "--function", "--nonblocking", "--format", "raw",
+                "--output", str(out_dir / f"{name}.txt")]
+        log = (out_dir / f"{name}-py-spy.log").open("wb")
+        procs.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log))
+    time.sleep(2)  # attached
+    try:
+        yield
+    finally:
+        for proc, _ in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc, log in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def hottest(collapsed: Path, top: int = 12) -> dict[str, list[tuple[str, float]]]:
+    """From py-spy's collapsed stacks: the functions that burn the samples themselves (`self`),
+    and the project's functions by samples with them anywhere on the stack (`project`)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        samples += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            if "(services/" in frame or "(shared/" in frame:
+                inclusive[frame] += int(count)
+    if not samples:
+        return {"self": [], "project": []}
+    return {"self": [(f, n / samples) for f, n in own.most_common(top)],
+            "project": [(f, n / samples) for f, n in inclusive.most_common(top)]}
+
+
+def profile_pipeline(stack: Stack, target: HttpTarget, images: list[Image], requests: int,
+                     out_dir: Path) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    pids = {name: stack.pid(name) for name in ("gateway", "worker", "model-server")}
+    with py_spy(pids, out_dir):
+        http_levels(target, images, [(4, requests)], "pipeline (profiled)")
+    report = {}
+    for name in pids:
+        raw = out_dir / f"{name}.txt"
+        report[name] = hottest(raw) if raw.exists() else {"self": [], "project": []}
+        (out_dir / f"{name}-hottest.txt").write_text("\n".join(
+            f"{kind:7s} {share:6.1%}  {frame}"
+            for kind, frames in report[name].items() for frame, share in frames))
+    return report
+
+
+# ---------------------------------------------------------------- the run
+
+
+def measure(args: argparse.Namespace) -> dict:
+    images, source = bench_images(args.images)
+    batches = model_inputs(images)
+    model_dir = latest_bundled_model()
+    levels = [(c, args.requests if c == 1 else max(args.per_client * c, args.requests))
+              for c in args.clients]
+    result: dict = {"images": len(images), "image_source": source, "cpu_count": os.cpu_count(),
+                    "model_dir": str(model_dir.relative_to(ROOT)), "levels": levels,
+                    "worker_concurrency": args.worker_concurrency or os.cpu_count()}
+    print(f"{len(images)} X-rays from {source}; levels (clients, requests): {levels}", flush=True)
+    folder = Path(tempfile.mkdtemp(prefix="cxr-bench-e2e-"))
+    try:
+        with running_stack(folder, args.all_services, args.worker_concurrency) as stack:
+            cert, key = stack.cert_files
+            pipeline = HttpTarget(stack.gateway_url, stack.tls,
+                                  {"Authorization": f"Bearer {stack.api_key}"}, send_to_pipeline)
+            result["pipeline"], views = http_levels(pipeline, images, levels, "pipeline")
+            for clients, row in result["pipeline"].items():
+                row["worker_stage_p50_ms"] = worker_stage_medians(views[clients])
+            result["model_latency"] = grpc_model_latency(stack.grpc_target, batches,
+                                                         args.requests)
+            result["grpc_predict"] = grpc_predict_levels(stack.grpc_target, batches, levels)
+            if args.profile:
+                result["profile"] = profile_pipeline(stack, pipeline, images,
+                                                     max(args.per_client * 4, args.requests),
+                                                     args.profile)
+        with inprocess_app(model_dir, cert, key, folder / "inprocess-app.log") as url:
+            tls = tls_trusting(cert)
+            same_work = HttpTarget(url, tls, {}, send_to_inprocess(heatmap=True))
+            result["inprocess"], _ = http_levels(same_work, images, levels, "in-process app")
+            predict_only = HttpTarget(url, tls, {}, send_to_inprocess(heatmap=False))
+            rows, _ = http_levels(predict_only, images, [(1, args.requests)],
+                                  "in-process, no heatmap")
+            result["inprocess_predict_only"] = rows
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result["comparison"] = compare(result)
+    return result
+
+
+def compare(result: dict) -> dict:
+    pipe, inproc, grpc_rows = result["pipeline"], result["inprocess"], result["grpc_predict"]
+    model = result["model_latency"]
+    p50 = pipe["1"]["p50_ms"]
+    out: dict = {
+        "vs_inprocess": {
+            c: {"latency_p50_extra_ms": pipe[c]["p50_ms"] - inproc[c]["p50_ms"],
+                "latency_p50_ratio": pipe[c]["p50_ms"] / inproc[c]["p50_ms"],
+                "throughput_ratio": pipe[c]["images_per_s"] / inproc[c]["images_per_s"]}
+            for c in pipe},
+        "vs_grpc_predict": {
+            c: {"latency_p50_extra_ms": pipe[c]["p50_ms"] - grpc_rows[c]["p50_ms"],
+                "latency_p50_ratio": pipe[c]["p50_ms"] / grpc_rows[c]["p50_ms"],
+                "throughput_ratio": pipe[c]["images_per_s"] / grpc_rows[c]["images_per_s"]}
+            for c in pipe},
+        "latency_p50_over_model_ms": {
+            "predict": p50 - model["predict"]["p50_ms"],
+            "predict_gradcam": p50 - model["predict_gradcam"]["p50_ms"],
+        },
+    }
+    targets = {}
+    if "4" in pipe:
+        share = out["vs_grpc_predict"]["4"]["throughput_ratio"]
+        targets["throughput_4_clients_vs_grpc"] = {"value": share,
+                                                   "target": TARGET_THROUGHPUT_SHARE,
+                                                   "met": share >= TARGET_THROUGHPUT_SHARE}
+    for name in ("predict_gradcam", "predict"):
+        extra = out["latency_p50_over_model_ms"][name]
+        targets[f"latency_p50_1_client_over_{name}_ms"] = {
+            "value": extra, "target": TARGET_LATENCY_MARGIN_MS,
+            "met": extra <= TARGET_LATENCY_MARGIN_MS}
+    out["targets"] = targets
+    return out
+
+
+def report(result: dict) -> str:
+    lines = ["| system | clients | requests | p50 ms | p95 ms | p99 ms | images/s |",
+             "|---|---|---|---|---|---|---|"]
+
+    def row(name: str, r: dict) -> None:
+        lines.append(f"| {name} | {r['clients']} | {r['requests']} | {r['p50_ms']:.1f} | "
+                     f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['images_per_s']:.1f} |")
+
+    for name, key in (("pipeline (HTTPS, queue, worker, gRPC)", "pipeline"),
+                      ("in-process app, same work", "inprocess"),
+                      ("in-process app, Predict only", "inprocess_predict_only"),
+                      ("model server, gRPC Predict", "grpc_predict")):
+        for r in result[key].values():
+            row(name, r)
+    for name, r in result["model_latency"].items():
+        row(f"model server, gRPC {name.replace('_', ' + ')} (sequential)", r)
+    cmp_ = result["comparison"]
+    lines.append("")
+    lines.append("| pipeline vs | clients | extra p50 ms | p50 ratio | throughput ratio |")
+    lines.append("|---|---|---|---|---|")
+    for name, key in (("in-process app", "vs_inprocess"), ("gRPC Predict", "vs_grpc_predict")):
+        for c, v in cmp_[key].items():
+            lines.append(f"| {name} | {c} | {v['latency_p50_extra_ms']:.1f} | "
+                         f"{v['latency_p50_ratio']:.2f} | {v['throughput_ratio']:.2f} |")
+    lines.append("")
+    for clients, r in result["pipeline"].items():
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["worker_stage_p50_ms"].items())
+        lines.append(f"Worker stages with {clients} client(s), p50 ms: {stages}")
+    for name, t in cmp_["targets"].items():
+        lines.append(f"Target {name}: {t['value']:.2f} (target {t['target']}) "
+                     f"{'met' if t['met'] else 'NOT met'}")
+    for name, kinds in result.get("profile", {}).items():
+        lines.append(f"\nBusiest in {name} (share of its busy samples; self, then project code "
+                     "anywhere on the stack):")
+        for kind, frames in kinds.items():
+            lines.extend(f"  {kind:7s} {share:6.1%}  {frame}" for frame, share in frames[:8])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Default run (about 4 minutes on 2 idle cores): "
+               "python -m bench.e2e --json out/bench/e2e.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=60,
+                        help="measured requests with 1 client (latency percentiles), and the "
+                             "fewest per concurrency level (default 60)")
+    parser.add_argument("--per-client", type=int, default=8,
+                        help="measured requests per client at 4 and 16 clients (default 8)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16],
+                        help="concurrency levels (default 1 4 16)")
+    parser.add_argument("--images", type=int, default=40,
+                        help="distinct X-rays, half of each class (default 40)")
+    parser.add_argument("--all-services", action="store_true",
+                        help="also start MLflow (registering the model), the trainer worker and "
+                             "beat, as `make up` does (adds a minute or two)")
+    parser.add_argument("--worker-concurrency", type=int, default=None, metavar="N",
+                        help="the inference worker's pool processes (default: Celery's, one "
+                             "per CPU)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="also profile a 4-client pipeline run with py-spy into DIR")
+    parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench" / "e2e.json")
+    args = parser.parse_args(argv)
+    if 1 not in args.clients:
+        parser.error("--clients must include 1 (the latency figures)")
+    # Stopped from outside (a timeout): unwind, so the services started here are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    result = measure(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(report(result))
+    print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
