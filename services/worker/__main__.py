@@ -1,33 +1,58 @@
 """Operator commands: `python -m services.worker {reconcile,dead-letters,requeue-dead-letters}`.
 
 The worker itself runs as `celery -A services.worker.celery_app worker -Q inference`.
+
+`reconcile` runs one pass and exits 0 when the pass finished (whether or not it sent anything),
+1 when Redis, the broker or storage was unreachable (one line on stderr; the pass is safe to run
+again), 2 on bad arguments. `reconcile --every SECONDS` repeats the pass until SIGTERM or SIGINT,
+then exits 0; a failed pass is logged and tried again at the next tick.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import redis
 
 from services.worker import dead_letter
 from services.worker.celery_app import QUEUE, TASK_NAME, app
-from services.worker.reconcile import reconcile
+from services.worker.reconcile import UNAVAILABLE, PassResult, reconcile_pass, run_periodically
 from services.worker.settings import get_settings
 from shared.jobs import JobStore
 from shared.storage import get_storage
+
+log = logging.getLogger("services.worker.reconcile")
+
+EXIT_OK = 0
+EXIT_UNAVAILABLE = 1
+# A command waits this long for Redis before the pass counts as failed (not forever on a dead host).
+REDIS_CONNECT_TIMEOUT_S = 5.0
+REDIS_SOCKET_TIMEOUT_S = 30.0
 
 
 def send_predict(job_id: str) -> None:
     app.send_task(TASK_NAME, args=[job_id], queue=QUEUE)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.worker", description=__doc__)
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m services.worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("reconcile", help="re-queue unfinished jobs the broker lost")
     run.add_argument(
@@ -36,27 +61,80 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=60.0,
         help="leave younger jobs alone (their task may not be sent yet)",
     )
+    run.add_argument(
+        "--every",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="keep running: a pass every SECONDS until SIGTERM (default: one pass, then exit)",
+    )
+    run.add_argument(
+        "--heartbeat-file",
+        type=Path,
+        metavar="PATH",
+        help="with --every: touched after each pass that finished, removed on exit "
+             "(for a health check)",
+    )
     commands.add_parser("dead-letters", help="print the dead-letter list as JSON lines")
     requeue = commands.add_parser("requeue-dead-letters", help="send dead-lettered jobs again")
     requeue.add_argument("--job-id", help="only this job (default: every entry)")
+    return parser
+
+
+def reconcile_forever(jobs: JobStore, client: redis.Redis, args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    heartbeat: Path | None = args.heartbeat_file
+
+    def touch(result: PassResult) -> None:
+        if heartbeat is not None:
+            heartbeat.touch()
+
+    log.info("reconciling every %g s (jobs older than %g s)", args.every, args.min_age_s)
+    try:
+        passes = run_periodically(
+            lambda: reconcile_pass(jobs, client, send_predict, min_age_s=args.min_age_s),
+            args.every, stop, on_success=touch)
+    finally:
+        if heartbeat is not None:
+            with contextlib.suppress(FileNotFoundError):
+                heartbeat.unlink()
+    log.info("stopped after %d passes", passes)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "reconcile" and args.heartbeat_file and args.every is None:
+        parser.error("--heartbeat-file needs --every")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url,
+                                  socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+                                  socket_timeout=REDIS_SOCKET_TIMEOUT_S)
     jobs = JobStore(client, get_storage(settings))
     if args.command == "reconcile":
-        job_ids = reconcile(jobs, client, send_predict, min_age_s=args.min_age_s)
+        if args.every is not None:
+            return reconcile_forever(jobs, client, args)
+        try:
+            result = reconcile_pass(jobs, client, send_predict, min_age_s=args.min_age_s)
+        except UNAVAILABLE as exc:
+            log.error("reconcile pass failed: %s: %s", type(exc).__name__, exc)
+            return EXIT_UNAVAILABLE
+        log.info("reconcile pass: %s", result.summary())
+        job_ids = result.requeued
     elif args.command == "dead-letters":
         for entry in dead_letter.entries(client, settings.dead_letter_key):
             print(json.dumps(asdict(entry), sort_keys=True))
-        return 0
+        return EXIT_OK
     else:
         job_ids = dead_letter.take_for_requeue(client, settings.dead_letter_key, jobs, args.job_id)
         for job_id in job_ids:
             send_predict(job_id)
     print(json.dumps({"requeued": job_ids}))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -40,13 +40,18 @@ def render(kustomization_dir: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def pod_template(owner: dict) -> dict:
+    """The pod template (metadata and spec) of an object that runs pods, CronJobs included."""
+    if owner["kind"] == "CronJob":
+        return owner["spec"]["jobTemplate"]["spec"]["template"]
+    return owner["spec"]["template"]
+
+
 def pod_specs(objects: list[dict]) -> Iterator[tuple[dict, dict]]:
     """(owner object, pod spec) for every object that runs pods."""
     for obj in objects:
-        if obj["kind"] in POD_OWNERS:
-            yield obj, obj["spec"]["template"]["spec"]
-        elif obj["kind"] == "CronJob":
-            yield obj, obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        if obj["kind"] in POD_OWNERS or obj["kind"] == "CronJob":
+            yield obj, pod_template(obj)["spec"]
 
 
 def containers(pod_spec: dict) -> list[dict]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,33 @@ def test_pacs_sender_probe_pings_the_sender_the_deployment_starts(tmp_path, redi
     finally:
         sender.stop(timeout=30)
     assert run_check(probe, check_env) != 0
+
+
+def test_reconciler_check_follows_the_loop_compose_starts(tmp_path, redis_url):
+    """compose's reconciler, started with its own command line (heartbeat file moved under the
+    test's folder), is healthy once a pass has finished, not before, not with a heartbeat an hour
+    old, and not once the loop has stopped."""
+    service = load_compose()["services"]["reconciler"]
+    argv = [*service["entrypoint"], *service["command"]]
+    container_path = argv[argv.index("--heartbeat-file") + 1]
+    heartbeat = tmp_path / "reconciler.heartbeat"
+    check = [part.replace(container_path, str(heartbeat)) for part in compose_check("reconciler")]
+    assert check != compose_check("reconciler")
+    assert run_check(check, {}) != 0  # no pass yet
+    env = {"CXR_ENV": "test", "CXR_REDIS_URL": redis_url, "CXR_STORAGE_BACKEND": "local",
+           "CXR_STORAGE_ROOT": str(tmp_path / "storage")}
+    loop_argv = python_argv(*[part.replace(container_path, str(heartbeat)) for part in argv[1:]])
+    loop = ManagedProcess("compose-reconciler", loop_argv, tmp_path, env=env)
+    try:
+        wait_until(heartbeat.is_file, 60, "a first reconcile pass", loop)
+        assert run_check(check, {}) == 0
+        an_hour_ago = time.time() - 3600
+        os.utime(heartbeat, (an_hour_ago, an_hour_ago))
+        assert run_check(check, {}) != 0
+        os.utime(heartbeat)
+        assert run_check(check, {}) == 0
+        loop.popen.send_signal(signal.SIGTERM)  # what `docker compose stop` sends
+        assert loop.popen.wait(timeout=30) == 0, loop.log_tail()
+    finally:
+        loop.stop()
+    assert run_check(check, {}) != 0

@@ -20,7 +20,8 @@ from tests.support.procs import REPO_ROOT
 
 ENTRY_IMPORTS = {
     "gateway": ["services.gateway.app", "services.gateway.__main__"],
-    "worker": ["services.worker.celery_app", "services.worker.tasks"],
+    # The Celery worker, and the operator commands (the reconciler CronJob and compose service).
+    "worker": ["services.worker.celery_app", "services.worker.tasks", "services.worker.__main__"],
     # The trainer image also runs `mlflow server` on PostgreSQL with S3 artifacts.
     "trainer": ["services.trainer.celery_app", "services.trainer.cli", "mlflow.server",
                 "psycopg2", "boto3"],

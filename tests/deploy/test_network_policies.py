@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from tests.deploy.loaders import find, pod_specs
+from tests.deploy.loaders import containers, find, pod_specs, pod_template
 from tests.deploy.network_policy import Peer, ingress_allowed, outside
 
 NAMESPACE = "cxr-pneumonia"
@@ -41,6 +41,8 @@ NEEDED_IN_DEV = [
     (app("mlflow"), app("postgres"), 5432),
     (app("gateway"), app("minio"), 9000),
     (app("worker"), app("minio"), 9000),
+    (app("reconciler"), app("redis"), 6379),
+    (app("reconciler"), app("minio"), 9000),
     (app("mlflow"), app("minio"), 9000),
     (app("minio-init"), app("minio"), 9000),
     (app("pacs"), app("redis"), 6379),
@@ -57,6 +59,8 @@ REFUSED = [
     (app("beat"), app("minio"), 9000),
     (app("pacs-sender"), app("tf-serving"), 8500),
     (app("pacs"), app("mlflow"), 5000),
+    (app("reconciler"), app("tf-serving"), 8500),  # it sends tasks; the workers predict
+    (app("reconciler"), app("mlflow"), 5000),
 ]
 # Nothing in the cluster sends images to the DICOM port.
 DICOM_CALLERS_REFUSED = [INGRESS_CONTROLLER, PROMETHEUS, app("gateway"), app("worker"),
@@ -91,9 +95,36 @@ def test_other_paths_are_closed(rendered, source, target, port):
     assert not ingress_allowed(policies(rendered["dev"]), source, target, port)
 
 
+def secret_holders(objects: list[dict], secret: str) -> set[str]:
+    """The app names of the pods that get a key of `secret` in their environment."""
+    holders = set()
+    for owner, pod in pod_specs(objects):
+        for container in containers(pod):
+            for env in container.get("env", []):
+                if env.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret:
+                    holders.add(pod_template(owner)["metadata"]["labels"]["app.kubernetes.io/name"])
+    return holders
+
+
+@pytest.mark.parametrize(("secret", "service", "port"),
+                         [("cxr-redis", "redis", 6379), ("cxr-s3", "minio", 9000)])
+def test_dev_lets_every_pod_given_a_services_credentials_reach_it(rendered, secret, service,
+                                                                  port):
+    """A pod handed the Redis URL or the S3 keys (e.g. a new CronJob) can use them in dev; a pod
+    without them cannot reach the service."""
+    objects = rendered["dev"]
+    holders = secret_holders(objects, secret)
+    assert {"worker", "reconciler"} <= holders
+    names = {pod_template(owner)["metadata"]["labels"]["app.kubernetes.io/name"]
+             for owner, _ in pod_specs(objects)} - {service}
+    for name in names:
+        reachable = ingress_allowed(policies(objects), app(name), app(service), port)
+        assert reachable == (name in holders), f"{name} -> {service}:{port}"
+
+
 def test_only_the_gateway_is_reachable_from_the_ingress_controller(overlay_objects):
     for owner, pod in pod_specs(overlay_objects):
-        labels = owner["spec"]["template"]["metadata"]["labels"]
+        labels = pod_template(owner)["metadata"]["labels"]
         target = Peer(labels, owner["metadata"]["namespace"])
         for container in pod["containers"]:
             for port in container.get("ports", []):
@@ -127,7 +158,7 @@ def test_the_hospital_network_reaches_the_dicom_port_and_nothing_else(rendered):
     objects = rendered["prod"]
     for host in hospital_hosts(objects):
         for owner, pod in pod_specs(objects):
-            labels = owner["spec"]["template"]["metadata"]["labels"]
+            labels = pod_template(owner)["metadata"]["labels"]
             target = Peer(labels, owner["metadata"]["namespace"])
             for container in pod["containers"]:
                 for port in container.get("ports", []):

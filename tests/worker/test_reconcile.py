@@ -1,11 +1,15 @@
-"""Finding jobs the broker lost and sending them again; the dead-letter list's bookkeeping."""
+"""Finding jobs the broker lost and sending them again (one pass, and the loop a long-running
+deployment runs); the dead-letter list's bookkeeping."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,8 +22,14 @@ from services.worker.reconcile import broker_job_ids, reconcile
 from shared.jobs import JobStore
 from shared.schemas import Failure, JobRecord, JobStatus, utc_now
 from shared.storage import LocalStorage
-from tests.support.procs import REPO_ROOT, python_argv
+from tests.support.procs import REPO_ROOT, ManagedProcess, free_port, python_argv, wait_until
+from tests.support.redis import start_redis
 from tests.worker.jobs import JobClient, xray_jpeg
+
+LOOP_START_S = 60  # importing Celery and boto3 on a busy machine
+PASS_LINE = re.compile(r"reconcile pass (\d+): unfinished=(\d+) held_by_broker=(\d+) "
+                       r"too_young=(\d+) requeued=(\d+)")
+FAILED_LINE = re.compile(r"reconcile pass \d+ failed, next in [\d.]+ s: ConnectionError: ")
 
 
 @pytest.fixture
@@ -112,3 +122,121 @@ def test_a_job_lost_in_a_flushall_is_requeued_and_finishes(
     record = jobs.wait_status(job_id, JobStatus.SUCCEEDED, log=worker.log_tail())
     assert record.result.model.version == 1
     assert run_reconcile() == []  # nothing unfinished: running it again changes nothing
+
+
+def cli_env(redis_url: str, storage_root: Path, **extra: str) -> dict[str, str]:
+    """The environment of the CLI process: this test's Redis and storage, nothing inherited."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("CXR_")}
+    return {**env, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", "CXR_ENV": "test",
+            "CXR_REDIS_URL": redis_url, "CXR_STORAGE_BACKEND": "local",
+            "CXR_STORAGE_ROOT": str(storage_root), **extra}
+
+
+def run_once(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(python_argv("-m", "services.worker", "reconcile", "--min-age-s", "0"),
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def test_one_shot_exit_status_says_whether_the_pass_ran(jobs, redis_url, tmp_path):
+    """0 when the pass finished, 1 with one line (no traceback) when Redis or storage is down:
+    what a CronJob counts as a failed run and retries."""
+    lost = jobs.create(b"x")
+    done = run_once(cli_env(redis_url, jobs.storage.root))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"requeued": [lost]}
+    assert "unfinished=1 held_by_broker=0 too_young=0 requeued=1" in done.stderr
+
+    redis_down = run_once(cli_env(f"redis://127.0.0.1:{free_port()}/0", jobs.storage.root))
+    assert redis_down.returncode == 1, redis_down.stderr
+    assert "reconcile pass failed: ConnectionError" in redis_down.stderr
+    assert "Traceback" not in redis_down.stderr
+
+    storage_down = run_once(cli_env(
+        redis_url, tmp_path / "unused", CXR_STORAGE_BACKEND="s3", CXR_S3_BUCKET="cxr-jobs",
+        CXR_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", CXR_S3_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test-secret"))
+    assert storage_down.returncode == 1, storage_down.stderr
+    assert "reconcile pass failed: StorageError: S3 is unreachable" in storage_down.stderr
+    assert "Traceback" not in storage_down.stderr
+
+    assert run_once(cli_env(redis_url, jobs.storage.root)).returncode == 0
+    assert broker_job_ids(redis.Redis.from_url(redis_url)) == {lost}  # sent once, then held
+
+
+def start_loop(tmp_path: Path, env: dict[str, str], heartbeat: Path) -> ManagedProcess:
+    argv = python_argv("-m", "services.worker", "reconcile", "--every", "0.5", "--min-age-s", "0",
+                       "--heartbeat-file", str(heartbeat))
+    return ManagedProcess("reconcile-loop", argv, tmp_path, env=env)
+
+
+def pass_lines(loop: ManagedProcess) -> list[tuple[int, ...]]:
+    """(pass, unfinished, held_by_broker, too_young, requeued) for each finished pass logged."""
+    return [tuple(map(int, m.groups())) for m in PASS_LINE.finditer(loop.log_path.read_text())]
+
+
+def terminate(loop: ManagedProcess) -> int:
+    """SIGTERM to the loop process alone; its exit status."""
+    loop.popen.send_signal(signal.SIGTERM)
+    return loop.popen.wait(timeout=30)
+
+
+def test_the_loop_requeues_a_job_lost_from_redis_once_and_stops_on_sigterm(
+        jobs, redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    lost = jobs.create(b"x")
+    jobs.send(lost)
+    client.flushall()  # Redis lost its data; storage keeps the record
+    held = jobs.create(b"x")
+    jobs.send(held)
+    heartbeat = tmp_path / "heartbeat"
+    loop = start_loop(tmp_path, cli_env(redis_url, jobs.storage.root), heartbeat)
+    try:
+        wait_until(lambda: len(pass_lines(loop)) >= 3, LOOP_START_S, "three passes", loop)
+        first, *later = pass_lines(loop)
+        assert first == (1, 2, 1, 0, 1), loop.log_tail()
+        assert all(counts[1:] == (2, 2, 0, 0) for counts in later), loop.log_tail()
+        assert f"re-queued job {lost}" in loop.log_tail()
+        assert broker_job_ids(client) == {lost, held}
+        assert client.llen(QUEUE) == 2  # sent again once, then seen in the queue
+        assert heartbeat.is_file()
+
+        assert terminate(loop) == 0, loop.log_tail()
+        assert re.search(r"stopped after \d+ passes", loop.log_tail())
+        assert not heartbeat.exists()  # a health check fails at once after the loop ends
+    finally:
+        loop.stop()
+
+
+def test_the_loop_survives_redis_going_away_and_requeues_once_it_is_back(tmp_path):
+    server = start_redis(tmp_path / "redis")
+    storage = LocalStorage(tmp_path / "storage")
+    client = JobClient(JobStore(server.client(), storage), storage, server.url)
+    heartbeat = tmp_path / "heartbeat"
+    loop = None
+    try:
+        queued = client.submit(b"x")
+        loop = start_loop(tmp_path, cli_env(server.url, storage.root), heartbeat)
+        wait_until(heartbeat.is_file, LOOP_START_S, "a first pass", loop)
+        assert pass_lines(loop)[0][1:] == (1, 1, 0, 0)  # held by the broker: left alone
+
+        def failed_passes() -> int:
+            return len(FAILED_LINE.findall(loop.log_path.read_text()))
+
+        server.process.stop()  # Redis gone, and with it the queued message
+        wait_until(lambda: failed_passes() >= 1, 60, "a failed pass", loop)
+        heartbeat.unlink()  # passes run one after the other: none is in flight now
+        wait_until(lambda: failed_passes() >= 3, 60, "two more failed passes", loop)
+        assert loop.alive() and not heartbeat.exists()  # no pass finished meanwhile
+        assert "Traceback" not in loop.log_tail(20000)
+
+        server = start_redis(tmp_path / "redis", port=server.port)  # back, empty
+        wait_until(lambda: queued in broker_job_ids(server.client()), 60, "re-queued", loop)
+        wait_until(heartbeat.is_file, 30, "a pass after the restart", loop)
+        assert terminate(loop) == 0, loop.log_tail()
+        assert server.client().llen(QUEUE) == 1
+    finally:
+        if loop is not None:
+            loop.stop()
+        client.close()
+        server.process.stop()
