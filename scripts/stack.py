@@ -2,8 +2,9 @@
 
 `up` starts, in order, Redis (the machine's when one answers, else its own redis-server), the MLflow
 server and UI, the bundled model's registration and publication (first start only), the model
-server, the inference worker, the trainer worker and beat, and the gateway; it returns once each
-answers. Process ids go to `var/run/`, logs to `var/log/`. `down` stops what `up` started.
+server, the inference worker and the job reconciler, the trainer worker and beat, and the
+gateway; it returns once each answers. Process ids go to `var/run/`, logs to `var/log/`. `down`
+stops what `up` started.
 """
 
 from __future__ import annotations
@@ -100,6 +101,17 @@ class Service:
     needed: Callable[[], bool] = field(default=lambda: True)
 
 
+RECONCILER_HEARTBEAT = VAR / "run" / "reconciler.heartbeat"
+
+
+def _reconciled_since_start() -> bool:
+    """A pass finished after this start (a heartbeat left by a killed run is older)."""
+    try:
+        return RECONCILER_HEARTBEAT.stat().st_mtime >= _pid_file("reconciler").stat().st_mtime
+    except FileNotFoundError:
+        return False
+
+
 def _celery(*args: str) -> list[str]:
     return [str(VENV_BIN / "celery"), *args]
 
@@ -178,6 +190,14 @@ def services() -> list[Service]:
                 *(["--concurrency", n] if (n := os.environ.get("CXR_WORKER_CONCURRENCY")) else []),
             ),
             lambda: _celery_ping("services.worker.celery_app", "inference"),
+        ),
+        Service(
+            # jobs storage holds as unfinished but the broker lost (a Redis restart) go back on
+            # the queue; the first pass runs at once and touches the heartbeat file
+            "reconciler",
+            [py, "-m", "services.worker", "reconcile", "--every", "120", "--min-age-s", "60",
+             "--heartbeat-file", str(RECONCILER_HEARTBEAT)],
+            _reconciled_since_start,
         ),
         Service(
             "trainer-worker",
