@@ -5,6 +5,11 @@ Redis first and fall back to storage, caching what they find. Updates are read-m
 a Redis WATCH, so two deliveries of the same task cannot interleave their changes; a finished job
 (succeeded or failed) never changes again.
 
+Storage also keeps an index of the jobs not finished yet: an empty marker `jobs-open/{job_id}`,
+written before the job's record and removed once it has finished, so that finding unfinished jobs
+(the reconciler, after Redis lost its data) lists the few open markers instead of reading every
+record ever kept. A marker left by a crash after the finish is removed by the next such listing.
+
 When a job finishes, its status is published on the Redis channel `cxr:job-finished:{job_id}` in
 the same transaction that stores the record, so a client waiting on the job (the gateway's
 `?wait=`) can answer at once instead of polling. The message is only a wake-up call: subscribers
@@ -46,6 +51,13 @@ def storage_key(job_id: str) -> str:
     return f"jobs/{job_id}.json"
 
 
+OPEN_PREFIX = "jobs-open/"
+
+
+def open_marker_key(job_id: str) -> str:
+    return f"{OPEN_PREFIX}{job_id}"
+
+
 def finished_channel(job_id: str) -> str:
     """The Redis pub/sub channel that hears the job's final status once it has finished."""
     return f"cxr:job-finished:{job_id}"
@@ -68,6 +80,8 @@ class JobStore:
                                nx=True):
             raise JobExistsError(f"A prediction job with id {record.job_id} already exists.")
         try:
+            if not record.status.finished:
+                self._storage.put(open_marker_key(record.job_id), b"")  # before the record
             self._write_durable(record)
         except BaseException:
             self._redis.delete(redis_key(record.job_id))  # no half-created job: the id stays free
@@ -93,7 +107,11 @@ class JobStore:
             if record.status.finished:
                 pipe.publish(finished_channel(record.job_id), record.status.value)
             pipe.execute()
+        if not record.status.finished:
+            self._storage.put(open_marker_key(record.job_id), b"")
         self._write_durable(record)
+        if record.status.finished:
+            self._storage.delete(open_marker_key(record.job_id))
         return record
 
     def mark_running(self, job_id: str) -> JobRecord:
@@ -125,15 +143,33 @@ class JobStore:
             job_id, lambda record: record.model_copy(update={"extra": {**record.extra, key: value}})
         )
 
-    def list_unfinished(self) -> list[JobRecord]:
-        """Queued and running jobs from the durable copy, oldest first (for re-queueing)."""
+    def list_unfinished(self, *, scan_all: bool = False) -> list[JobRecord]:
+        """Queued and running jobs from the durable copy, oldest first (for re-queueing).
+
+        Reads the records the open-jobs index names, and removes the markers of jobs that turn
+        out to be finished. `scan_all` reads every record instead (for records written before the
+        index existed) and marks the unfinished ones open.
+        """
+        if scan_all:
+            keys = [key for key in self._storage.list("jobs/") if key.endswith(".json")]
+        else:
+            keys = [storage_key(key[len(OPEN_PREFIX):])
+                    for key in self._storage.list(OPEN_PREFIX)]
         unfinished = []
-        for key in self._storage.list("jobs/"):
-            if not key.endswith(".json"):
+        for key in keys:
+            try:
+                record = self._parse_durable(key, self._storage.get(key))
+            except ObjectNotFoundError:
+                continue  # a marker whose job is still being created, or never was
+            if record is None:
                 continue
-            record = self._parse_durable(key, self._storage.get(key))
-            if record is not None and not record.status.finished:
-                unfinished.append(record)
+            if record.status.finished:
+                if not scan_all:
+                    self._storage.delete(open_marker_key(record.job_id))
+                continue
+            if scan_all:
+                self._storage.put(open_marker_key(record.job_id), b"")
+            unfinished.append(record)
         return sorted(unfinished, key=lambda record: record.created_at)
 
     def _finish(self, job_id: str, outcome: JobStatus, fields: dict[str, object]) -> JobRecord:
@@ -176,6 +212,8 @@ class JobStore:
                     if updated.status.finished and not current.status.finished:
                         pipe.publish(finished_channel(job_id), updated.status.value)
                     pipe.execute()
+                    if updated.status.finished and not current.status.finished:
+                        self._storage.delete(open_marker_key(job_id))
                     return updated
                 except redis.WatchError:
                     continue  # another process changed the record first: re-read and re-apply

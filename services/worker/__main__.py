@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave younger jobs alone (their task may not be sent yet)",
     )
     run.add_argument(
+        "--scan-all",
+        action="store_true",
+        help="read every job record in storage, not only the open-jobs index (once, for records "
+             "kept before the index existed); with --every, only the first pass scans all",
+    )
+    run.add_argument(
         "--every",
         type=positive_seconds,
         metavar="SECONDS",
@@ -85,15 +91,18 @@ def reconcile_forever(jobs: JobStore, client: redis.Redis, args: argparse.Namesp
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     heartbeat: Path | None = args.heartbeat_file
+    scan_all = [args.scan_all]  # until a pass has finished
 
     def touch(result: PassResult) -> None:
+        scan_all[0] = False
         if heartbeat is not None:
             heartbeat.touch()
 
     log.info("reconciling every %g s (jobs older than %g s)", args.every, args.min_age_s)
     try:
         passes = run_periodically(
-            lambda: reconcile_pass(jobs, client, send_predict, min_age_s=args.min_age_s),
+            lambda: reconcile_pass(jobs, client, send_predict, min_age_s=args.min_age_s,
+                                   scan_all=scan_all[0]),
             args.every, stop, on_success=touch)
     finally:
         if heartbeat is not None:
@@ -119,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.every is not None:
             return reconcile_forever(jobs, client, args)
         try:
-            result = reconcile_pass(jobs, client, send_predict, min_age_s=args.min_age_s)
+            result = reconcile_pass(jobs, client, send_predict, min_age_s=args.min_age_s,
+                                    scan_all=args.scan_all)
         except UNAVAILABLE as exc:
             log.error("reconcile pass failed: %s: %s", type(exc).__name__, exc)
             return EXIT_UNAVAILABLE

@@ -91,12 +91,13 @@ def reconcile(
 
 
 def reconcile_pass(
-    jobs: JobStore, client: redis.Redis, send: Callable[[str], None], min_age_s: float = 60.0
+    jobs: JobStore, client: redis.Redis, send: Callable[[str], None], min_age_s: float = 60.0,
+    *, scan_all: bool = False,
 ) -> PassResult:
-    """`reconcile`, with the counts of what it found."""
+    """`reconcile`, with the counts of what it found; `scan_all`: see `JobStore.list_unfinished`."""
     known = broker_job_ids(client)
     cutoff = utc_now() - timedelta(seconds=min_age_s)
-    unfinished = jobs.list_unfinished()
+    unfinished = jobs.list_unfinished(scan_all=scan_all)
     held = too_young = 0
     requeued = []
     for record in unfinished:

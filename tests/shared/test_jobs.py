@@ -12,7 +12,7 @@ from shared.errors import (
     JobNotFoundError,
     StorageError,
 )
-from shared.jobs import JobStore, redis_key, storage_key
+from shared.jobs import JobStore, open_marker_key, redis_key, storage_key
 from shared.schemas import (
     ClassProbabilities,
     Failure,
@@ -154,6 +154,47 @@ def test_list_unfinished_reads_storage_oldest_first(store, redis_client, storage
     assert [record.job_id for record in unfinished] == ["q-early", "running", "q-late"]
     assert [record.status for record in unfinished] == [JobStatus.QUEUED, JobStatus.RUNNING,
                                                          JobStatus.QUEUED]
+
+
+def test_open_jobs_index_follows_the_record(store, storage):
+    store.create(_record("job-1"))
+    assert storage.list("jobs-open/") == ["jobs-open/job-1"]
+    store.mark_running("job-1")
+    assert storage.exists(open_marker_key("job-1"))
+    store.mark_succeeded("job-1", _result())
+    assert storage.list("jobs-open/") == []
+    store.create(_record("job-2"))
+    store.mark_failed("job-2", Failure(code="corrupt_image", message="Damaged."))
+    assert storage.list("jobs-open/") == []
+
+
+def test_list_unfinished_reads_only_open_jobs_and_drops_stale_markers(store, redis_client,
+                                                                       storage, monkeypatch):
+    for job_id in ["open-1", "open-2", "done"]:
+        store.create(_record(job_id))
+    store.mark_succeeded("done", _result())
+    storage.put(open_marker_key("done"), b"")  # a crash between the finish and the removal
+    storage.put(open_marker_key("ghost"), b"")  # a create that never wrote its record
+    redis_client.flushall()
+    read = []
+    real_get = storage.get
+    monkeypatch.setattr(storage, "get", lambda key: read.append(key) or real_get(key))
+    assert [r.job_id for r in store.list_unfinished()] == ["open-1", "open-2"]
+    assert sorted(read) == [storage_key(j) for j in ["done", "ghost", "open-1", "open-2"]]
+    assert storage.list("jobs-open/") == ["jobs-open/ghost", "jobs-open/open-1",
+                                          "jobs-open/open-2"]
+
+
+def test_scan_all_finds_records_without_a_marker_and_marks_them(store, redis_client, storage):
+    store.create(_record("old-open"))
+    store.create(_record("old-done"))
+    store.mark_succeeded("old-done", _result())
+    storage.delete(open_marker_key("old-open"))  # written before the index existed
+    redis_client.flushall()
+    assert store.list_unfinished() == []
+    assert [r.job_id for r in store.list_unfinished(scan_all=True)] == ["old-open"]
+    assert storage.list("jobs-open/") == ["jobs-open/old-open"]
+    assert [r.job_id for r in store.list_unfinished()] == ["old-open"]
 
 
 def test_concurrent_updates_are_not_lost(redis_url, storage):

@@ -19,7 +19,7 @@ from services.worker import dead_letter
 from services.worker.celery_app import QUEUE
 from services.worker.errors import ModelNotFoundError
 from services.worker.reconcile import broker_job_ids, reconcile
-from shared.jobs import JobStore
+from shared.jobs import JobStore, open_marker_key
 from shared.schemas import Failure, JobRecord, JobStatus, utc_now
 from shared.storage import LocalStorage
 from tests.support.procs import REPO_ROOT, ManagedProcess, free_port, python_argv, wait_until
@@ -132,8 +132,9 @@ def cli_env(redis_url: str, storage_root: Path, **extra: str) -> dict[str, str]:
             "CXR_STORAGE_ROOT": str(storage_root), **extra}
 
 
-def run_once(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(python_argv("-m", "services.worker", "reconcile", "--min-age-s", "0"),
+def run_once(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(python_argv("-m", "services.worker", "reconcile", "--min-age-s", "0",
+                                      *flags),
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
                           check=False)
 
@@ -162,6 +163,21 @@ def test_one_shot_exit_status_says_whether_the_pass_ran(jobs, redis_url, tmp_pat
 
     assert run_once(cli_env(redis_url, jobs.storage.root)).returncode == 0
     assert broker_job_ids(redis.Redis.from_url(redis_url)) == {lost}  # sent once, then held
+
+
+def test_scan_all_finds_a_job_kept_before_the_open_jobs_index(jobs, redis_url):
+    """A record with no `jobs-open/` marker is invisible to a normal pass; --scan-all finds it
+    (and marks it open, so the next normal pass sees it too)."""
+    old = jobs.create(b"x")
+    jobs.storage.delete(open_marker_key(old))
+    redis.Redis.from_url(redis_url).flushall()
+    env = cli_env(redis_url, jobs.storage.root)
+    plain = run_once(env)
+    assert json.loads(plain.stdout.strip().splitlines()[-1]) == {"requeued": []}
+    scanned = run_once(env, "--scan-all")
+    assert scanned.returncode == 0, scanned.stderr
+    assert json.loads(scanned.stdout.strip().splitlines()[-1]) == {"requeued": [old]}
+    assert jobs.storage.exists(open_marker_key(old))
 
 
 def start_loop(tmp_path: Path, env: dict[str, str], heartbeat: Path) -> ManagedProcess:
