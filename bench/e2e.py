@@ -1,9 +1,10 @@
 """End to end through the gateway, against what a user would write instead and the model server.
 
 Starts the service the way `make up` does (scripts/stack.py: its own Redis, the model server with
-the bundled model, the inference worker, the HTTPS gateway; `--all-services` adds MLflow with the
-model's registration, the trainer worker and beat) in a scratch folder on free ports, then measures
-on the same real X-rays (the test split of CXR_DATA_DIR when present, else data/sample):
+the bundled model, the inference worker, the job reconciler, the HTTPS gateway; `--all-services`
+adds MLflow with the model's registration, the trainer worker and beat) in a scratch folder on
+free ports, then measures on the same real X-rays (from CXR_DATA_DIR: its test split, then val,
+then train; data/sample when it is missing):
 
 - the pipeline: HTTPS upload, queue, worker, gRPC Predict + Grad-CAM, result, the client waiting
   with `GET /v1/predictions/{id}?wait=30`; latency p50/p95/p99 for 1 client, images/s for 1, 4
@@ -50,7 +51,8 @@ import numpy as np
 
 from bench.serving_latency import MODEL_NAME, ROOT, free_port, latest_bundled_model
 
-REQUEST_PATH = ("redis", "model-server", "worker", "gateway")
+# Everything that serves predictions; MLflow, the trainer worker and beat only with --all-services.
+SERVING_SERVICES = ("redis", "model-server", "worker", "reconciler", "gateway")
 FINISHED = ("succeeded", "failed")
 WAIT_S = 30
 TARGET_THROUGHPUT_SHARE = 0.60  # pipeline images/s >= 60% of direct gRPC Predict, 4 clients
@@ -349,7 +351,7 @@ def running_stack(folder: Path, all_services: bool,
 
             publish_version(latest_bundled_model(), 1, storage=LocalStorage(folder / "serving"),
                             model_name=MODEL_NAME)
-        stack.up(only=None if all_services else REQUEST_PATH)
+        stack.up(only=None if all_services else SERVING_SERVICES)
         cert = folder / "tls" / "localhost.crt"
         yield Stack(stack, folder, api_key, tls_trusting(cert), env)
     finally:

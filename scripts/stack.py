@@ -154,6 +154,7 @@ def services() -> list[Service]:
                 "1",
             ],
             _http_ok(f"http://127.0.0.1:{MLFLOW_PORT}/health"),
+            timeout=240.0,  # importing MLflow's server app takes minutes on a busy 2-core machine
         ),
         Service(
             "model-server",
