@@ -476,7 +476,7 @@ def measure(args: argparse.Namespace) -> dict:
               for c in args.clients]
     result: dict = {"images": len(images), "image_source": source, "cpu_count": os.cpu_count(),
                     "model_dir": str(model_dir.relative_to(ROOT)), "levels": levels,
-                    "worker_concurrency": args.worker_concurrency or os.cpu_count()}
+                    "worker_concurrency": args.worker_concurrency or 2 * (os.cpu_count() or 1)}
     print(f"{len(images)} X-rays from {source}; levels (clients, requests): {levels}", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="cxr-bench-e2e-"))
     try:
@@ -601,8 +601,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="also start MLflow (registering the model), the trainer worker and "
                              "beat, as `make up` does (adds a minute or two)")
     parser.add_argument("--worker-concurrency", type=int, default=None, metavar="N",
-                        help="the inference worker's pool processes (default: Celery's, one "
-                             "per CPU)")
+                        help="the inference worker's pool processes (default: what `make up` "
+                             "runs, two per CPU)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also profile a 4-client pipeline run with py-spy into DIR")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench" / "e2e.json")

@@ -187,8 +187,7 @@ def services() -> list[Service]:
                 "inference@%h",
                 "--loglevel",
                 "INFO",
-                # Pool processes; Celery's default is one per CPU.
-                *(["--concurrency", n] if (n := os.environ.get("CXR_WORKER_CONCURRENCY")) else []),
+                # Pool processes: CXR_WORKER_CONCURRENCY, else two per CPU (WorkerSettings).
             ),
             lambda: _celery_ping("services.worker.celery_app", "inference"),
         ),

@@ -6,6 +6,8 @@ The job record in Redis and storage is the result, so there is no result backend
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 from services.worker.settings import WorkerSettings, get_settings
@@ -27,6 +29,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
         # them here instead of finishing them twice.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_send_sent_event": False,
+        "worker_concurrency": settings.worker_concurrency or 2 * len(os.sched_getaffinity(0)),
     }
 
 

@@ -28,6 +28,9 @@ class WorkerSettings(SharedSettings):
     job_lock_ttl_s: int | None = Field(default=None, gt=0)
 
     job_max_attempts: int = Field(default=12, ge=1)
+    # Pool processes; unset: two per CPU the process may use (a job mostly waits on gRPC and
+    # storage). Set it in containers, where the CPU count is the node's, not the CPU limit.
+    worker_concurrency: int | None = Field(default=None, ge=1)
 
     dead_letter_key: str = "cxr:dead-letter"
     heatmap_max_side: int = Field(default=1024, ge=64)

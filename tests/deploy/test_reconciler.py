@@ -22,7 +22,7 @@ from tests.deploy.loaders import (
 
 CLI = ["python", "-m", "services.worker"]
 # Read by the Celery worker process only, not by the reconciler.
-WORKER_ONLY_ENV = {"CXR_WORKER_METRICS_PORT", "CXR_SERVING_VERSION_LABEL"}
+WORKER_ONLY_ENV = {"CXR_WORKER_METRICS_PORT", "CXR_SERVING_VERSION_LABEL", "CXR_WORKER_CONCURRENCY"}
 EVERY_N_MINUTES = re.compile(r"\*/([1-9][0-9]*) \* \* \* \*")
 HEARTBEAT_MAX_AGE = re.compile(r"st_mtime > (\d+)\)")
 
