@@ -104,7 +104,8 @@ def test_after_the_whole_corpus_the_gateway_serves_and_wrote_only_into_storage(
         job_id = accepted.json()["job_id"]
         assert http.get(f"/v1/predictions/{job_id}").json()["status"] == "queued"
     new_objects = files_under(gateway.storage_root) - stored_before
-    assert new_objects == {f"uploads/{job_id}", f"jobs/{job_id}.json"}
+    # the upload, its record and the open-jobs marker (no worker runs here: the job stays queued)
+    assert new_objects == {f"uploads/{job_id}", f"jobs/{job_id}.json", f"jobs-open/{job_id}"}
     assert (gateway.storage_root / "uploads" / job_id).read_bytes() == data
     record = JobRecord.model_validate_json(
         (gateway.storage_root / "jobs" / f"{job_id}.json").read_bytes())

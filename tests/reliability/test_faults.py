@@ -328,15 +328,20 @@ def test_worker_sigkilled_mid_jobs_every_job_succeeds_once(stack, fault_report):
         return (count_status(records, JobStatus.SUCCEEDED) >= 10
                 and count_status(records, JobStatus.RUNNING) >= 1)
 
-    wait_for(some_done_and_some_running, 180, "10 jobs succeeded and one running", stack)
-    worker.kill()  # the main process and its pool, with SIGKILL: nothing is acked or given back
-    # Nothing runs now: storage shows what the kill interrupted.
-    at_kill = {job_id: stack.durable_record(job_id) for job_id in job_ids}
-    interrupted = [j for j, record in at_kill.items() if record.status is JobStatus.RUNNING]
-    finished_before = [j for j, record in at_kill.items() if record.status.finished]
-    assert interrupted, "the kill interrupted no job"
+    # The tiny model answers in milliseconds, so the job seen running may finish between the look
+    # and the kill; then the kill is tried again on a new worker (at most 3 kills).
+    for _kill in range(3):
+        wait_for(some_done_and_some_running, 180, "10 jobs succeeded and one running", stack)
+        worker.kill()  # the main process and its pool, with SIGKILL: nothing acked or given back
+        # Nothing runs now: storage shows what the kill interrupted.
+        at_kill = {job_id: stack.durable_record(job_id) for job_id in job_ids}
+        interrupted = [j for j, record in at_kill.items() if record.status is JobStatus.RUNNING]
+        finished_before = [j for j, record in at_kill.items() if record.status.finished]
+        worker = stack.start_worker()
+        if interrupted:
+            break
+    assert interrupted, "three kills interrupted no job"
 
-    stack.start_worker()
     # A message the killed worker had popped from the queue but not yet written to `unacked` is
     # gone from Redis (kombu takes it with BRPOP, then records it): the reconciler finds that job.
     records, requeued = finish_with_reconciler(stack, intake, job_ids)

@@ -79,7 +79,8 @@ async def create_prediction(
             if replayed is not None:
                 entry.job_id = replayed
                 entry.extra["replay"] = True
-                return _accepted(response, await _owned_job(resources, replayed, client))
+                # the first request with this key may still be creating the job's record
+                return _accepted(response, await _wait_for_record(resources, replayed, client))
         try:
             decoded = await run_in_threadpool(decode_xray, data, resources.limits)
             check_uploaded_dicom(decoded.metadata)
