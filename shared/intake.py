@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Protocol
+from typing import Literal, Protocol
 
 from shared.errors import CXRError, JobExistsError
 from shared.imaging import DecodedImage
@@ -47,7 +47,8 @@ def image_facts(decoded: DecodedImage) -> dict[str, object]:
 
 def submit_job(storage: Storage, jobs: JobStore, queue: Enqueuer, *, job_id: str, client: str,
                data: bytes, filename: str | None, decoded: DecodedImage,
-               source: str = "api", extra: dict[str, object] | None = None) -> JobRecord:
+               source: Literal["api", "dicom"] = "api",
+               extra: dict[str, object] | None = None) -> JobRecord:
     """Store the bytes, write the record, then queue; blocking, so run it in a worker thread.
 
     The blob and the record exist before the task is sent, so a worker never sees an unknown job

@@ -64,6 +64,7 @@ def check_uploaded_dicom(metadata: Mapping[str, Any]) -> None:
     if metadata.get("format") != "dicom":
         return
     sop_class, modality = _text(metadata, "SOPClassUID"), _text(metadata, "Modality")
+    reason: str | None
     if sop_class and sop_class not in UPLOAD_SOP_CLASSES:
         reason, detail = "not_radiograph", f"SOP class {sop_class}"
     elif modality and modality not in UPLOAD_MODALITIES:
