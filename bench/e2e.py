@@ -6,13 +6,15 @@ adds MLflow with the model's registration, the trainer worker and beat) in a scr
 free ports, then measures on the same real X-rays (from CXR_DATA_DIR: its test split, then val,
 then train; data/sample when it is missing):
 
-- the pipeline: HTTPS upload, queue, worker, gRPC Predict + Grad-CAM, result, the client waiting
-  with `GET /v1/predictions/{id}?wait=30`; latency p50/p95/p99 for 1 client, images/s for 1, 4
-  and 16 concurrent clients;
-- the model server over gRPC with the worker's client: Predict alone, and Predict + Grad-CAM as
-  the worker calls them (the model's own latency), then Predict throughput for 1/4/16 callers;
+- the pipeline: HTTPS upload, queue, worker, one gRPC call for the prediction and its Grad-CAM,
+  result and heatmap stored, the client waiting in the same request (`POST
+  /v1/predictions?wait=30`); latency p50/p95/p99 for 1 client, images/s for 1, 4 and 16
+  concurrent clients; and for 1 client the two-request way (upload, then `GET ...?wait=30`);
+- the model server over gRPC with the worker's client: Predict alone, and Predict with Grad-CAM
+  as the worker asks for them (the model's own latency), then the throughput of both for 1/4/16
+  callers;
 - baseline (a), `bench.inprocess_app`: one uvicorn + FastAPI process with the same TLS that
-  decodes and calls the SavedModel in-process (Predict + Grad-CAM + heatmap PNG, the same work;
+  decodes and calls the SavedModel in-process (prediction + Grad-CAM + heatmap PNG, the same work;
   Predict alone as well for 1 client), measured like the pipeline.
 
 Prints a Markdown table and the overheads; writes JSON (`--json`). `--profile DIR` adds a
@@ -123,12 +125,30 @@ class HttpTarget:
 
 
 async def send_to_pipeline(http: httpx.AsyncClient, image: Image) -> dict:
-    """Upload, then wait on the job with `?wait=` until it has finished; the finished view."""
+    """Upload and wait in the same request (`?wait=`); the finished view."""
+    name, data = image
+    answer = await http.post("/v1/predictions", params={"wait": WAIT_S},
+                             files={"file": (name, data, "image/jpeg")})
+    if answer.status_code == 200:
+        view = answer.json()
+        if view["status"] != "succeeded":
+            raise RuntimeError(f"job {view['job_id']} failed: {view['failure']}")
+        return view
+    if answer.status_code != 202:
+        raise RuntimeError(f"upload refused: {answer.status_code} {answer.text}")
+    return await _wait_for(http, answer.json()["job_id"])
+
+
+async def send_to_pipeline_two_requests(http: httpx.AsyncClient, image: Image) -> dict:
+    """Upload, then wait on the job with `GET ...?wait=` until it has finished."""
     name, data = image
     accepted = await http.post("/v1/predictions", files={"file": (name, data, "image/jpeg")})
     if accepted.status_code != 202:
         raise RuntimeError(f"upload refused: {accepted.status_code} {accepted.text}")
-    job_id = accepted.json()["job_id"]
+    return await _wait_for(http, accepted.json()["job_id"])
+
+
+async def _wait_for(http: httpx.AsyncClient, job_id: str) -> dict:
     while True:
         view = (await http.get(f"/v1/predictions/{job_id}", params={"wait": WAIT_S})).json()
         if view["status"] in FINISHED:
@@ -201,7 +221,7 @@ def worker_stage_medians(views: list[dict]) -> dict[str, float]:
 
 
 def grpc_model_latency(target: str, batches: list[np.ndarray], calls: int) -> dict[str, dict]:
-    """Predict alone, and Predict then Grad-CAM pinned to the same version (the worker's calls)."""
+    """Predict alone, and the prediction with its Grad-CAM as the worker asks for them."""
     from services.worker.serving_client import ServingClient
 
     client = ServingClient(target, MODEL_NAME, timeout_s=30)
@@ -210,8 +230,7 @@ def grpc_model_latency(target: str, batches: list[np.ndarray], calls: int) -> di
         client.predict(batches[i % len(batches)])
 
     def predict_gradcam(i: int) -> None:
-        batch = batches[i % len(batches)]
-        client.heatmap(batch, version=client.predict(batch).version)
+        client.predict_with_heatmap(batches[i % len(batches)])
 
     result = {}
     try:
@@ -229,18 +248,21 @@ def grpc_model_latency(target: str, batches: list[np.ndarray], calls: int) -> di
     return result
 
 
-def grpc_predict_levels(target: str, batches: list[np.ndarray],
-                        levels: list[tuple[int, int]]) -> dict[str, dict]:
-    """Predict throughput with N concurrent callers, each with its own channel (as N workers)."""
+def grpc_predict_levels(target: str, batches: list[np.ndarray], levels: list[tuple[int, int]],
+                        method: str = "predict") -> dict[str, dict]:
+    """Throughput of `ServingClient.<method>` with N concurrent callers, each with its own
+    channel (as N workers): `predict`, or `predict_with_heatmap` (the worker's call)."""
     rows = {}
+    label = "gRPC Predict" if method == "predict" else "gRPC Predict + Grad-CAM"
     for callers, calls in levels:
-        row = rows[str(callers)] = _grpc_level(target, batches, callers, calls)
-        print(f"  {'gRPC Predict':22s} {callers:2d} caller(s): p50 {row['p50_ms']:7.1f} ms, "
+        row = rows[str(callers)] = _grpc_level(target, batches, callers, calls, method)
+        print(f"  {label:22s} {callers:2d} caller(s): p50 {row['p50_ms']:7.1f} ms, "
               f"{row['images_per_s']:6.1f} images/s", flush=True)
     return rows
 
 
-def _grpc_level(target: str, batches: list[np.ndarray], callers: int, calls: int) -> dict:
+def _grpc_level(target: str, batches: list[np.ndarray], callers: int, calls: int,
+                method: str) -> dict:
     from services.worker.serving_client import ServingClient
 
     clients = [ServingClient(target, MODEL_NAME, timeout_s=30) for _ in range(callers)]
@@ -249,7 +271,8 @@ def _grpc_level(target: str, batches: list[np.ndarray], callers: int, calls: int
     barrier = threading.Barrier(callers + 1)
 
     def caller(client: ServingClient) -> None:
-        client.predict(batches[0])  # channel, metadata, warm-up
+        call = getattr(client, method)
+        call(batches[0])  # channel, metadata, warm-up
         barrier.wait()
         while True:
             with lock:
@@ -258,7 +281,7 @@ def _grpc_level(target: str, batches: list[np.ndarray], callers: int, calls: int
                 index = issued[0]
                 issued[0] += 1
             start = time.perf_counter()
-            client.predict(batches[index % len(batches)])
+            call(batches[index % len(batches)])
             seconds = time.perf_counter() - start
             with lock:
                 latencies.append(seconds)
@@ -487,9 +510,15 @@ def measure(args: argparse.Namespace) -> dict:
             result["pipeline"], views = http_levels(pipeline, images, levels, "pipeline")
             for clients, row in result["pipeline"].items():
                 row["worker_stage_p50_ms"] = worker_stage_medians(views[clients])
+            two_requests = HttpTarget(stack.gateway_url, stack.tls, pipeline.headers,
+                                      send_to_pipeline_two_requests)
+            result["pipeline_two_requests"], _ = http_levels(
+                two_requests, images, [(1, args.requests)], "pipeline, 2 requests")
             result["model_latency"] = grpc_model_latency(stack.grpc_target, batches,
                                                          args.requests)
             result["grpc_predict"] = grpc_predict_levels(stack.grpc_target, batches, levels)
+            result["grpc_predict_gradcam"] = grpc_predict_levels(
+                stack.grpc_target, batches, levels, method="predict_with_heatmap")
             if args.profile:
                 result["profile"] = profile_pipeline(stack, pipeline, images,
                                                      max(args.per_client * 4, args.requests),
@@ -510,6 +539,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def compare(result: dict) -> dict:
     pipe, inproc, grpc_rows = result["pipeline"], result["inprocess"], result["grpc_predict"]
+    same = result["grpc_predict_gradcam"]
     model = result["model_latency"]
     p50 = pipe["1"]["p50_ms"]
     out: dict = {
@@ -523,6 +553,11 @@ def compare(result: dict) -> dict:
                 "latency_p50_ratio": pipe[c]["p50_ms"] / grpc_rows[c]["p50_ms"],
                 "throughput_ratio": pipe[c]["images_per_s"] / grpc_rows[c]["images_per_s"]}
             for c in pipe},
+        "vs_grpc_predict_gradcam": {
+            c: {"latency_p50_extra_ms": pipe[c]["p50_ms"] - same[c]["p50_ms"],
+                "latency_p50_ratio": pipe[c]["p50_ms"] / same[c]["p50_ms"],
+                "throughput_ratio": pipe[c]["images_per_s"] / same[c]["images_per_s"]}
+            for c in pipe},
         "latency_p50_over_model_ms": {
             "predict": p50 - model["predict"]["p50_ms"],
             "predict_gradcam": p50 - model["predict_gradcam"]["p50_ms"],
@@ -530,10 +565,12 @@ def compare(result: dict) -> dict:
     }
     targets = {}
     if "4" in pipe:
-        share = out["vs_grpc_predict"]["4"]["throughput_ratio"]
-        targets["throughput_4_clients_vs_grpc"] = {"value": share,
-                                                   "target": TARGET_THROUGHPUT_SHARE,
-                                                   "met": share >= TARGET_THROUGHPUT_SHARE}
+        for name, key in (("grpc_predict", "vs_grpc_predict"),
+                          ("grpc_predict_gradcam", "vs_grpc_predict_gradcam")):
+            share = out[key]["4"]["throughput_ratio"]
+            targets[f"throughput_4_clients_vs_{name}"] = {
+                "value": share, "target": TARGET_THROUGHPUT_SHARE,
+                "met": share >= TARGET_THROUGHPUT_SHARE}
     for name in ("predict_gradcam", "predict"):
         extra = out["latency_p50_over_model_ms"][name]
         targets[f"latency_p50_1_client_over_{name}_ms"] = {
@@ -552,9 +589,11 @@ def report(result: dict) -> str:
                      f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['images_per_s']:.1f} |")
 
     for name, key in (("pipeline (HTTPS, queue, worker, gRPC)", "pipeline"),
+                      ("pipeline, upload then GET ?wait", "pipeline_two_requests"),
                       ("in-process app, same work", "inprocess"),
                       ("in-process app, Predict only", "inprocess_predict_only"),
-                      ("model server, gRPC Predict", "grpc_predict")):
+                      ("model server, gRPC Predict", "grpc_predict"),
+                      ("model server, gRPC Predict + Grad-CAM", "grpc_predict_gradcam")):
         for r in result[key].values():
             row(name, r)
     for name, r in result["model_latency"].items():
@@ -563,7 +602,8 @@ def report(result: dict) -> str:
     lines.append("")
     lines.append("| pipeline vs | clients | extra p50 ms | p50 ratio | throughput ratio |")
     lines.append("|---|---|---|---|---|")
-    for name, key in (("in-process app", "vs_inprocess"), ("gRPC Predict", "vs_grpc_predict")):
+    for name, key in (("in-process app", "vs_inprocess"), ("gRPC Predict", "vs_grpc_predict"),
+                      ("gRPC Predict + Grad-CAM", "vs_grpc_predict_gradcam")):
         for c, v in cmp_[key].items():
             lines.append(f"| {name} | {c} | {v['latency_p50_extra_ms']:.1f} | "
                          f"{v['latency_p50_ratio']:.2f} | {v['throughput_ratio']:.2f} |")

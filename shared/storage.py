@@ -53,6 +53,14 @@ class Storage(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
 
+    def put_unsynced(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        """`put` for state that can be rebuilt: it lands whole, but a power cut may lose it.
+
+        A backend whose every write is durable (S3) just puts; the local folder skips `fsync`.
+        A crashed process never loses it: only the machine going down before the disk caught up.
+        """
+        self.put(key, data, content_type)
+
     @abstractmethod
     def get(self, key: str) -> bytes: ...
 
@@ -85,6 +93,12 @@ class LocalStorage(Storage):
         return path
 
     def put(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        self._write(key, data, sync=True)
+
+    def put_unsynced(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        self._write(key, data, sync=False)
+
+    def _write(self, key: str, data: bytes, *, sync: bool) -> None:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +106,9 @@ class LocalStorage(Storage):
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                    if sync:
+                        handle.flush()
+                        os.fsync(handle.fileno())
                 os.replace(temp_name, path)
             except BaseException:
                 Path(temp_name).unlink(missing_ok=True)

@@ -15,20 +15,6 @@ class JobLinks(BaseModel):
     heatmap: str
 
 
-class JobAccepted(BaseModel):
-    """The answer to an upload: the job to poll."""
-
-    job_id: str
-    status: JobStatus
-    created_at: datetime
-    links: JobLinks
-
-    @classmethod
-    def from_record(cls, record: JobRecord) -> JobAccepted:
-        return cls(job_id=record.job_id, status=record.status, created_at=record.created_at,
-                   links=job_links(record.job_id))
-
-
 class JobView(BaseModel):
     """A job's state; `result` once it succeeded, `failure` (code and reason) once it failed."""
 

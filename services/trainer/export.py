@@ -7,7 +7,9 @@ images [N, S, S, 1]:
 - `serving_default` -> `pneumonia_probability` [N], `class_probabilities` [N, 3]
   (normal, bacterial, viral; temperature-scaled softmax, averaged over an ensemble) and
   `threshold` [N] (the model's own operating point, so it travels with the version);
-- `gradcam` -> `heatmap` [N, S, S] in 0..1 (Grad-CAM of the pneumonia probability).
+- `gradcam` -> `heatmap` [N, S, S] in 0..1 (Grad-CAM of the pneumonia probability) and the same
+  three outputs as `serving_default`, computed by the same forward pass: one call answers a job
+  that wants the prediction and its explanation (clients check the outputs in the metadata).
 
 Warm-up requests for both signatures go to `assets.extra/tf_serving_warmup_requests`.
 """
@@ -54,10 +56,8 @@ class _ServingFunctions:
     def _probabilities(self, logits: tf.Tensor) -> tf.Tensor:
         return tf.nn.softmax(logits / self.temperature, axis=-1)
 
-    def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        pixels = tf.cast(image, tf.float32)
-        probs = tf.add_n([self._probabilities(m(pixels, training=False)) for m in self.models])
-        probs = probs / float(len(self.models))
+    def _prediction(self, member_probs: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+        probs = tf.add_n(member_probs) / float(len(member_probs))
         p = _pneumonia_probability(probs)
         return {
             "pneumonia_probability": p,
@@ -65,22 +65,30 @@ class _ServingFunctions:
             "threshold": tf.fill(tf.shape(p), tf.constant(self.threshold, tf.float32)),
         }
 
+    def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.cast(image, tf.float32)
+        return self._prediction(
+            [self._probabilities(m(pixels, training=False)) for m in self.models]
+        )
+
     def gradcam(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(image, tf.float32)
         size = tf.shape(image)[1:3]
-        cams = []
+        cams, member_probs = [], []
         for grad_model in self.gradcam_models:
             with tf.GradientTape() as tape:
                 feature_map, logits = grad_model(pixels, training=False)
                 tape.watch(feature_map)
-                score = _pneumonia_probability(self._probabilities(logits))
+                probs = self._probabilities(logits)
+                score = _pneumonia_probability(probs)
+            member_probs.append(probs)
             grads = tape.gradient(score, feature_map)
             weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
             cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1))
             cams.append(tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0])
         cam = tf.add_n(cams) / float(len(cams))
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        return {"heatmap": tf.math.divide_no_nan(cam, peak)}
+        return {**self._prediction(member_probs), "heatmap": tf.math.divide_no_nan(cam, peak)}
 
 
 def _write_warmup_requests(version_dir: Path, model_name: str, image_size: int) -> None:

@@ -102,4 +102,41 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAINING_SUBCOMMANDS = [add_train, add_evaluate]
+def add_reexport(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "reexport", help="write an exported version again with the current export code")
+    parser.add_argument("--model", type=Path, required=True,
+                        help="an exported version folder <base>/<model name>/<version>/")
+    parser.add_argument("--export-base", type=Path, required=True,
+                        help="serving base folder: writes <base>/<model name>/<version>/")
+    parser.add_argument("--version", type=int, required=True, help="version number to write")
+    parser.add_argument("--images", type=Path, default=Path("data/sample"),
+                        help="X-rays (searched recursively) both folders must answer alike")
+    parser.set_defaults(handler=run_reexport)
+
+
+def run_reexport(args: argparse.Namespace) -> int:
+    if not (args.model / "saved_model.pb").is_file():
+        print(f"error: {args.model} is not an exported model version (no saved_model.pb)",
+              file=sys.stderr)
+        return 2
+    import numpy as np
+
+    from services.trainer.reexport import read_model_info, reexport
+    from shared.imaging import decode_xray, to_model_input
+
+    size = int(read_model_info(args.model)["image_size"])
+    files = sorted(path for path in args.images.rglob("*")
+                   if path.suffix.lower() in {".jpeg", ".jpg", ".png", ".dcm"})
+    images = [to_model_input(decode_xray(path.read_bytes()).pixels, size) for path in files]
+    if not images:
+        print(f"error: no images under {args.images} to compare the two exports on",
+              file=sys.stderr)
+        return 2
+    target, difference = reexport(args.model, args.export_base, args.version, np.stack(images))
+    print(f"wrote {target}; outputs match the original on {len(images)} images "
+          f"(largest difference {difference:.2e})")
+    return 0
+
+
+TRAINING_SUBCOMMANDS = [add_train, add_evaluate, add_reexport]

@@ -1,8 +1,9 @@
 """The work behind `cxr.predict`: plain functions, no Celery, callable and testable alone.
 
 One job: read the upload, decode and preprocess it with `shared.imaging` (the only preprocessing),
-ask the model server for the prediction and then for Grad-CAM from the same model version, write
-the result JSON and the heatmap PNG, and record the outcome on the job.
+ask the model server for the prediction and its Grad-CAM from one model version (one call when the
+model's `gradcam` signature also answers the prediction), write the result JSON and the heatmap
+PNG, and record the outcome on the job.
 """
 
 from __future__ import annotations
@@ -165,11 +166,11 @@ def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResul
         )
         batch = to_model_input(decoded.pixels, settings.image_size)[np.newaxis]
     with timer.stage("inference"):
-        answer = deps.serving.predict(batch)
+        # The prediction and the heatmap come from one version: the picture explains this answer.
+        answer = deps.serving.predict_with_heatmap(batch)
     with timer.stage("heatmap"):
-        # Pinned to the version that predicted, so the picture explains this very answer.
-        cam = deps.serving.heatmap(batch, version=answer.version).outputs[HEATMAP][0]
-        heatmap_png = render_overlay(decoded.pixels, cam, settings.heatmap_max_side)
+        heatmap_png = render_overlay(decoded.pixels, answer.outputs[HEATMAP][0],
+                                     settings.heatmap_max_side)
     timings = {"queue": round(queue_seconds * 1000, 3), **timer.timings_ms}
     timings["total"] = round((utc_now() - record.created_at).total_seconds() * 1000, 3)
     return build_result(answer, 0, timings), heatmap_png

@@ -181,6 +181,25 @@ class ServingClient:
         """`gradcam`; pass the version that answered `predict` so both come from one model."""
         return self._run(self.heatmap_signature, batch, version=version)
 
+    def predict_with_heatmap(self, batch: np.ndarray) -> ServingAnswer:
+        """The prediction and its Grad-CAM from one version, in one call where the model allows.
+
+        A model whose `gradcam` signature also returns the prediction's outputs (the trainer's
+        exports do) answers with one call; for another one the prediction is asked separately,
+        pinned to the version that drew the heatmap, so both explain the same model.
+        """
+        answer = self._run(self.heatmap_signature, batch, version=None)
+        metadata = self._known_metadata(answer.version)
+        wanted = metadata.signature(self.predict_signature).output_dtypes
+        if set(wanted) <= set(answer.outputs):
+            return answer
+        predicted = self._run(self.predict_signature, batch, version=answer.version)
+        return ServingAnswer(
+            model_name=predicted.model_name,
+            version=answer.version,
+            outputs={**answer.outputs, **predicted.outputs},
+        )
+
     def _run(self, signature_name: str, batch: np.ndarray, version: int | None) -> ServingAnswer:
         signature = self._known_metadata(version).signature(signature_name)
         try:

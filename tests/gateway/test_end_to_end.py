@@ -97,6 +97,20 @@ def test_upload_over_https_gives_a_full_result_and_heatmap(stack):
     assert ("alice", "read_result", 200) in mine and ("alice", "read_heatmap", 200) in mine
 
 
+def test_upload_with_wait_answers_with_the_result_in_one_request(stack):
+    path = sample_xray("NORMAL")
+    with stack.gateway.client("alice", timeout=60) as http:
+        response = http.post("/v1/predictions", params={"wait": 30},
+                             files={"file": (path.name, path.read_bytes())})
+        assert response.status_code == 200, response.text
+        view = response.json()
+        assert view["status"] == "succeeded" and view["result"]["label"] in ("NORMAL", "PNEUMONIA")
+        assert response.headers["location"] == f"/v1/predictions/{view['job_id']}"
+        assert http.get(view["heatmap_url"]).status_code == 200
+        # the same job, read the usual way
+        assert http.get(response.headers["location"]).json()["result"] == view["result"]
+
+
 def test_current_model_and_readiness_come_from_the_model_server(stack):
     with stack.gateway.client("bob") as http:
         current = http.get("/v1/models/current")

@@ -221,6 +221,48 @@ def test_long_poll_waits_for_the_job_to_finish(gateway, redis_server):
     assert waited < 20  # answered when the job finished, not at the end of the wait
 
 
+def test_upload_with_wait_answers_once_the_job_has_finished(gateway, redis_server):
+    """POST ?wait= gives 200 with the finished job, or 202 with the job still queued."""
+    import threading
+    import time
+
+    from shared.jobs import JobStore
+    from shared.schemas import Failure
+    from shared.storage import LocalStorage
+
+    store = JobStore(redis_server.client(), LocalStorage(gateway.storage_root))
+
+    def finish_the_queued_job() -> None:  # standing in for a worker
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            tasks = _queued_tasks(redis_server.client())
+            if tasks:
+                store.mark_failed(tasks[0][1][0], Failure(code="test_failure", message="stopped"))
+                return
+            time.sleep(0.05)
+
+    finisher = threading.Thread(target=finish_the_queued_job)
+    finisher.start()
+    with gateway.client() as http:
+        finished = http.post("/v1/predictions", params={"wait": 25},
+                             files={"file": ("a.jpeg", sample_xray().read_bytes())})
+        finisher.join()
+        assert finished.status_code == 200, finished.text
+        body = finished.json()
+        assert body["status"] == "failed"
+        assert body["failure"] == {"code": "test_failure", "message": "stopped"}
+        assert finished.headers["location"] == f"/v1/predictions/{body['job_id']}"
+
+        started = time.monotonic()
+        pending = http.post("/v1/predictions", params={"wait": 0.5},
+                            files={"file": ("b.jpeg", sample_xray().read_bytes())})
+        assert pending.status_code == 202, pending.text
+        assert pending.json()["status"] == "queued" and time.monotonic() - started >= 0.5
+        assert http.post("/v1/predictions", params={"wait": -1},
+                         files={"file": ("c.jpeg", sample_xray().read_bytes())}
+                         ).status_code == 422
+
+
 def test_concurrent_uploads_with_one_idempotency_key_make_one_job(gateway, redis_url, redis_server):
     """Redis is flushed first (`redis_url`), so the module's 20-a-minute limit starts afresh."""
     from concurrent.futures import ThreadPoolExecutor

@@ -13,10 +13,16 @@ class _Arithmetic(tf.Module):
     def serve(self, x, y):
         return {"sum": x + y, "product": x * y}
 
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
+    def total(self, x):
+        return {"total": tf.reduce_sum(x, axis=1)}
+
 
 def save_arithmetic_model(base_path: Path, version: int) -> Path:
-    """`<base_path>/<version>/`: serving_default(x, y) -> sum, product (no warm-up file)."""
+    """`<base_path>/<version>/`: serving_default(x, y) -> sum, product, and the single-output
+    signature `total`(x) -> total (no warm-up file)."""
     module = _Arithmetic()
     target = Path(base_path) / str(version)
-    tf.saved_model.save(module, str(target), signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, str(target), signatures={"serving_default": module.serve,
+                                                          "total": module.total})
     return target

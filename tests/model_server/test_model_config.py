@@ -81,6 +81,10 @@ def test_config_file_policy_labels_and_a_second_model(configured_server):
                                            {"sum": [5.0, 6.0], "product": [0.0, 5.0]}]}
     columns = rest.post("/v1/models/arithmetic:predict", json={"inputs": {"x": [[1, 2]]}})
     assert columns.status_code == 400 and "Missing but required: {y}" in columns.json()["error"]
+    # A single-output signature answers plain values instead of {name: value} objects.
+    single = rest.post("/v1/models/arithmetic:predict",
+                       json={"instances": [[1, 2], [3, 4]], "signature_name": "total"})
+    assert single.json() == {"predictions": [3.0, 7.0]}
 
 
 def test_config_changes_by_reload_request_then_by_the_polled_file(configured_server):

@@ -57,13 +57,6 @@ def test_rest_and_grpc_give_the_same_predictions(rest, shared_model_server):
         np.testing.assert_allclose(columns.json()["outputs"][name], value, rtol=1e-5, atol=1e-6)
 
 
-def test_a_single_output_signature_answers_plain_lists(rest):
-    response = rest.post(f"{MODEL_URL}:predict",
-                         json={"instances": xray_batch(1).tolist(), "signature_name": "gradcam"})
-    heatmaps = np.asarray(response.json()["predictions"])
-    assert heatmaps.shape == (1, 224, 224)
-
-
 @pytest.mark.parametrize("method, path, body, status, words", [
     ("GET", "/v1/models/nope", None, 404, "Could not find any versions"),
     ("GET", f"{MODEL_URL}/versions/9", None, 404, "Could not find version 9"),

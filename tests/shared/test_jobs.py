@@ -1,6 +1,8 @@
 """JobStore on a real redis-server: records, state changes, recovery after Redis loses it all."""
 
+import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -240,3 +242,51 @@ def test_create_leaves_nothing_behind_when_storage_fails(redis_client, tmp_path)
     assert not redis_client.exists(redis_key("job-1"))
     working = JobStore(redis_client, LocalStorage(tmp_path / "store"))
     assert working.create(_record()).job_id == "job-1"  # the id can be used again
+
+
+class _RecordingStorage(LocalStorage):
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.finished: list[str] = []
+
+    def put(self, key, data, content_type=None):
+        super().put(key, data, content_type)
+        self.finished.append(key)
+
+
+def test_create_writes_alongside_before_the_record(redis_client, tmp_path):
+    storage = _RecordingStorage(tmp_path / "store")
+    store = JobStore(redis_client, storage)
+    upload = threading.Event()
+
+    def write_upload():
+        time.sleep(0.2)  # slower than the marker: the record must still wait for it
+        storage.put("uploads/job-1", b"pixels")
+        upload.set()
+
+    store.create(_record(), alongside=write_upload)
+    assert upload.is_set()
+    assert storage.finished[-1] == storage_key("job-1")
+    assert set(storage.finished[:-1]) == {"uploads/job-1", open_marker_key("job-1")}
+
+
+def test_a_failed_alongside_write_leaves_no_record(store, redis_client, storage):
+    def fail():
+        raise StorageError("The disk is full.")
+
+    with pytest.raises(StorageError, match="disk is full"):
+        store.create(_record(), alongside=fail)
+    assert not redis_client.exists(redis_key("job-1"))
+    assert not storage.exists(storage_key("job-1"))
+    assert store.create(_record()).job_id == "job-1"  # the id can be used again
+
+
+def test_mark_running_keeps_the_durable_copy_in_step_without_fsync(store, storage, monkeypatch):
+    store.create(_record())
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    store.mark_running("job-1")
+    assert synced == []
+    assert JobRecord.model_validate_json(storage.get(storage_key("job-1"))).status is (
+        JobStatus.RUNNING)

@@ -176,3 +176,14 @@ def test_get_storage_follows_the_settings(tmp_path, s3_server):
 def test_s3_backend_without_a_bucket_is_refused():
     with pytest.raises(ValueError, match="CXR_S3_BUCKET"):
         get_storage(SharedSettings(storage_backend="s3", s3_bucket=""))
+
+
+def test_put_unsynced_lands_whole_and_local_skips_only_the_fsync(storage, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    storage.put_unsynced("jobs/a.json", b'{"status": "running"}', content_type="application/json")
+    assert storage.get("jobs/a.json") == b'{"status": "running"}'
+    assert synced == []
+    storage.put("jobs/b.json", b"{}")
+    assert len(synced) == (1 if isinstance(storage, LocalStorage) else 0)

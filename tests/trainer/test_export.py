@@ -48,6 +48,13 @@ def test_matches_keras_with_temperature_and_ensemble(tmp_path, images):
         image=tf.constant(images)
     )
     np.testing.assert_allclose(got["class_probabilities"].numpy(), expected, atol=1e-5)
+    # The Grad-CAM signature answers the same prediction from its own forward pass.
+    explained = tf.saved_model.load(str(version_dir)).signatures["gradcam"](
+        image=tf.constant(images)
+    )
+    for key in ("pneumonia_probability", "class_probabilities", "threshold"):
+        np.testing.assert_allclose(explained[key].numpy(), got[key].numpy(), atol=1e-6)
+    assert explained["heatmap"].shape == (3, 224, 224)
     info = json.loads((version_dir / "assets.extra" / "model_info.json").read_text())
     assert info["ensemble_size"] == 2 and info["temperature"] == 2.0
 

@@ -14,12 +14,12 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.api_models import JobAccepted, JobView
+from services.gateway.api_models import JobView
 from services.gateway.deps import ClientDep, ResourcesDep
 from services.gateway.errors import HeatmapNotReadyError, TooManyFilesError
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
-from shared.audit import audited
+from shared.audit import AuditEntry, audited
 from shared.dicom_intake.screening import check_uploaded_dicom
 from shared.errors import ImageError, JobNotFoundError
 from shared.imaging import decode_xray
@@ -44,15 +44,23 @@ async def _owned_job(resources: GatewayResources, job_id: str, client: str) -> J
     return record
 
 
-def _accepted(response: Response, record: JobRecord) -> JobAccepted:
+WAIT_DESCRIPTION = ("Seconds to wait for the job to finish before answering "
+                    "(capped by the server's CXR_MAX_WAIT_SECONDS).")
+
+
+def _view(response: Response, record: JobRecord) -> JobView:
     response.headers["Location"] = f"/v1/predictions/{record.job_id}"
     response.headers.update(NO_STORE)
-    return JobAccepted.from_record(record)
+    if record.status.finished:
+        response.status_code = 200
+    return JobView.from_record(record)
 
 
 @router.post(
-    "", status_code=202, response_model=JobAccepted, summary="Upload an X-ray for prediction",
-    responses=problem_responses(400, 401, 409, 413, 415, 422, 429, 503),
+    "", status_code=202, response_model=JobView, summary="Upload an X-ray for prediction",
+    responses={200: {"model": JobView,
+                     "description": "With `wait`: the job finished in time; its result or failure"},
+               **problem_responses(400, 401, 409, 413, 415, 422, 429, 503)},
 )
 async def create_prediction(
     request: Request,
@@ -63,49 +71,67 @@ async def create_prediction(
     idempotency_key: Annotated[str | None, Header(
         alias="Idempotency-Key",
         description="Repeat a request safely: the same key and bytes give the same job.")] = None,
-) -> JobAccepted:
-    """Validate the image, store it, record the job and queue it; then poll `Location`."""
+    wait: Annotated[float, Query(ge=0, le=3600, description=WAIT_DESCRIPTION)] = 0,
+) -> JobView:
+    """Validate the image, store it, record the job and queue it: 202, then poll `Location`.
+
+    With `wait`, the answer comes once the job has finished (200 with the result, one request
+    instead of two) or when the wait is over (202, the job still running: poll `Location`).
+    """
     with audited(client, "upload") as entry:
         entry.status = 202
-        files = (await request.form()).getlist("file")  # the form FastAPI already parsed
-        if len(files) > 1:  # FastAPI would silently take one of them
-            raise TooManyFilesError(len(files))
-        data = await file.read()
-        digest = hashlib.sha256(data).hexdigest()
-        idem = resources.idempotency
+        record = await _accept_upload(request, resources, client, file, idempotency_key, entry)
+        wait_s = min(wait, resources.settings.max_wait_seconds)
+        if not record.status.finished and wait_s > 0:
+            record = await _wait_until_finished(request, resources, record, wait_s)
+        if record.status.finished:
+            entry.status = 200
+        return _view(response, record)
+
+
+async def _accept_upload(request: Request, resources: GatewayResources, client: str,
+                         file: UploadFile, idempotency_key: str | None,
+                         entry: AuditEntry) -> JobRecord:
+    """The job for this upload: a new one, or the one an earlier request with the key made."""
+    files = (await request.form()).getlist("file")  # the form FastAPI already parsed
+    if len(files) > 1:  # FastAPI would silently take one of them
+        raise TooManyFilesError(len(files))
+    data = await file.read()
+    digest = hashlib.sha256(data).hexdigest()
+    idem = resources.idempotency
+    if idempotency_key is not None:
+        idem.validate(idempotency_key)
+        replayed = await idem.existing(client, idempotency_key, digest)
+        if replayed is not None:
+            entry.job_id = replayed
+            entry.extra["replay"] = True
+            # the first request with this key may still be creating the job's record
+            return await _wait_for_record(resources, replayed, client)
+    try:
+        decoded = await run_in_threadpool(decode_xray, data, resources.limits)
+        check_uploaded_dicom(decoded.metadata)
+    except ImageError as exc:
+        resources.metrics.uploads_refused.labels(exc.code).inc()
+        raise
+    job_id = new_job_id()
+    if idempotency_key is not None:
+        claim = await idem.claim(client, idempotency_key, digest, job_id)
+        if not claim.is_new:  # a concurrent request with the same key won the race
+            entry.job_id = claim.job_id
+            return await _wait_for_record(resources, claim.job_id, client)
+    entry.job_id = job_id
+    try:
+        record = await run_in_threadpool(
+            lambda: submit_job(resources.storage, resources.jobs, resources.queue,
+                               job_id=job_id, client=client, data=data,
+                               filename=file.filename, decoded=decoded))
+    except Exception:
         if idempotency_key is not None:
-            idem.validate(idempotency_key)
-            replayed = await idem.existing(client, idempotency_key, digest)
-            if replayed is not None:
-                entry.job_id = replayed
-                entry.extra["replay"] = True
-                # the first request with this key may still be creating the job's record
-                return _accepted(response, await _wait_for_record(resources, replayed, client))
-        try:
-            decoded = await run_in_threadpool(decode_xray, data, resources.limits)
-            check_uploaded_dicom(decoded.metadata)
-        except ImageError as exc:
-            resources.metrics.uploads_refused.labels(exc.code).inc()
-            raise
-        job_id = new_job_id()
-        if idempotency_key is not None:
-            claim = await idem.claim(client, idempotency_key, digest, job_id)
-            if not claim.is_new:  # a concurrent request with the same key won the race
-                entry.job_id = claim.job_id
-                return _accepted(response, await _wait_for_record(resources, claim.job_id, client))
-        entry.job_id = job_id
-        try:
-            record = await run_in_threadpool(
-                lambda: submit_job(resources.storage, resources.jobs, resources.queue,
-                                   job_id=job_id, client=client, data=data,
-                                   filename=file.filename, decoded=decoded))
-        except Exception:
-            if idempotency_key is not None:
-                await idem.release(client, idempotency_key)
-            raise
-        resources.metrics.jobs_created.inc()
-        resources.metrics.upload_bytes.observe(len(data))
-        return _accepted(response, record)
+            await idem.release(client, idempotency_key)
+        raise
+    resources.metrics.jobs_created.inc()
+    resources.metrics.upload_bytes.observe(len(data))
+    return record
 
 
 async def _wait_for_record(resources: GatewayResources, job_id: str, client: str,
@@ -131,10 +157,7 @@ async def get_prediction(
     resources: ResourcesDep,
     client: ClientDep,
     job_id: JobIdPath,
-    wait: Annotated[float, Query(
-        ge=0, le=3600,
-        description="Seconds to wait for the job to finish before answering "
-                    "(capped by the server's CXR_MAX_WAIT_SECONDS).")] = 0,
+    wait: Annotated[float, Query(ge=0, le=3600, description=WAIT_DESCRIPTION)] = 0,
 ) -> JobView:
     """The job's state; with `wait`, answers as soon as it finishes or when the wait is over."""
     with audited(client, "read_result", job_id):

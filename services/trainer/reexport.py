@@ -1,0 +1,107 @@
+"""Write a served model version again with the current export code, from its own weights.
+
+When the serving contract gains something (the `gradcam` signature also answering the prediction,
+so the worker needs one call a job), a version exported before can be brought up to date without
+training: the networks are rebuilt with `build_cnn`, given the SavedModel's variables, exported
+with `export_for_serving` at the version's own threshold and temperature, and the new folder is
+checked against the old one on the same images before it is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from services.trainer.export import (
+    GRADCAM_SIGNATURE,
+    INPUT_NAME,
+    MODEL_INFO_FILE,
+    SERVING_SIGNATURE,
+    export_for_serving,
+)
+from services.trainer.model import build_cnn
+
+# Fields `export_for_serving` writes itself; the rest of model_info.json is carried over.
+_EXPORT_FIELDS = {"model_name", "version", "threshold", "temperature", "image_size",
+                  "class_names", "ensemble_size"}
+# The largest difference in any output allowed between the old and the new folder.
+PARITY_TOLERANCE = 1e-5
+
+
+def _plain(name: str) -> str:
+    """A variable's path without TF's `:0` and Keras's per-instance `_N` name suffixes."""
+    return re.sub(r"_\d+(?=/|$)", "", name.split(":")[0])
+
+
+def read_model_info(model_dir: Path) -> dict:
+    path = model_dir / "assets.extra" / MODEL_INFO_FILE
+    if not path.is_file():
+        raise ValueError(f"{model_dir} has no assets.extra/{MODEL_INFO_FILE}: not our export")
+    return json.loads(path.read_text())
+
+
+def rebuild_members(model_dir: Path, info: dict) -> list[keras.Model]:
+    """The Keras networks inside an exported version, with its weights."""
+    loaded = tf.saved_model.load(str(model_dir))
+    # Every network is tracked twice (itself and its Grad-CAM view); keep each variable once,
+    # in the order the export tracked them: member by member.
+    variables = list({id(v): v for v in loaded.variables}.values())
+    width = int(variables[0].shape[-1])  # the stem convolution's filters
+    size = int(info["image_size"])
+    count = int(info.get("ensemble_size", 1))
+    # A network trained with dropout also carries its dropout seed's state variable.
+    candidates = {rate: len(build_cnn(image_size=size, width=width, dropout=rate).variables)
+                  for rate in (0.3, 0.0)}
+    fitting = [rate for rate, per in candidates.items() if per * count == len(variables)]
+    if not fitting:
+        raise ValueError(f"{model_dir} holds {len(variables)} variables; {count} network(s) of "
+                         f"this architecture would hold one of "
+                         f"{sorted(per * count for per in candidates.values())}")
+    dropout, per_model = fitting[0], candidates[fitting[0]]
+    members = []
+    for index in range(count):
+        model = build_cnn(image_size=size, width=width, dropout=dropout)
+        for target, source in zip(model.variables,
+                                  variables[index * per_model:(index + 1) * per_model],
+                                  strict=True):
+            if _plain(source.name) != _plain(target.path) or source.shape != target.shape:
+                raise ValueError(f"variable {source.name} {source.shape} does not fit "
+                                 f"{target.path} {target.shape}")
+            target.assign(source.numpy())
+        members.append(model)
+    return members
+
+
+def max_output_difference(old_dir: Path, new_dir: Path, images: np.ndarray) -> float:
+    """The largest absolute difference of any output both folders' signatures share."""
+    old, new = tf.saved_model.load(str(old_dir)), tf.saved_model.load(str(new_dir))
+    worst = 0.0
+    for name in (SERVING_SIGNATURE, GRADCAM_SIGNATURE):
+        before = old.signatures[name](**{INPUT_NAME: tf.constant(images)})
+        after = new.signatures[name](**{INPUT_NAME: tf.constant(images)})
+        for key in before:
+            worst = max(worst, float(np.max(np.abs(before[key].numpy() - after[key].numpy()))))
+    return worst
+
+
+def reexport(model_dir: Path, base_path: Path, version: int,
+             images: np.ndarray) -> tuple[Path, float]:
+    """Export `model_dir` again as `<base_path>/<name>/<version>/`; its outputs must match."""
+    info = read_model_info(model_dir)
+    members = rebuild_members(model_dir, info)
+    extra = {key: value for key, value in info.items() if key not in _EXPORT_FIELDS}
+    extra["reexported_from_version"] = int(info["version"])
+    target = export_for_serving(
+        members, base_path=base_path, version=version, threshold=float(info["threshold"]),
+        temperature=float(info["temperature"]), model_name=info["model_name"], extra_info=extra,
+    )
+    difference = max_output_difference(model_dir, target, images)
+    if difference > PARITY_TOLERANCE:
+        raise ValueError(f"the re-export answers differently (max difference {difference:.2e}); "
+                         f"left in {target} for inspection")
+    return target, difference

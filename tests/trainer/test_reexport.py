@@ -1,0 +1,41 @@
+"""`reexport` rebuilds an exported version's networks from its variables and answers alike."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from services.trainer.export import export_for_serving
+from services.trainer.model import build_cnn
+from services.trainer.reexport import max_output_difference, reexport
+
+
+def test_an_ensemble_is_rebuilt_weight_for_weight(tmp_path):
+    models = [build_cnn(width=4, seed=1), build_cnn(width=4, seed=2)]
+    old = export_for_serving(models, base_path=tmp_path / "old", version=3, threshold=0.4,
+                             temperature=1.5, extra_info={"trained_on": "fixture"})
+    images = np.random.RandomState(1).randint(0, 256, (2, 224, 224, 1)).astype(np.uint8)
+    new, difference = reexport(old, tmp_path / "new", 4, images)
+    assert new == tmp_path / "new" / "cxr-pneumonia" / "4"
+    assert difference <= 1e-5
+    info = json.loads((new / "assets.extra" / "model_info.json").read_text())
+    assert (info["version"], info["threshold"], info["temperature"]) == (4, 0.4, 1.5)
+    assert (info["ensemble_size"], info["trained_on"], info["reexported_from_version"]) == (
+        2, "fixture", 3)
+    outputs = tf.saved_model.load(str(new)).signatures["gradcam"](image=tf.constant(images))
+    assert {"heatmap", "pneumonia_probability", "class_probabilities", "threshold"} <= set(outputs)
+
+
+def test_a_different_network_is_noticed(tmp_path):
+    images = np.random.RandomState(2).randint(0, 256, (2, 224, 224, 1)).astype(np.uint8)
+    one = export_for_serving(build_cnn(width=4, seed=1), base_path=tmp_path / "a", version=1,
+                             threshold=0.5)
+    other = export_for_serving(build_cnn(width=4, seed=2), base_path=tmp_path / "b", version=1,
+                               threshold=0.5)
+    assert max_output_difference(one, other, images) > 1e-3
+    info_path = one / "assets.extra" / "model_info.json"
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "ensemble_size": 2}))
+    with pytest.raises(ValueError, match="variables"):
+        reexport(one, tmp_path / "c", 1, images)
