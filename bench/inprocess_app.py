@@ -31,7 +31,7 @@ def create_app(model_dir: Path, image_size: int = 224) -> FastAPI:
     model = tf.saved_model.load(str(model_dir))
     classify = model.signatures["serving_default"]
     gradcam = model.signatures["gradcam"]
-    one_call = {"pneumonia_probability", "threshold"} <= set(gradcam.structured_outputs)
+    one_call = set(classify.structured_outputs) <= set(gradcam.structured_outputs)
     app = FastAPI(title="in-process baseline")
 
     def predict_bytes(data: bytes, heatmap: bool) -> dict:

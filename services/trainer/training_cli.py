@@ -1,9 +1,10 @@
-"""Subcommands `train` and `evaluate` of the trainer CLI.
+"""Subcommands `train`, `evaluate` and `reexport` of the trainer CLI.
 
 `train` runs the recipe (`recipe.run_training`), prints the validation metrics next to the HOG
 baseline's, writes `outcome.json` and figures to `--out`, and exports for serving when
 `--export-base` is given. `evaluate` scores an exported version folder on a Kaggle-layout folder at
-the model's own threshold and writes the metrics JSON (and figures with `--out`).
+the model's own threshold and writes the metrics JSON (and figures with `--out`). `reexport`
+writes an exported version again with the current export code (`reexport.py`).
 """
 
 from __future__ import annotations
@@ -88,10 +89,16 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_evaluate)
 
 
+def _not_an_export(model: Path) -> bool:
+    """True (after saying so on stderr) when `model` is not an exported version folder."""
+    if (model / "saved_model.pb").is_file():
+        return False
+    print(f"error: {model} is not an exported model version (no saved_model.pb)", file=sys.stderr)
+    return True
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    if not (args.model / "saved_model.pb").is_file():
-        print(f"error: {args.model} is not an exported model version (no saved_model.pb)",
-              file=sys.stderr)
+    if _not_an_export(args.model):
         return 2
     from services.trainer.evaluation import evaluate_saved_model
 
@@ -111,29 +118,19 @@ def add_reexport(subparsers: argparse._SubParsersAction) -> None:
                         help="serving base folder: writes <base>/<model name>/<version>/")
     parser.add_argument("--version", type=int, required=True, help="version number to write")
     parser.add_argument("--images", type=Path, default=Path("data/sample"),
-                        help="X-rays (searched recursively) both folders must answer alike")
+                        help="Kaggle-layout X-rays both folders must answer alike")
     parser.set_defaults(handler=run_reexport)
 
 
 def run_reexport(args: argparse.Namespace) -> int:
-    if not (args.model / "saved_model.pb").is_file():
-        print(f"error: {args.model} is not an exported model version (no saved_model.pb)",
-              file=sys.stderr)
+    if _not_an_export(args.model):
         return 2
-    import numpy as np
-
+    from services.trainer.dataset import load_images, scan_dataset
     from services.trainer.reexport import read_model_info, reexport
-    from shared.imaging import decode_xray, to_model_input
 
     size = int(read_model_info(args.model)["image_size"])
-    files = sorted(path for path in args.images.rglob("*")
-                   if path.suffix.lower() in {".jpeg", ".jpg", ".png", ".dcm"})
-    images = [to_model_input(decode_xray(path.read_bytes()).pixels, size) for path in files]
-    if not images:
-        print(f"error: no images under {args.images} to compare the two exports on",
-              file=sys.stderr)
-        return 2
-    target, difference = reexport(args.model, args.export_base, args.version, np.stack(images))
+    images = load_images(scan_dataset(args.images, find_duplicates=False), size=size)
+    target, difference = reexport(args.model, args.export_base, args.version, images)
     print(f"wrote {target}; outputs match the original on {len(images)} images "
           f"(largest difference {difference:.2e})")
     return 0

@@ -177,10 +177,6 @@ class ServingClient:
         """`serving_default` on the version the server picks."""
         return self._run(self.predict_signature, batch, version=None)
 
-    def heatmap(self, batch: np.ndarray, version: int | None = None) -> ServingAnswer:
-        """`gradcam`; pass the version that answered `predict` so both come from one model."""
-        return self._run(self.heatmap_signature, batch, version=version)
-
     def predict_with_heatmap(self, batch: np.ndarray) -> ServingAnswer:
         """The prediction and its Grad-CAM from one version, in one call where the model allows.
 

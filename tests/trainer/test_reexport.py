@@ -39,3 +39,16 @@ def test_a_different_network_is_noticed(tmp_path):
     info_path.write_text(json.dumps({**info, "ensemble_size": 2}))
     with pytest.raises(ValueError, match="variables"):
         reexport(one, tmp_path / "c", 1, images)
+
+
+def test_the_cli_checks_the_copy_on_the_sample_xrays(tmp_path, capsys):
+    from services.trainer.cli import main
+
+    old = export_for_serving(build_cnn(width=4, seed=3), base_path=tmp_path / "old", version=1,
+                             threshold=0.5)
+    assert main(["reexport", "--model", str(old), "--export-base", str(tmp_path / "new"),
+                 "--version", "2"]) == 0
+    assert "outputs match the original on 40 images" in capsys.readouterr().out
+    assert (tmp_path / "new" / "cxr-pneumonia" / "2" / "saved_model.pb").is_file()
+    assert main(["reexport", "--model", str(tmp_path), "--export-base", str(tmp_path / "x"),
+                 "--version", "1"]) == 2
