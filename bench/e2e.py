@@ -17,6 +17,11 @@ then train; data/sample when it is missing):
   decodes and calls the SavedModel in-process (prediction + Grad-CAM + heatmap PNG, the same work;
   Predict alone as well for 1 client), measured like the pipeline.
 
+- the CPU one image costs: a 4-client pipeline run with the CPU time of each service's process
+  tree (the worker's pool included) and of the bench's own client counted from /proc, against
+  the same model work called directly over gRPC by 4 callers; with the cores' count this bounds
+  the throughput any tuning of the pipeline's waits could reach.
+
 Prints a Markdown table and the overheads; writes JSON (`--json`). `--profile DIR` adds a
 4-client pipeline run under py-spy (gateway, worker and its pool, model server) and writes
 their collapsed stacks and hottest functions. The default run takes about 4 minutes on 2 idle cores:
@@ -488,6 +493,74 @@ def profile_pipeline(stack: Stack, target: HttpTarget, images: list[Image], requ
     return report
 
 
+# ---------------------------------------------------------------- CPU per image
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds used so far) for every process now running."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # exited while listed
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        utime, stime = int(fields[11]), int(fields[12])
+        table[int(stat.parent.name)] = (int(fields[1]), (utime + stime) / _TICKS)
+    return table
+
+
+def tree_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each named process and all its descendants (the worker's pool too)."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    totals = {}
+    for name, root in pids.items():
+        seconds, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            seconds += table.get(pid, (0, 0.0))[1]
+            todo.extend(children.get(pid, []))
+        totals[name] = seconds
+    return totals
+
+
+@contextmanager
+def cpu_counted(pids: dict[str, int], images: int, out: dict) -> Iterator[None]:
+    """Fills `out` with CPU ms per image of each process tree and of this (client) process."""
+    before, client_before, start = tree_cpu_seconds(pids), time.process_time(), time.perf_counter()
+    yield
+    wall = time.perf_counter() - start
+    after, client = tree_cpu_seconds(pids), time.process_time() - client_before
+    used = {name: after[name] - before[name] for name in pids}
+    used["bench client"] = client
+    out["cpu_ms_per_image"] = {name: 1000 * seconds / images for name, seconds in used.items()}
+    out["cpu_ms_per_image_total"] = 1000 * sum(used.values()) / images
+    out["cores_busy"] = sum(used.values()) / wall
+    out["images"] = images
+
+
+def cpu_per_image(stack: Stack, target: HttpTarget, images: list[Image], batches: list[np.ndarray],
+                  clients: int, requests: int) -> dict[str, dict]:
+    """Where the CPU of one image goes: the pipeline at `clients` clients, each service's process
+    tree, against the same model work called directly over gRPC by as many callers."""
+    from services.worker.serving_client import ServingClient  # noqa: F401 - imports TensorFlow
+    # here, not in the count below
+
+    names = ("gateway", "worker", "model-server", "redis", "reconciler")
+    pipeline: dict = {}
+    with cpu_counted({name: stack.pid(name) for name in names}, requests + clients, pipeline):
+        http_levels(target, images, [(clients, requests)], "pipeline (CPU counted)")
+    direct: dict = {}
+    with cpu_counted({"model-server": stack.pid("model-server")}, requests + clients, direct):
+        _grpc_level(stack.grpc_target, batches, clients, requests, "predict_with_heatmap")
+    return {"pipeline": pipeline, "grpc_predict_gradcam": direct}
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -514,6 +587,8 @@ def measure(args: argparse.Namespace) -> dict:
                                       send_to_pipeline_two_requests)
             result["pipeline_two_requests"], _ = http_levels(
                 two_requests, images, [(1, args.requests)], "pipeline, 2 requests")
+            result["cpu_per_image"] = cpu_per_image(stack, pipeline, images, batches, 4,
+                                                    max(args.per_client * 4, args.requests))
             result["model_latency"] = grpc_model_latency(stack.grpc_target, batches,
                                                          args.requests)
             result["grpc_predict"] = grpc_predict_levels(stack.grpc_target, batches, levels)
@@ -611,6 +686,10 @@ def report(result: dict) -> str:
     for clients, r in result["pipeline"].items():
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["worker_stage_p50_ms"].items())
         lines.append(f"Worker stages with {clients} client(s), p50 ms: {stages}")
+    for system, cpu in result.get("cpu_per_image", {}).items():
+        parts = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu["cpu_ms_per_image"].items())
+        lines.append(f"CPU ms per image, {system} (4 clients): {parts}; total "
+                     f"{cpu['cpu_ms_per_image_total']:.1f} ms, {cpu['cores_busy']:.2f} cores busy")
     for name, t in cmp_["targets"].items():
         lines.append(f"Target {name}: {t['value']:.2f} (target {t['target']}) "
                      f"{'met' if t['met'] else 'NOT met'}")

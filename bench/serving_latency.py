@@ -2,7 +2,12 @@
 `python -m services.model_server` with the worker's own `ServingClient`.
 
 Reports Predict latency p50/p99 at batch 1 and throughput at batch 8 and 32, both ways, and the
-ratios. Usage: `python -m bench.serving_latency [--model-dir DIR] [--requests N] [--json OUT]`.
+ratios. The two ways are timed call by call in turn (in-process, then gRPC, then in-process...),
+so a machine that speeds up or slows down during the run moves both alike. Beside them, the floor
+of the hop on this machine: a `GetModelStatus` round trip (no tensors), and `Predict` on a
+SavedModel that only averages its input (the same [1, 224, 224, 1] image over the wire, next to
+no model work). Usage: `python -m bench.serving_latency [--model-dir DIR] [--requests N]
+[--json OUT]`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_NAME = "cxr-pneumonia"
+FLOOR_MODEL = "mean"
 
 
 def latest_bundled_model() -> Path:
@@ -41,15 +47,19 @@ def sample_batch(size: int) -> np.ndarray:
     return np.stack([images[i % len(images)] for i in range(size)])
 
 
-def time_calls(call: Callable[[], object], count: int, warmup: int = 10) -> np.ndarray:
-    for _ in range(warmup):
-        call()
-    seconds = []
+def time_in_turn(calls: dict[str, Callable[[], object]], count: int,
+                 warmup: int = 10) -> dict[str, np.ndarray]:
+    """Seconds of each call, `count` rounds that run every call once in turn."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(count):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return np.array(seconds)
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: np.array(values) for name, values in seconds.items()}
 
 
 def summarise(seconds: np.ndarray, batch: int) -> dict[str, float]:
@@ -68,7 +78,50 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_model_server(base: Path, grpc_port: int, log_path: Path) -> subprocess.Popen:
+def write_mean_model(path: Path) -> None:
+    """A SavedModel with the bundled model's input and next to no work: the hop's floor."""
+    import tensorflow as tf
+
+    class Mean(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 1], tf.uint8, name="image")])
+        def serve(self, image):
+            pixels = tf.cast(image, tf.float32)
+            return {"pneumonia_probability": tf.reduce_mean(pixels, axis=[1, 2, 3]) / 255.0}
+
+    module = Mean()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def in_process_handler(version_dir: Path, batch: np.ndarray):
+    """The model server's own `Predict` handler over `version_dir`, and a request for `batch`:
+    what the server does for a call, without the transport."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from services.model_server.grpc_api import PredictionServicer
+    from services.model_server.servable import LoadedVersion
+    from shared.tensors import to_tensor_proto
+
+    version = LoadedVersion(FLOOR_MODEL, 1, version_dir)
+
+    class OneVersion:
+        def resolve(self, _spec):
+            return version
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = FLOOR_MODEL
+    request.inputs["image"].CopyFrom(to_tensor_proto(batch))
+    return PredictionServicer(OneVersion()), request
+
+
+def write_model_config(path: Path, models: dict[str, Path]) -> None:
+    entries = "".join(
+        f'  config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" }}\n'
+        for name, base in models.items()
+    )
+    path.write_text(f"model_config_list {{\n{entries}}}\n")
+
+
+def start_model_server(config: Path, grpc_port: int, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     argv = [
         sys.executable,
@@ -78,10 +131,8 @@ def start_model_server(base: Path, grpc_port: int, log_path: Path) -> subprocess
         str(grpc_port),
         "--rest_api_port",
         "0",
-        "--model_name",
-        MODEL_NAME,
-        "--model_base_path",
-        str(base / MODEL_NAME),
+        "--model_config_file",
+        str(config),
         "--file_system_poll_wait_seconds",
         "0",
     ]
@@ -90,42 +141,69 @@ def start_model_server(base: Path, grpc_port: int, log_path: Path) -> subprocess
     )
 
 
+def wait_until_serving(client, server: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            client.metadata()
+            return
+        except Exception:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(log_path.read_text()[-3000:]) from None
+            time.sleep(0.5)
+
+
 def measure(model_dir: Path, requests: int) -> dict:
+    import grpc
     import tensorflow as tf
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
     from services.worker.serving_client import ServingClient
 
     batches = {size: sample_batch(size) for size in (1, 8, 32)}
     calls = {1: requests, 8: max(20, requests // 8), 32: max(10, requests // 32)}
     signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
-    in_process = {}
-    for size, batch in batches.items():
-        tensor = tf.constant(batch)
-        in_process[size] = summarise(
-            time_calls(lambda t=tensor: signature(image=t), calls[size]), size
-        )
 
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
         shutil.copytree(model_dir, base / MODEL_NAME / "1")
+        write_mean_model(base / FLOOR_MODEL / "1")
+        config = base / "models.config"
+        write_model_config(config, {name: base / name for name in (MODEL_NAME, FLOOR_MODEL)})
         port = free_port()
-        server = start_model_server(base, port, base / "model-server.log")
+        log_path = base / "model-server.log"
+        server = start_model_server(config, port, log_path)
         try:
             client = ServingClient(f"127.0.0.1:{port}", MODEL_NAME, timeout_s=30)
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    client.metadata()
-                    break
-                except Exception:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise SystemExit((base / "model-server.log").read_text()[-3000:]) from None
-                    time.sleep(0.5)
-            over_grpc = {
-                size: summarise(time_calls(lambda b=batch: client.predict(b), calls[size]), size)
-                for size, batch in batches.items()
-            }
+            floor_client = ServingClient(f"127.0.0.1:{port}", FLOOR_MODEL, timeout_s=30)
+            wait_until_serving(client, server, log_path)
+            wait_until_serving(floor_client, server, log_path)
+            in_process, over_grpc = {}, {}
+            for size, batch in batches.items():
+                tensor = tf.constant(batch)
+                seconds = time_in_turn({
+                    "in_process": lambda t=tensor: signature(image=t),
+                    "grpc": lambda b=batch: client.predict(b),
+                }, calls[size])
+                in_process[size] = summarise(seconds["in_process"], size)
+                over_grpc[size] = summarise(seconds["grpc"], size)
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus
+            status_request = get_model_status_pb2.GetModelStatusRequest()
+            status_request.model_spec.name = MODEL_NAME
+            mean_signature = tf.saved_model.load(str(base / FLOOR_MODEL / "1")).signatures[
+                "serving_default"]
+            one_image = tf.constant(batches[1])
+            handler, handler_request = in_process_handler(base / FLOOR_MODEL / "1", batches[1])
+            floor = time_in_turn({
+                "status": lambda: status(status_request, timeout=30),
+                "mean_in_process": lambda: mean_signature(image=one_image),
+                "mean_handler": lambda: handler.Predict(handler_request, None),
+                "mean_grpc": lambda: floor_client.predict(batches[1]),
+            }, requests)
+            channel.close()
             client.close()
+            floor_client.close()
         finally:
             server.terminate()
             server.wait(60)
@@ -137,6 +215,13 @@ def measure(model_dir: Path, requests: int) -> dict:
         "cpu_count": os.cpu_count(),
         "in_process": {str(k): v for k, v in in_process.items()},
         "grpc": {str(k): v for k, v in over_grpc.items()},
+        "floor": {
+            "get_model_status_p50_ms": float(np.percentile(floor["status"], 50) * 1000),
+            "mean_model_in_process_p50_ms": float(np.percentile(floor["mean_in_process"], 50)
+                                                  * 1000),
+            "mean_model_handler_p50_ms": float(np.percentile(floor["mean_handler"], 50) * 1000),
+            "mean_model_grpc_p50_ms": float(np.percentile(floor["mean_grpc"], 50) * 1000),
+        },
         "grpc_hop_p50_ms": over_grpc[1]["p50_ms"] - in_process[1]["p50_ms"],
         "latency_ratio_p50_batch1": over_grpc[1]["p50_ms"] / in_process[1]["p50_ms"],
         "throughput_ratio": {
@@ -154,10 +239,16 @@ def report(result: dict) -> str:
                 f"{row['p99_ms']:.2f} | {row['images_per_s']:.1f} |"
             )
     ratios = result["throughput_ratio"]
+    floor = result["floor"]
     lines.append(
         f"\ngRPC hop at batch 1 (p50): {result['grpc_hop_p50_ms']:.2f} ms "
         f"({result['latency_ratio_p50_batch1']:.2f}x in-process); throughput gRPC/in-process: "
         f"batch 8 {ratios['8']:.2f}, batch 32 {ratios['32']:.2f}"
+        f"\nFloor over gRPC (p50): GetModelStatus {floor['get_model_status_p50_ms']:.2f} ms, "
+        f"a mean-only model {floor['mean_model_grpc_p50_ms']:.2f} ms over gRPC against "
+        f"{floor['mean_model_in_process_p50_ms']:.2f} ms in-process and "
+        f"{floor['mean_model_handler_p50_ms']:.2f} ms through the server's Predict handler "
+        "in-process"
     )
     return "\n".join(lines)
 

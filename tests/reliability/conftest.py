@@ -1,4 +1,9 @@
-"""Reliability tests: the fault scenarios report their job counts, printed at the end of the run."""
+"""Reliability tests: the fault scenarios report their job counts, printed at the end of the run
+(by `pytest_terminal_summary` in tests/conftest.py, which the parallel runner's main process loads).
+
+The counts travel as a user property of the test's report, so they reach the summary from the
+process that ran the test whether or not the suite runs in parallel (pytest-xdist).
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,10 @@ from collections.abc import Callable
 
 import pytest
 
-_FAULT_COUNTS: list[dict[str, object]] = []
+from tests.support.reporting import FAULT_COUNTS
 
 
 @pytest.fixture
-def fault_report() -> Callable[[dict[str, object]], None]:
+def fault_report(record_property) -> Callable[[dict[str, object]], None]:
     """Record one scenario's counts (a flat dict) for the summary at the end of the run."""
-    return _FAULT_COUNTS.append
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if not _FAULT_COUNTS:
-        return
-    terminalreporter.section("fault scenarios: job counts")
-    for row in _FAULT_COUNTS:
-        terminalreporter.write_line("  ".join(f"{key}={value}" for key, value in row.items()))
+    return lambda counts: record_property(FAULT_COUNTS, dict(counts))
