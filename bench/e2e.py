@@ -548,8 +548,8 @@ def cpu_per_image(stack: Stack, target: HttpTarget, images: list[Image], batches
                   clients: int, requests: int) -> dict[str, dict]:
     """Where the CPU of one image goes: the pipeline at `clients` clients, each service's process
     tree, against the same model work called directly over gRPC by as many callers."""
-    from services.worker.serving_client import ServingClient  # noqa: F401 - imports TensorFlow
-    # here, not in the count below
+    # Imports TensorFlow now, so that its import is not counted as the client's CPU below.
+    from services.worker.serving_client import ServingClient  # noqa: F401
 
     names = ("gateway", "worker", "model-server", "redis", "reconciler")
     pipeline: dict = {}
