@@ -78,12 +78,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_mean_model(path: Path) -> None:
-    """A SavedModel with the bundled model's input and next to no work: the hop's floor."""
+def write_mean_model(path: Path, image_shape: tuple[int, ...]) -> None:
+    """A SavedModel taking images of `image_shape` (uint8) and doing next to no work with them:
+    the hop's floor."""
     import tensorflow as tf
 
     class Mean(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 1], tf.uint8, name="image")])
+        @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.uint8, name="image")])
         def serve(self, image):
             pixels = tf.cast(image, tf.float32)
             return {"pneumonia_probability": tf.reduce_mean(pixels, axis=[1, 2, 3]) / 255.0}
@@ -114,11 +115,15 @@ def in_process_handler(version_dir: Path, batch: np.ndarray):
 
 
 def write_model_config(path: Path, models: dict[str, Path]) -> None:
-    entries = "".join(
-        f'  config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" }}\n'
-        for name, base in models.items()
-    )
-    path.write_text(f"model_config_list {{\n{entries}}}\n")
+    """A TF Serving model config file serving each named model from its base folder."""
+    from google.protobuf import text_format
+
+    from services.model_server.config import single_model_config
+
+    configs = [single_model_config(name, str(base)) for name, base in models.items()]
+    for other in configs[1:]:
+        configs[0].MergeFrom(other)  # appends its model to the list
+    path.write_text(text_format.MessageToString(configs[0]))
 
 
 def start_model_server(config: Path, grpc_port: int, log_path: Path) -> subprocess.Popen:
@@ -167,7 +172,7 @@ def measure(model_dir: Path, requests: int) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
         shutil.copytree(model_dir, base / MODEL_NAME / "1")
-        write_mean_model(base / FLOOR_MODEL / "1")
+        write_mean_model(base / FLOOR_MODEL / "1", batches[1].shape[1:])
         config = base / "models.config"
         write_model_config(config, {name: base / name for name in (MODEL_NAME, FLOOR_MODEL)})
         port = free_port()
