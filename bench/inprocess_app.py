@@ -20,8 +20,8 @@ import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from services.worker.heatmap import render_overlay
 from shared.errors import ImageError
+from shared.heatmap import render_overlay
 from shared.imaging import decode_xray, to_model_input
 
 HEATMAP_MAX_SIDE = 1024  # the worker's default (CXR_HEATMAP_MAX_SIDE)

@@ -54,6 +54,8 @@ class SharedSettings(BaseSettings):
     max_image_pixels: int = Field(default=100_000_000, gt=0)
     min_image_side: int = Field(default=64, ge=1)
     image_size: int = Field(default=224, ge=8)
+    # Longest side of the heatmap overlay PNG (the X-ray is scaled down to it, never up).
+    heatmap_max_side: int = Field(default=1024, ge=64)
 
     model_name: str = "cxr-pneumonia"
     model_server_grpc: str = "127.0.0.1:8500"

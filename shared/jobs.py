@@ -143,10 +143,12 @@ class JobStore:
         return self._update(job_id, start, sync=False)
 
     def mark_succeeded(self, job_id: str, result: PredictionResult,
-                       heatmap_key: str | None = None) -> JobRecord:
+                       heatmap_key: str | None = None,
+                       attention_key: str | None = None) -> JobRecord:
         """Record the result; a job that already succeeded keeps its first result."""
         return self._finish(job_id, JobStatus.SUCCEEDED,
-                            {"result": result, "heatmap_key": heatmap_key, "failure": None})
+                            {"result": result, "heatmap_key": heatmap_key,
+                             "attention_key": attention_key, "failure": None})
 
     def mark_failed(self, job_id: str, failure: Failure) -> JobRecord:
         """Record why the job failed; a job that already failed keeps its first reason."""

@@ -86,4 +86,6 @@ class JobRecord(BaseModel):
     failure: Failure | None = None
     result: PredictionResult | None = None
     heatmap_key: str | None = None
+    # The Grad-CAM map the overlay at `heatmap_key` is drawn from on first read (shared.heatmap).
+    attention_key: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -15,6 +15,8 @@ import redis
 from services.pacs.report import build_report
 from services.pacs.sender import send_instances
 from services.pacs.settings import PacsSettings
+from shared.heatmap import heatmap_png
+from shared.imaging import DecodeLimits
 from shared.job_queue import REPORT_STATE_KEY as STATE_KEY
 from shared.jobs import JobStore
 from shared.schemas import JobStatus, utc_now
@@ -56,8 +58,9 @@ def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:
     if destination is None:
         record_state(deps, job_id, "skipped", attempt, reason="CXR_PACS_DESTINATION is not set")
         return "skipped"
-    report = build_report(record, deps.storage.get(record.upload_key),
-                          deps.storage.get(record.heatmap_key or ""),
+    heatmap = heatmap_png(deps.storage, record, DecodeLimits.from_settings(deps.settings),
+                          deps.settings.heatmap_max_side)
+    report = build_report(record, deps.storage.get(record.upload_key), heatmap,
                           deps.settings.pacs_manufacturer)
     send_instances([report.structured_report, report.secondary_capture],
                    calling_ae_title=deps.settings.pacs_ae_title, destination=destination,

@@ -2,8 +2,9 @@
 
 One job: read the upload, decode and preprocess it with `shared.imaging` (the only preprocessing),
 ask the model server for the prediction and its Grad-CAM from one model version (one call when the
-model's `gradcam` signature also answers the prediction), write the result JSON and the heatmap
-PNG, and record the outcome on the job.
+model's `gradcam` signature also answers the prediction), write the result JSON and the Grad-CAM
+map (a small grey PNG; the overlay over the X-ray is drawn when someone first reads it, see
+`shared.heatmap`), and record the outcome on the job.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import redis
 
 from services.worker import metrics
 from services.worker.errors import AttemptsExhaustedError, JobBusyError
-from services.worker.heatmap import render_overlay
-from services.worker.keys import heatmap_key, job_lock_key, result_key
+from services.worker.keys import attention_key, heatmap_key, job_lock_key, result_key
 from services.worker.result import HEATMAP, build_result
 from services.worker.serving_client import ServingClient
 from services.worker.settings import WorkerSettings
 from shared.errors import CXRError
+from shared.heatmap import encode_attention
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
 from shared.jobs import JobStore
 from shared.schemas import Failure, JobRecord, PredictionResult, utc_now
@@ -131,7 +132,7 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
                 f"Job {job_id} was started {record.attempts - 1} times without finishing."
             )
         try:
-            result, heatmap_png = predict_record(record, deps)
+            result, attention_png = predict_record(record, deps)
         except CXRError as error:
             if error.transient:
                 raise
@@ -139,8 +140,8 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
             deps.jobs.mark_failed(job_id, Failure(code=error.code, message=error.message))
             return Outcome.FAILED
         # Both files side by side, and both stored before the job says it succeeded.
-        heatmap_written = deps.writer.submit(
-            deps.storage.put, heatmap_key(job_id), heatmap_png, content_type="image/png"
+        attention_written = deps.writer.submit(
+            deps.storage.put, attention_key(job_id), attention_png, content_type="image/png"
         )
         try:
             deps.storage.put(
@@ -148,13 +149,15 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
                 content_type="application/json",
             )
         finally:
-            heatmap_written.result()
-        deps.jobs.mark_succeeded(job_id, result, heatmap_key=heatmap_key(job_id))
+            attention_written.result()
+        # The overlay itself is drawn when first read (shared.heatmap.heatmap_png).
+        deps.jobs.mark_succeeded(job_id, result, heatmap_key=heatmap_key(job_id),
+                                 attention_key=attention_key(job_id))
         return Outcome.SUCCEEDED
 
 
 def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResult, bytes]:
-    """The prediction for one job's upload and its heatmap PNG (no writes)."""
+    """The prediction for one job's upload and its Grad-CAM map as a grey PNG (no writes)."""
     started = record.started_at or utc_now()
     queue_seconds = max(0.0, (started - record.created_at).total_seconds())
     metrics.QUEUE_SECONDS.observe(queue_seconds)
@@ -169,11 +172,10 @@ def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResul
         # The prediction and the heatmap come from one version: the picture explains this answer.
         answer = deps.serving.predict_with_heatmap(batch)
     with timer.stage("heatmap"):
-        heatmap_png = render_overlay(decoded.pixels, answer.outputs[HEATMAP][0],
-                                     settings.heatmap_max_side)
+        attention_png = encode_attention(answer.outputs[HEATMAP][0])
     timings = {"queue": round(queue_seconds * 1000, 3), **timer.timings_ms}
     timings["total"] = round((utc_now() - record.created_at).total_seconds() * 1000, 3)
-    return build_result(answer, 0, timings), heatmap_png
+    return build_result(answer, 0, timings), attention_png
 
 
 def fail_job(job_id: str, failure: Failure, deps: WorkerDeps) -> None:

@@ -33,7 +33,6 @@ class WorkerSettings(SharedSettings):
     worker_concurrency: int | None = Field(default=None, ge=1)
 
     dead_letter_key: str = "cxr:dead-letter"
-    heatmap_max_side: int = Field(default=1024, ge=64)
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     worker_metrics_address: str = "0.0.0.0"
 

@@ -12,7 +12,9 @@ import pytest
 import redis
 from PIL import Image
 
-from services.worker.keys import heatmap_key, result_key
+from services.worker.keys import attention_key, heatmap_key, result_key
+from shared.heatmap import decode_attention, heatmap_png
+from shared.imaging import DecodeLimits
 from shared.jobs import JobStore
 from shared.schemas import JobStatus, PredictionResult
 from shared.storage import LocalStorage
@@ -77,10 +79,17 @@ def test_a_job_succeeds_with_every_field_and_a_png_heatmap(stack):
 
     stored = PredictionResult.model_validate_json(stack.storage.get(result_key(job_id)))
     assert stored == result
+    # The worker stores the Grad-CAM map; the overlay is drawn on its first read.
+    assert record.attention_key == attention_key(job_id)
+    attention = decode_attention(stack.storage.get(attention_key(job_id)))
+    assert attention.shape == (224, 224)
     assert record.heatmap_key == heatmap_key(job_id)
-    heatmap = Image.open(io.BytesIO(stack.storage.get(heatmap_key(job_id))))
+    assert not stack.storage.exists(heatmap_key(job_id))
+    drawn = heatmap_png(stack.storage, record, DecodeLimits())
+    heatmap = Image.open(io.BytesIO(drawn))
     assert heatmap.format == "PNG" and heatmap.mode == "RGB"
     assert heatmap.size == (400, 480)  # the decoded X-ray's own size
+    assert stack.storage.get(heatmap_key(job_id)) == drawn  # kept for the next read
 
 
 def test_a_corrupt_upload_fails_at_once_with_its_reason(stack):

@@ -22,6 +22,7 @@ from services.gateway.resources import GatewayResources
 from shared.audit import AuditEntry, audited
 from shared.dicom_intake.screening import check_uploaded_dicom
 from shared.errors import ImageError, JobNotFoundError
+from shared.heatmap import heatmap_png
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
 from shared.jobs import finished_channel
@@ -225,11 +226,15 @@ async def _close_quietly(notices: PubSub) -> None:
                **problem_responses(401, 404, 422, 429, 503)},
 )
 async def get_heatmap(resources: ResourcesDep, client: ClientDep, job_id: JobIdPath) -> Response:
-    """The heatmap PNG; 404 `heatmap_not_ready` until the job has succeeded."""
+    """The heatmap PNG; 404 `heatmap_not_ready` until the job has succeeded.
+
+    The first read draws it from the upload and the stored Grad-CAM map and keeps it.
+    """
     with audited(client, "read_heatmap", job_id):
         record = await _owned_job(resources, job_id, client)
         if record.status != JobStatus.SUCCEEDED or not record.heatmap_key:
             raise HeatmapNotReadyError()
-        png = await run_in_threadpool(resources.storage.get, record.heatmap_key)
+        png = await run_in_threadpool(heatmap_png, resources.storage, record, resources.limits,
+                                      resources.settings.heatmap_max_side)
         return Response(png, media_type="image/png", headers=NO_STORE)
 
