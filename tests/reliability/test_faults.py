@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.worker.keys import heatmap_key, result_key
+from services.worker.keys import attention_key, result_key
 from services.worker.reconcile import reconcile
 from shared.config import SharedSettings
 from shared.errors import ObjectNotFoundError
@@ -254,10 +254,11 @@ def completed_runs(worker_logs: str) -> Counter[str]:
 
 
 def stored_result_is_the_recorded_one(storage: LocalStorage, record: JobRecord) -> bool:
-    """A succeeded job's result object holds the result its record kept (the first one)."""
+    """A succeeded job's result object holds the result its record kept (the first one), and its
+    Grad-CAM map is stored beside it."""
     try:
         stored = json.loads(storage.get(result_key(record.job_id)))
-        storage.get(heatmap_key(record.job_id))
+        storage.get(attention_key(record.job_id))  # the heatmap's source, kept with the result
     except ObjectNotFoundError:
         return False
     return stored == json.loads(record.result.model_dump_json())
