@@ -37,6 +37,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources.notices.start()  # one pub/sub listener for every waiting request
         yield
         await resources.aclose()
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 import time
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from services.gateway.notices import JobNotices
 
 UNMATCHED_ROUTE = "<unmatched>"
 
@@ -31,6 +35,17 @@ class GatewayMetrics:
                                        registry=self.registry)
         self.jobs_created = Counter("cxr_gateway_jobs_created_total",
                                     "Prediction jobs created and queued.", registry=self.registry)
+        self.waiting = Gauge("cxr_gateway_waiting_requests",
+                             "Requests waiting for a job to finish (?wait=).",
+                             registry=self.registry)
+        self.notices_listening = Gauge(
+            "cxr_gateway_job_notices_listening",
+            "1 while the job notices listener is subscribed; 0 means waits poll the job.",
+            registry=self.registry)
+
+    def watch_notices(self, notices: JobNotices) -> None:
+        self.waiting.set_function(lambda: notices.waiting)
+        self.notices_listening.set_function(lambda: int(notices.listening))
 
 
 def route_template(scope: Scope, templates: list[tuple[re.Pattern[str], str]]) -> str:

@@ -14,6 +14,7 @@ from services.gateway.config import GatewaySettings
 from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.model_info import RegistryClient, ServingClient
+from services.gateway.notices import JobNotices
 from services.gateway.ratelimit import RateLimiter
 from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
@@ -45,6 +46,7 @@ class GatewayResources:
     idempotency: IdempotencyKeys
     metrics: GatewayMetrics
     limits: DecodeLimits
+    notices: JobNotices
     http: httpx.AsyncClient = field(init=False)
     serving: ServingClient = field(init=False)
     registry: RegistryClient = field(init=False)
@@ -61,7 +63,9 @@ class GatewayResources:
             limiter=RateLimiter(async_redis, settings.rate_limit_per_minute),
             idempotency=IdempotencyKeys(async_redis, settings.idempotency_ttl_seconds),
             metrics=GatewayMetrics(), limits=DecodeLimits.from_settings(settings),
+            notices=JobNotices(async_redis),
         )
+        resources.metrics.watch_notices(resources.notices)
         resources.open_http()
         return resources
 
@@ -73,6 +77,7 @@ class GatewayResources:
                                        self.settings.model_name)
 
     async def aclose(self) -> None:
+        await self.notices.stop()
         await self.http.aclose()
         await self.redis.aclose()
         self.queue.close()

@@ -1,5 +1,6 @@
-"""`GET /v1/predictions/{id}?wait=` answers from the job's "finished" notice (Redis pub/sub), and
-still from its fallback re-reads when a job finishes without a notice.
+"""`GET /v1/predictions/{id}?wait=` answers from the job's "finished" notice (Redis pub/sub, one
+pattern subscription per gateway process), and still from its fallback re-reads when a job
+finishes without a notice or while the listener is lost.
 
 A gateway whose fallback re-read is far longer than the wait can only answer "finished" before
 the wait ends through the notice; one with a short re-read interval must also see a record that a
@@ -8,6 +9,7 @@ writer changed without publishing anything.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 
@@ -46,13 +48,20 @@ def _wait_in_background(gateway: GatewayProcess, job_id: str) -> tuple[threading
     return thread, answer
 
 
-def _finish_while_waited_on(gateway: GatewayProcess, client: redis.Redis, job_id: str,
+def _gauge(gateway: GatewayProcess, name: str) -> float:
+    with gateway.client() as http:
+        text = http.get("/metrics").text
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in the gateway's metrics"
+    return float(match[1])
+
+
+def _finish_while_waited_on(gateway: GatewayProcess, job_id: str,
                             finish: Callable[[], None]) -> dict:
-    """Start a waiting request, let it subscribe, finish the job, and return the answer."""
+    """Start a waiting request, let it register its job, finish the job, and return the answer."""
     thread, answer = _wait_in_background(gateway, job_id)
-    channel = finished_channel(job_id)
-    wait_until(lambda: client.pubsub_numsub(channel)[0][1] >= 1, 15,
-               "the waiting request's subscription")
+    wait_until(lambda: _gauge(gateway, "cxr_gateway_waiting_requests") >= 1, 15,
+               "the waiting request's registration")
     finish()
     thread.join(WAIT_S + 40)
     assert not thread.is_alive(), "the waiting request never answered"
@@ -68,14 +77,55 @@ def test_a_waiting_request_answers_from_the_finished_notice(gateway_factory, red
     job_id = _queued_job(gateway)
     failure = Failure(code="test_failure", message="stopped by the test")
 
-    view = _finish_while_waited_on(gateway, client, job_id,
-                                   lambda: store.mark_failed(job_id, failure))
+    # One pattern subscription for the whole process, none per job.
+    wait_until(lambda: _gauge(gateway, "cxr_gateway_job_notices_listening") == 1, 15,
+               "the gateway's notices listener")
+    assert client.pubsub_numpat() >= 1
+
+    view = _finish_while_waited_on(gateway, job_id, lambda: store.mark_failed(job_id, failure))
 
     assert view["status"] == "failed", view
     assert view["failure"] == {"code": "test_failure", "message": "stopped by the test"}
-    # unsubscribed afterwards (the answer may leave before the gateway's unsubscribe lands)
-    wait_until(lambda: client.pubsub_numsub(finished_channel(job_id))[0][1] == 0, 10,
-               "the gateway unsubscribed after answering")
+    assert client.pubsub_numsub(finished_channel(job_id))[0][1] == 0
+    wait_until(lambda: _gauge(gateway, "cxr_gateway_waiting_requests") == 0, 10,
+               "the request no longer waiting after its answer")
+
+
+def test_many_waiting_requests_share_one_pubsub_connection(gateway_factory, redis_url):
+    gateway = gateway_factory(env={"CXR_WAIT_POLL_SECONDS": "60"})
+    client = redis.Redis.from_url(redis_url)
+    store = JobStore(client, LocalStorage(gateway.storage_root))
+    wait_until(lambda: _gauge(gateway, "cxr_gateway_job_notices_listening") == 1, 15,
+               "the gateway's notices listener")
+    job_ids = [_queued_job(gateway) for _ in range(10)]
+    waits = [_wait_in_background(gateway, job_id) for job_id in job_ids]
+    wait_until(lambda: _gauge(gateway, "cxr_gateway_waiting_requests") == len(job_ids), 15,
+               "every request waiting")
+    # One pub/sub connection for the gateway process, not one per waiting request.
+    assert len(client.client_list(_type="pubsub")) == 1
+    for job_id in job_ids:
+        store.mark_failed(job_id, Failure(code="test_failure", message=job_id))
+    for (thread, answer), job_id in zip(waits, job_ids, strict=True):
+        thread.join(WAIT_S + 40)
+        assert answer["status_code"] == 200 and answer["body"]["failure"]["message"] == job_id
+
+
+def test_the_listener_comes_back_after_its_connection_is_killed(gateway_factory, redis_url):
+    gateway = gateway_factory(env={"CXR_WAIT_POLL_SECONDS": "60"})
+    client = redis.Redis.from_url(redis_url)
+    store = JobStore(client, LocalStorage(gateway.storage_root))
+    wait_until(lambda: _gauge(gateway, "cxr_gateway_job_notices_listening") == 1, 15,
+               "the gateway's notices listener")
+    job_id = _queued_job(gateway)
+    thread, answer = _wait_in_background(gateway, job_id)
+    wait_until(lambda: _gauge(gateway, "cxr_gateway_waiting_requests") >= 1, 15,
+               "the waiting request's registration")
+    assert client.client_kill_filter(_type="pubsub") >= 1  # as a Redis restart would
+    wait_until(lambda: client.pubsub_numpat() >= 1, 15, "the listener subscribed again")
+    # Only a notice can answer within the wait (re-reads every 60 s once listening again).
+    store.mark_failed(job_id, Failure(code="test_failure", message="after the reconnect"))
+    thread.join(WAIT_S + 40)
+    assert answer["status_code"] == 200 and answer["body"]["status"] == "failed", answer
 
 
 def test_a_job_finished_without_a_notice_is_seen_by_the_fallback_reads(gateway_factory,
@@ -91,7 +141,7 @@ def test_a_job_finished_without_a_notice_is_seen_by_the_fallback_reads(gateway_f
             "failure": Failure(code="test_failure", message="no notice")})
         client.set(redis_key(job_id), finished.model_dump_json())
 
-    view = _finish_while_waited_on(gateway, client, job_id, finish_silently)
+    view = _finish_while_waited_on(gateway, job_id, finish_silently)
 
     assert view["status"] == "failed", view
     assert view["failure"]["message"] == "no notice"

@@ -10,8 +10,6 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Header, Path, Query, Request, Response, UploadFile
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.api_models import JobView
@@ -25,7 +23,6 @@ from shared.errors import ImageError, JobNotFoundError
 from shared.heatmap import heatmap_png
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
-from shared.jobs import finished_channel
 from shared.schemas import JobRecord, JobStatus
 
 log = logging.getLogger("cxr.gateway")
@@ -174,49 +171,25 @@ async def _wait_until_finished(request: Request, resources: GatewayResources, re
                                wait_s: float) -> JobRecord:
     """The record once the job has finished, or as it is after `wait_s` seconds.
 
-    Woken by the job's "finished" notice (`shared.jobs.finished_channel`), re-reading the record
-    at least every `CXR_WAIT_POLL_SECONDS` in case a notice is lost; without pub/sub it polls.
+    Woken by the job's "finished" notice (`shared.jobs.finished_channel`, heard by the process's
+    one listener, `services.gateway.notices`), re-reading the record at least every
+    `CXR_WAIT_POLL_SECONDS` in case a notice is lost, and every 0.2 s while nothing listens.
     """
     deadline = time.monotonic() + wait_s
     poll_s = resources.settings.wait_poll_seconds
-    notices = await _subscribe(resources, record.job_id)
-    try:
-        # Read again after subscribing: a job that finished in between has no notice left to send.
+    notices = resources.notices
+    with notices.watch(record.job_id) as finished:
+        # Read again once registered: a job that finished in between has no notice left to send.
         record = await _owned_job(resources, record.job_id, record.client_id)
         while not record.status.finished and (left := deadline - time.monotonic()) > 0:
             if await request.is_disconnected():
                 break
-            if notices is None:
-                await asyncio.sleep(min(POLL_INTERVAL_S, left))
-            else:
-                try:
-                    await notices.get_message(ignore_subscribe_messages=True,
-                                              timeout=min(poll_s, left))
-                except RedisError as exc:
-                    log.warning("job notices lost (%s); polling job %s", exc, record.job_id)
-                    await _close_quietly(notices)
-                    notices = None
+            interval = poll_s if notices.listening else POLL_INTERVAL_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=min(interval, left))
+            finished.clear()
             record = await _owned_job(resources, record.job_id, record.client_id)
-        return record
-    finally:
-        if notices is not None:
-            await _close_quietly(notices)
-
-
-async def _subscribe(resources: GatewayResources, job_id: str) -> PubSub | None:
-    notices = resources.redis.pubsub()
-    try:
-        await notices.subscribe(finished_channel(job_id))
-    except RedisError as exc:
-        log.warning("cannot subscribe to job notices (%s); polling job %s", exc, job_id)
-        await _close_quietly(notices)
-        return None
-    return notices
-
-
-async def _close_quietly(notices: PubSub) -> None:
-    with contextlib.suppress(RedisError, OSError):
-        await notices.aclose()
+    return record
 
 
 @router.get(
