@@ -69,18 +69,21 @@ def _finish_while_waited_on(gateway: GatewayProcess, job_id: str,
     return answer["body"]
 
 
-def test_a_waiting_request_answers_from_the_finished_notice(gateway_factory, redis_url):
-    # Re-reads every 60 s: within a 20 s wait only the notice can bring the finished status.
+def _listening_gateway(gateway_factory, redis_url) -> tuple[GatewayProcess, redis.Redis, JobStore]:
+    """A gateway that re-reads a waited-on job only every 60 s, its notices listener up: within
+    a 20 s wait only a notice can bring the finished status."""
     gateway = gateway_factory(env={"CXR_WAIT_POLL_SECONDS": "60"})
     client = redis.Redis.from_url(redis_url)
-    store = JobStore(client, LocalStorage(gateway.storage_root))
-    job_id = _queued_job(gateway)
-    failure = Failure(code="test_failure", message="stopped by the test")
-
-    # One pattern subscription for the whole process, none per job.
     wait_until(lambda: _gauge(gateway, "cxr_gateway_job_notices_listening") == 1, 15,
                "the gateway's notices listener")
-    assert client.pubsub_numpat() >= 1
+    return gateway, client, JobStore(client, LocalStorage(gateway.storage_root))
+
+
+def test_a_waiting_request_answers_from_the_finished_notice(gateway_factory, redis_url):
+    gateway, client, store = _listening_gateway(gateway_factory, redis_url)
+    job_id = _queued_job(gateway)
+    failure = Failure(code="test_failure", message="stopped by the test")
+    assert client.pubsub_numpat() >= 1  # one pattern subscription for the process, none per job
 
     view = _finish_while_waited_on(gateway, job_id, lambda: store.mark_failed(job_id, failure))
 
@@ -92,11 +95,7 @@ def test_a_waiting_request_answers_from_the_finished_notice(gateway_factory, red
 
 
 def test_many_waiting_requests_share_one_pubsub_connection(gateway_factory, redis_url):
-    gateway = gateway_factory(env={"CXR_WAIT_POLL_SECONDS": "60"})
-    client = redis.Redis.from_url(redis_url)
-    store = JobStore(client, LocalStorage(gateway.storage_root))
-    wait_until(lambda: _gauge(gateway, "cxr_gateway_job_notices_listening") == 1, 15,
-               "the gateway's notices listener")
+    gateway, client, store = _listening_gateway(gateway_factory, redis_url)
     job_ids = [_queued_job(gateway) for _ in range(10)]
     waits = [_wait_in_background(gateway, job_id) for job_id in job_ids]
     wait_until(lambda: _gauge(gateway, "cxr_gateway_waiting_requests") == len(job_ids), 15,
@@ -111,11 +110,7 @@ def test_many_waiting_requests_share_one_pubsub_connection(gateway_factory, redi
 
 
 def test_the_listener_comes_back_after_its_connection_is_killed(gateway_factory, redis_url):
-    gateway = gateway_factory(env={"CXR_WAIT_POLL_SECONDS": "60"})
-    client = redis.Redis.from_url(redis_url)
-    store = JobStore(client, LocalStorage(gateway.storage_root))
-    wait_until(lambda: _gauge(gateway, "cxr_gateway_job_notices_listening") == 1, 15,
-               "the gateway's notices listener")
+    gateway, client, store = _listening_gateway(gateway_factory, redis_url)
     job_id = _queued_job(gateway)
     thread, answer = _wait_in_background(gateway, job_id)
     wait_until(lambda: _gauge(gateway, "cxr_gateway_waiting_requests") >= 1, 15,
