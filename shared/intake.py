@@ -10,7 +10,7 @@ import re
 import uuid
 from typing import Literal, Protocol
 
-from shared.errors import CXRError, JobExistsError
+from shared.errors import CXRError
 from shared.imaging import DecodedImage
 from shared.jobs import JobStore
 from shared.schemas import Failure, JobRecord
@@ -53,10 +53,9 @@ def submit_job(storage: Storage, jobs: JobStore, queue: Enqueuer, *, job_id: str
 
     The blob and the record exist before the task is sent, so a worker never sees an unknown job
     and a job whose task was lost can be re-queued from storage. JobExistsError if `job_id` is
-    taken (callers with deterministic ids use it for idempotency).
+    taken (callers with deterministic ids use it for idempotency): `JobStore.create` checks Redis
+    and storage before it writes anything.
     """
-    if jobs.get(job_id) is not None:
-        raise JobExistsError(f"A prediction job with id {job_id} already exists.")
     upload_key = f"uploads/{job_id}"
     media_type = MEDIA_TYPES.get(decoded.format, "application/octet-stream")
     record = JobRecord(job_id=job_id, client_id=client, filename=display_name(filename),
