@@ -95,8 +95,10 @@ class JobNotices:
                 raise ConnectionError("the job notices subscription ended")
             except Exception as exc:  # noqa: BLE001 - whatever broke, listen again
                 expected = isinstance(exc, RedisError | OSError)
-                log.warning("job notices lost (%s: %s); waiting requests re-read their jobs",
-                            type(exc).__name__, exc, exc_info=not expected)
+                # Once per outage, not once a reconnect attempt.
+                log.log(logging.WARNING if self.listening or not expected else logging.DEBUG,
+                        "job notices lost (%s: %s); waiting requests re-read their jobs",
+                        type(exc).__name__, exc, exc_info=not expected)
                 self.listening = False
                 self._wake_all()  # each waiter re-reads its job and goes on polling
             finally:
