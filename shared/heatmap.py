@@ -67,7 +67,8 @@ def decode_attention(data: bytes) -> np.ndarray:
 
 
 def _draw(gray: np.ndarray, heat: np.ndarray, max_side: int) -> bytes:
-    size = display_size(*gray.shape, max_side)
+    height, width = gray.shape
+    size = display_size(height, width, max_side)
     base = Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8), mode="L").resize(
         size, Image.Resampling.LANCZOS
     )
