@@ -20,11 +20,12 @@ import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from shared.config import SharedSettings
 from shared.errors import ImageError
 from shared.heatmap import render_overlay
 from shared.imaging import decode_xray, to_model_input
 
-HEATMAP_MAX_SIDE = 1024  # the worker's default (CXR_HEATMAP_MAX_SIDE)
+HEATMAP_MAX_SIDE = SharedSettings.model_fields["heatmap_max_side"].default  # the service's
 
 
 def create_app(model_dir: Path, image_size: int = 224) -> FastAPI:

@@ -88,9 +88,11 @@ def render_overlay(gray: np.ndarray, heatmap: np.ndarray, max_side: int = 1024) 
     return _draw(gray, quantise(heatmap), max_side)
 
 
-def heatmap_png(storage: Storage, record: JobRecord, limits: DecodeLimits,
-                max_side: int = 1024) -> bytes:
+def heatmap_png(storage: Storage, record: JobRecord, limits: DecodeLimits, max_side: int,
+                upload: bytes | None = None) -> bytes:
     """The job's overlay PNG: the stored one, else drawn from its upload and attention map.
+
+    `upload`: the job's upload bytes when the caller has read them already (not read again).
 
     A drawn overlay is stored (without fsync: it can always be drawn again) so later reads are
     one storage read. Two first reads at once both draw it and store the same bytes.
@@ -104,7 +106,9 @@ def heatmap_png(storage: Storage, record: JobRecord, limits: DecodeLimits,
         if not record.attention_key:
             raise
     heat = decode_attention(storage.get(record.attention_key))
-    gray = decode_xray(storage.get(record.upload_key), limits).pixels
+    if upload is None:
+        upload = storage.get(record.upload_key)
+    gray = decode_xray(upload, limits).pixels
     png = _draw(gray, heat, max_side)
     storage.put_unsynced(record.heatmap_key, png, content_type="image/png")
     log.info("heatmap of job %s drawn on first read (%d bytes)", record.job_id, len(png))

@@ -58,10 +58,10 @@ def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:
     if destination is None:
         record_state(deps, job_id, "skipped", attempt, reason="CXR_PACS_DESTINATION is not set")
         return "skipped"
+    upload = deps.storage.get(record.upload_key)
     heatmap = heatmap_png(deps.storage, record, DecodeLimits.from_settings(deps.settings),
-                          deps.settings.heatmap_max_side)
-    report = build_report(record, deps.storage.get(record.upload_key), heatmap,
-                          deps.settings.pacs_manufacturer)
+                          deps.settings.heatmap_max_side, upload=upload)
+    report = build_report(record, upload, heatmap, deps.settings.pacs_manufacturer)
     send_instances([report.structured_report, report.secondary_capture],
                    calling_ae_title=deps.settings.pacs_ae_title, destination=destination,
                    timeout_s=deps.settings.pacs_network_timeout_s)

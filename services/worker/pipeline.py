@@ -3,7 +3,7 @@
 One job: read the upload, decode and preprocess it with `shared.imaging` (the only preprocessing),
 ask the model server for the prediction and its Grad-CAM from one model version (one call when the
 model's `gradcam` signature also answers the prediction), write the result JSON and the Grad-CAM
-map (a small grey PNG; the overlay over the X-ray is drawn when someone first reads it, see
+map (uint8 `.npy`; the overlay over the X-ray is drawn when someone first reads it, see
 `shared.heatmap`), and record the outcome on the job.
 """
 
@@ -132,7 +132,7 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
                 f"Job {job_id} was started {record.attempts - 1} times without finishing."
             )
         try:
-            result, attention_png = predict_record(record, deps)
+            result, attention = predict_record(record, deps)
         except CXRError as error:
             if error.transient:
                 raise
@@ -141,7 +141,8 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
             return Outcome.FAILED
         # Both files side by side, and both stored before the job says it succeeded.
         attention_written = deps.writer.submit(
-            deps.storage.put, attention_key(job_id), attention_png, content_type="image/png"
+            deps.storage.put, attention_key(job_id), attention,
+            content_type="application/octet-stream"
         )
         try:
             deps.storage.put(
@@ -157,7 +158,7 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
 
 
 def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResult, bytes]:
-    """The prediction for one job's upload and its Grad-CAM map as a grey PNG (no writes)."""
+    """The prediction for one job's upload and its Grad-CAM map as `.npy` bytes (no writes)."""
     started = record.started_at or utc_now()
     queue_seconds = max(0.0, (started - record.created_at).total_seconds())
     metrics.QUEUE_SECONDS.observe(queue_seconds)
@@ -172,10 +173,10 @@ def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResul
         # The prediction and the heatmap come from one version: the picture explains this answer.
         answer = deps.serving.predict_with_heatmap(batch)
     with timer.stage("heatmap"):
-        attention_png = encode_attention(answer.outputs[HEATMAP][0])
+        attention = encode_attention(answer.outputs[HEATMAP][0])
     timings = {"queue": round(queue_seconds * 1000, 3), **timer.timings_ms}
     timings["total"] = round((utc_now() - record.created_at).total_seconds() * 1000, 3)
-    return build_result(answer, 0, timings), attention_png
+    return build_result(answer, 0, timings), attention
 
 
 def fail_job(job_id: str, failure: Failure, deps: WorkerDeps) -> None:

@@ -116,17 +116,28 @@ def test_first_read_draws_the_same_overlay_as_drawing_it_at_once_and_keeps_it(tm
     assert heatmap_png(storage, record, DecodeLimits(), max_side=200) == png
 
 
+def test_an_upload_the_caller_already_read_is_not_read_again(tmp_path):
+    storage = LocalStorage(tmp_path)
+    record, heat = finished_record(storage)
+    upload = storage.get(record.upload_key)
+    storage.delete(record.upload_key)
+    gray = np.asarray(Image.open(io.BytesIO(upload)))
+    png = heatmap_png(storage, record, DecodeLimits(), 200, upload=upload)
+    assert png == render_overlay(gray, heat, max_side=200)
+
+
 def test_an_overlay_written_before_attention_maps_existed_is_served_as_is(tmp_path):
     storage = LocalStorage(tmp_path)
     record, _ = finished_record(storage, attention=False)
     storage.put(record.heatmap_key, b"\x89PNG an older job's overlay")
-    assert heatmap_png(storage, record, DecodeLimits()) == b"\x89PNG an older job's overlay"
+    assert heatmap_png(storage, record, DecodeLimits(), 1024) == b"\x89PNG an older job's overlay"
 
 
 def test_no_overlay_and_no_attention_map_is_not_found(tmp_path):
     storage = LocalStorage(tmp_path)
     record, _ = finished_record(storage, attention=False)
     with pytest.raises(ObjectNotFoundError):
-        heatmap_png(storage, record, DecodeLimits())
+        heatmap_png(storage, record, DecodeLimits(), 1024)
     with pytest.raises(ObjectNotFoundError):
-        heatmap_png(storage, record.model_copy(update={"heatmap_key": None}), DecodeLimits())
+        heatmap_png(storage, record.model_copy(update={"heatmap_key": None}), DecodeLimits(),
+                    1024)

@@ -85,7 +85,7 @@ def test_a_job_succeeds_with_every_field_and_a_png_heatmap(stack):
     assert attention.shape == (224, 224)
     assert record.heatmap_key == heatmap_key(job_id)
     assert not stack.storage.exists(heatmap_key(job_id))
-    drawn = heatmap_png(stack.storage, record, DecodeLimits())
+    drawn = heatmap_png(stack.storage, record, DecodeLimits(), max_side=1024)
     heatmap = Image.open(io.BytesIO(drawn))
     assert heatmap.format == "PNG" and heatmap.mode == "RGB"
     assert heatmap.size == (400, 480)  # the decoded X-ray's own size
