@@ -71,6 +71,27 @@ def subtype_auroc(subtypes: Sequence[str | None], class_probabilities) -> tuple[
     return _auroc(is_viral, score), int(known.sum())
 
 
+def subtype_auroc_by_group(subtypes: Sequence[str | None], class_probabilities,
+                           groups: Sequence[str]) -> dict[str, dict]:
+    """`subtype_auroc` within each group of images (say, by how each copy was resized).
+
+    Per group: `n` (films of known subtype), `n_viral`, `auroc` (null when the group holds one
+    subtype only) and its bootstrap `auroc_ci`.
+    """
+    subtypes = np.asarray([s if s in ("bacterial", "viral") else "" for s in subtypes])
+    groups = np.asarray(groups)
+    probs = np.asarray(class_probabilities, dtype=float)
+    score = probs[:, 2] / np.maximum(probs[:, 1] + probs[:, 2], 1e-12)
+    table = {}
+    for group in sorted(set(groups[subtypes != ""].tolist())):
+        picked = (groups == group) & (subtypes != "")
+        is_viral = (subtypes[picked] == "viral").astype(int)
+        table[group] = {"n": int(picked.sum()), "n_viral": int(is_viral.sum()),
+                        "auroc": _auroc(is_viral, score[picked]),
+                        "auroc_ci": bootstrap_auroc_ci(is_viral, score[picked])}
+    return table
+
+
 def compute_metrics(y_true, p_pneumonia, threshold: float,
                     subtypes: Sequence[str | None] | None = None, *, class_probabilities=None,
                     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
