@@ -32,8 +32,8 @@ from services.trainer.dataset import load_images
 from services.trainer.evaluation import (
     bootstrap_auroc_ci,
     score_saved_model,
-    subtype_auroc,
     subtype_auroc_by_group,
+    viral_scores,
 )
 from services.trainer.gates import split_gate_set
 from services.trainer.recipe import TrainConfig, select_records
@@ -66,8 +66,7 @@ def measure(model_dir: Path, data_dir: Path, manifest: Path) -> dict:
     scores = score_saved_model(model_dir, load_images(scored, size=settings.image_size))
     subtypes = [r.subtype for r in scored]
     groups = [source_of(Path(r.path), data_dir, sources) for r in scored]
-    overall, n = subtype_auroc(subtypes, scores.class_probabilities)
-    is_viral = np.array([s == "viral" for s in subtypes], dtype=int)
+    _, is_viral, score = viral_scores(subtypes, scores.class_probabilities)
 
     rest_groups = np.array([source_of(Path(r.path), data_dir, sources) for r in rest])
     rest_viral = np.array([r.subtype == "viral" for r in rest], dtype=float)
@@ -75,11 +74,9 @@ def measure(model_dir: Path, data_dir: Path, manifest: Path) -> dict:
     source_score = np.array([viral_rate.get(g, float(rest_viral.mean())) for g in groups])
     return {
         "model_dir": str(model_dir),
-        "gate_films_of_known_subtype": n,
-        "model_subtype_auroc": overall,
-        "model_subtype_auroc_ci": bootstrap_auroc_ci(
-            is_viral, scores.class_probabilities[:, 2]
-            / np.maximum(scores.class_probabilities[:, 1:].sum(axis=1), 1e-12)),
+        "gate_films_of_known_subtype": len(scored),
+        "model_subtype_auroc": float(roc_auc_score(is_viral, score)),
+        "model_subtype_auroc_ci": bootstrap_auroc_ci(is_viral, score),
         "model_subtype_auroc_by_source": subtype_auroc_by_group(
             subtypes, scores.class_probabilities, groups),
         "viral_rate_by_source_outside_gate": viral_rate,

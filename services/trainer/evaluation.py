@@ -61,13 +61,20 @@ def bootstrap_auroc_ci(y_true, scores, *, resamples: int = BOOTSTRAP_RESAMPLES,
     return [float(low), float(high)]
 
 
-def subtype_auroc(subtypes: Sequence[str | None], class_probabilities) -> tuple[float | None, int]:
-    """Viral-vs-bacterial AUROC (score p_viral / (p_bacterial + p_viral)) and how many counted."""
+def viral_scores(subtypes: Sequence[str | None],
+                 class_probabilities) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Among films of known subtype: which they are (`known` mask), 1 for viral, and the score
+    p_viral / (p_bacterial + p_viral) the subtype AUROCs rank by."""
     subtypes = np.asarray([s if s in ("bacterial", "viral") else "" for s in subtypes])
     known = subtypes != ""
     probs = np.asarray(class_probabilities, dtype=float)[known]
     is_viral = (subtypes[known] == "viral").astype(int)
-    score = probs[:, 2] / np.maximum(probs[:, 1] + probs[:, 2], 1e-12)
+    return known, is_viral, probs[:, 2] / np.maximum(probs[:, 1] + probs[:, 2], 1e-12)
+
+
+def subtype_auroc(subtypes: Sequence[str | None], class_probabilities) -> tuple[float | None, int]:
+    """Viral-vs-bacterial AUROC (score p_viral / (p_bacterial + p_viral)) and how many counted."""
+    known, is_viral, score = viral_scores(subtypes, class_probabilities)
     return _auroc(is_viral, score), int(known.sum())
 
 
@@ -78,17 +85,14 @@ def subtype_auroc_by_group(subtypes: Sequence[str | None], class_probabilities,
     Per group: `n` (films of known subtype), `n_viral`, `auroc` (null when the group holds one
     subtype only) and its bootstrap `auroc_ci`.
     """
-    subtypes = np.asarray([s if s in ("bacterial", "viral") else "" for s in subtypes])
-    groups = np.asarray(groups)
-    probs = np.asarray(class_probabilities, dtype=float)
-    score = probs[:, 2] / np.maximum(probs[:, 1] + probs[:, 2], 1e-12)
+    known, is_viral, score = viral_scores(subtypes, class_probabilities)
+    groups = np.asarray(groups)[known]
     table = {}
-    for group in sorted(set(groups[subtypes != ""].tolist())):
-        picked = (groups == group) & (subtypes != "")
-        is_viral = (subtypes[picked] == "viral").astype(int)
-        table[group] = {"n": int(picked.sum()), "n_viral": int(is_viral.sum()),
-                        "auroc": _auroc(is_viral, score[picked]),
-                        "auroc_ci": bootstrap_auroc_ci(is_viral, score[picked])}
+    for group in sorted(set(groups.tolist())):
+        picked = groups == group
+        table[group] = {"n": int(picked.sum()), "n_viral": int(is_viral[picked].sum()),
+                        "auroc": _auroc(is_viral[picked], score[picked]),
+                        "auroc_ci": bootstrap_auroc_ci(is_viral[picked], score[picked])}
     return table
 
 
