@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
@@ -399,14 +400,20 @@ def test_model_server_restarted_under_load_jobs_retry_to_success(stack, fault_re
 
 
 def test_redis_restarted_empty_reconciler_requeues_from_storage(stack, fault_report):
-    stack.running_worker()
+    worker = stack.running_worker()
     intake = stack.intake()
     store = stack.store()
     before = [intake.submit(index) for index in range(30)]
     wait_for(lambda: count_status(snapshot(store, before), JobStatus.SUCCEEDED) >= 5, 180,
              "5 jobs succeeded before Redis restarts", stack)
 
-    stack.redis.restart(stack.root / "redis")  # no persistence: queue, unacked, records all gone
+    # The worker and its pool are held while Redis goes, so that jobs are still open when it
+    # does however fast this machine works through them; some are held mid-job.
+    worker.process.kill(signal.SIGSTOP)
+    try:
+        stack.redis.restart(stack.root / "redis")  # no persistence: queue, unacked, records gone
+    finally:
+        worker.process.kill(signal.SIGCONT)
     lost_from_redis = [job_id for job_id in before
                        if not stack.durable_record(job_id).status.finished]
     assert lost_from_redis, "every job had finished before Redis went"
