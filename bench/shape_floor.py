@@ -8,14 +8,16 @@ starts the service as `bench.e2e` does (scripts/stack.py on free ports), then be
 worker and gateway on the same Redis (another database), the same model server and the same TLS
 certificate, and measures on the same real X-rays:
 
-- the pipeline (`POST /v1/predictions?wait=30`) and the floor (`POST /predict`) for 1 and 4
-  clients, then the model server called directly over gRPC with the worker's call (Predict with
+- the pipeline (`POST /v1/predictions?wait=30`), then the floor (`POST /predict`) in three variants
+  (`FLOOR_VARIANTS`: the prefork pool the project uses, a threads pool, a threads pool sending
+  waiting tasks' images as one Predict), each for 1 and 4 clients after an uncounted warm-up
+  round; then the model server called directly over gRPC with the worker's call (Predict with
   Grad-CAM) by 1 and 4 callers;
 - for 4 clients each, the CPU milliseconds one image costs in each process tree and the bench's
   own client (from /proc), and the cores' share they kept busy.
 
 The ratios against direct gRPC tell how much of the 60 % target is left to the project's own work
-once the shape has taken its share. About 3 minutes on 2 idle cores:
+once the shape has taken its share. About 5 minutes on 2 idle cores:
 
     python -m bench.shape_floor --json out/bench/shape_floor.json
 """
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,14 +91,14 @@ def floor_service(redis_url: str, grpc_target: str, cert: Path, key: Path, folde
                 procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                env=env, cwd=ROOT, start_new_session=True)
         yield f"https://127.0.0.1:{port}", {name: proc.pid for name, proc in procs.items()}
-    finally:
+    finally:  # each in its own process group: the worker's pool processes go with it
         for proc in procs.values():
-            proc.terminate()
+            os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs.values():
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def wait_answering(target: HttpTarget, image: Image, folder: Path, timeout: float = 180) -> None:
