@@ -21,11 +21,12 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import Future
 from typing import Annotated
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_shutdown
 from fastapi import FastAPI, File, HTTPException, UploadFile
 
 from shared.celery_config import reliable_queue_config
@@ -52,7 +53,15 @@ _clients_lock = threading.Lock()
 # other threads are waiting with as one Predict (each waits at most FLOOR_BATCH_WAIT_MS for more).
 BATCH_MAX = int(os.environ.get("FLOOR_BATCH_MAX", "1"))
 BATCH_WAIT_S = float(os.environ.get("FLOOR_BATCH_WAIT_MS", "2")) / 1000
-BATCH_SIZES_KEY = "floor:batch-sizes"  # how many Predicts had each size
+BATCH_SIZES_KEY = "floor:batch-sizes"  # how many Predicts had each size, written at shutdown
+_batch_sizes: Counter[int] = Counter()
+
+
+def _row(outputs: dict, row: int) -> dict:
+    """One image's outputs out of a batch's (a scalar output is the same for every image)."""
+    import numpy as np
+
+    return {key: value[row] if np.ndim(value) else value for key, value in outputs.items()}
 
 
 class Batcher:
@@ -85,10 +94,9 @@ class Batcher:
                 for _, done in items:
                     done.set_exception(exc)
                 continue
-            _client("redis").hincrby(BATCH_SIZES_KEY, str(len(items)), 1)
+            _batch_sizes[len(items)] += 1
             for row, (_, done) in enumerate(items):
-                done.set_result({key: value[row] if np.ndim(value) else value
-                                 for key, value in answer.outputs.items()})
+                done.set_result(_row(answer.outputs, row))
 
 
 @worker_init.connect
@@ -103,28 +111,40 @@ def _fresh_clients(**_kwargs) -> None:
     _clients.clear()
 
 
-def _client(name: str):
+@worker_shutdown.connect
+def _report_batch_sizes(**_kwargs) -> None:
+    """The batch sizes counted in this process, for the bench to read once the worker is gone."""
+    if _batch_sizes:
+        client = _redis()
+        for size, count in _batch_sizes.items():
+            client.hincrby(BATCH_SIZES_KEY, str(size), count)
+
+
+def _client(name: str, make):
     with _clients_lock:
-        return _client_locked(name)
+        if name not in _clients:
+            _clients[name] = make()
+        return _clients[name]
 
 
-def _client_locked(name: str):
-    if name not in _clients:
-        if name == "serving":
-            import numpy as np
+def _serving():
+    """This process's model call: image batch of one -> that image's outputs."""
 
-            from services.worker.serving_client import ServingClient
+    def make():
+        from services.worker.serving_client import ServingClient
 
-            client = ServingClient(GRPC_TARGET, MODEL_NAME, timeout_s=WAIT_S)
-            _clients[name] = (Batcher(client.predict_with_heatmap, BATCH_MAX, BATCH_WAIT_S)
-                              if BATCH_MAX > 1 else
-                              lambda batch: {k: v[0] if np.ndim(v) else v for k, v in
-                                             client.predict_with_heatmap(batch).outputs.items()})
-        else:
-            import redis
+        client = ServingClient(GRPC_TARGET, MODEL_NAME, timeout_s=WAIT_S)
+        if BATCH_MAX > 1:
+            return Batcher(client.predict_with_heatmap, BATCH_MAX, BATCH_WAIT_S)
+        return lambda batch: _row(client.predict_with_heatmap(batch).outputs, 0)
 
-            _clients[name] = redis.Redis.from_url(REDIS_URL)
-    return _clients[name]
+    return _client("serving", make)
+
+
+def _redis():
+    import redis
+
+    return _client("redis", lambda: redis.Redis.from_url(REDIS_URL))
 
 
 @app.task(name=TASK_NAME)
@@ -134,9 +154,9 @@ def predict(reply_key: str, image_b64: str) -> None:
     from shared.imaging import decode_xray, to_model_input
 
     pixels = decode_xray(base64.b64decode(image_b64)).pixels
-    outputs = _client("serving")(to_model_input(pixels)[np.newaxis])
-    probability = float(np.asarray(outputs["pneumonia_probability"]).reshape(-1)[0])
-    reply = _client("redis")
+    outputs = _serving()(to_model_input(pixels)[np.newaxis])
+    probability = float(outputs["pneumonia_probability"])
+    reply = _redis()
     reply.lpush(reply_key, json.dumps({"probability": probability}))
     reply.expire(reply_key, REPLY_TTL_S)
 

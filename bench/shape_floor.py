@@ -17,7 +17,7 @@ certificate, and measures on the same real X-rays:
   own client (from /proc), and the cores' share they kept busy.
 
 The ratios against direct gRPC tell how much of the 60 % target is left to the project's own work
-once the shape has taken its share. About 5 minutes on 2 idle cores:
+once the shape has taken its share. About 3.5 minutes on 2 idle cores:
 
     python -m bench.shape_floor --json out/bench/shape_floor.json
 """
@@ -25,6 +25,7 @@ once the shape has taken its share. About 5 minutes on 2 idle cores:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -103,8 +104,6 @@ def floor_service(redis_url: str, grpc_target: str, cert: Path, key: Path, folde
 
 def wait_answering(target: HttpTarget, image: Image, folder: Path, timeout: float = 180) -> None:
     """Until the floor answers one image (its worker imports TensorFlow first)."""
-    import asyncio
-
     async def once() -> None:
         async with target.client() as http:
             await target.send(http, image)
@@ -123,7 +122,8 @@ def wait_answering(target: HttpTarget, image: Image, folder: Path, timeout: floa
 
 
 def batch_sizes(redis_url: str) -> dict[str, int]:
-    """How many Predicts of each size the batching floor sent (all levels), then forgotten."""
+    """How many Predicts of each size the batching floor's worker sent (all levels, warm-up
+    included; it writes them as it stops), then forgotten."""
     import redis
 
     from bench.floor_app import BATCH_SIZES_KEY
@@ -179,9 +179,8 @@ def measure(args: argparse.Namespace) -> dict:
                                   "redis": stack.pid("redis")}
                     result[f"floor_{variant}"] = counted_levels(floor, images, floor_pids,
                                                                 args.requests, f"floor, {variant}")
-                    if FLOOR_VARIANTS[variant][1] > 1:
-                        result.setdefault("predict_batch_sizes", {})[variant] = \
-                            batch_sizes(redis_url)
+                if FLOOR_VARIANTS[variant][1] > 1:  # written by the worker as it stopped
+                    result.setdefault("predict_batch_sizes", {})[variant] = batch_sizes(redis_url)
 
             result["grpc_predict_gradcam"] = {}
             _grpc_level(stack.grpc_target, batches, 4, 40, "predict_with_heatmap")  # warm-up
