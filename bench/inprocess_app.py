@@ -21,6 +21,7 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from shared.config import SharedSettings
+from shared.contract import SERVING_SIGNATURE
 from shared.errors import ImageError
 from shared.heatmap import render_overlay
 from shared.imaging import decode_xray, to_model_input
@@ -30,7 +31,7 @@ HEATMAP_MAX_SIDE = SharedSettings.model_fields["heatmap_max_side"].default  # th
 
 def create_app(model_dir: Path, image_size: int = 224) -> FastAPI:
     model = tf.saved_model.load(str(model_dir))
-    classify = model.signatures["serving_default"]
+    classify = model.signatures[SERVING_SIGNATURE]
     gradcam = model.signatures["gradcam"]
     one_call = set(classify.structured_outputs) <= set(gradcam.structured_outputs)
     app = FastAPI(title="in-process baseline")

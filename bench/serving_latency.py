@@ -26,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.contract import INPUT_NAME, MODEL_NAME, SERVING_SIGNATURE
+
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_NAME = "cxr-pneumonia"
 FLOOR_MODEL = "mean"
 
 
 def latest_bundled_model() -> Path:
     versions = sorted((ROOT / "models" / MODEL_NAME).glob("[0-9]*"), key=lambda p: int(p.name))
     if not versions:
-        raise SystemExit("no bundled model under models/cxr-pneumonia/: pass --model-dir")
+        raise SystemExit(f"no bundled model under models/{MODEL_NAME}/: pass --model-dir")
     return versions[-1]
 
 
@@ -84,13 +85,15 @@ def write_mean_model(path: Path, image_shape: tuple[int, ...]) -> None:
     import tensorflow as tf
 
     class Mean(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.uint8, name="image")])
+        spec = tf.TensorSpec([None, *image_shape], tf.uint8, name=INPUT_NAME)
+
+        @tf.function(input_signature=[spec])
         def serve(self, image):
             pixels = tf.cast(image, tf.float32)
             return {"pneumonia_probability": tf.reduce_mean(pixels, axis=[1, 2, 3]) / 255.0}
 
     module = Mean()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, str(path), signatures={SERVING_SIGNATURE: module.serve})
 
 
 def in_process_handler(version_dir: Path, batch: np.ndarray):
@@ -110,7 +113,7 @@ def in_process_handler(version_dir: Path, batch: np.ndarray):
 
     request = predict_pb2.PredictRequest()
     request.model_spec.name = FLOOR_MODEL
-    request.inputs["image"].CopyFrom(to_tensor_proto(batch))
+    request.inputs[INPUT_NAME].CopyFrom(to_tensor_proto(batch))
     return PredictionServicer(OneVersion()), request
 
 
@@ -167,7 +170,7 @@ def measure(model_dir: Path, requests: int) -> dict:
 
     batches = {size: sample_batch(size) for size in (1, 8, 32)}
     calls = {1: requests, 8: max(20, requests // 8), 32: max(10, requests // 32)}
-    signature = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    signature = tf.saved_model.load(str(model_dir)).signatures[SERVING_SIGNATURE]
 
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
@@ -197,7 +200,7 @@ def measure(model_dir: Path, requests: int) -> dict:
             status_request = get_model_status_pb2.GetModelStatusRequest()
             status_request.model_spec.name = MODEL_NAME
             mean_signature = tf.saved_model.load(str(base / FLOOR_MODEL / "1")).signatures[
-                "serving_default"]
+                SERVING_SIGNATURE]
             one_image = tf.constant(batches[1])
             handler, handler_request = in_process_handler(base / FLOOR_MODEL / "1", batches[1])
             floor = time_in_turn({

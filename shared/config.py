@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.contract import MODEL_NAME
+
 Environment = Literal["development", "test", "production"]
 
 
@@ -57,7 +59,7 @@ class SharedSettings(BaseSettings):
     # Longest side of the heatmap overlay PNG (the X-ray is scaled down to it, never up).
     heatmap_max_side: int = Field(default=1024, ge=64)
 
-    model_name: str = "cxr-pneumonia"
+    model_name: str = MODEL_NAME
     model_server_grpc: str = "127.0.0.1:8500"
     model_server_rest: str = "http://127.0.0.1:8501"
     model_base_path: str = "var/serving"

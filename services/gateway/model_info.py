@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.contract import CHAMPION_ALIAS, SERVING_SIGNATURE, THRESHOLD
+
 log = logging.getLogger("cxr.gateway")
-CHAMPION_ALIAS = "champion"
 MODEL_CARD_ARTIFACT = "model_card.md"
 MODEL_CARD_MAX_CHARS = 64_000
 # What a down or misbehaving upstream raises here; callers degrade instead of failing.
@@ -64,11 +65,11 @@ class ServingClient:
             blank = [[[0] for _ in range(image_size)] for _ in range(image_size)]
             response = await self._http.post(
                 f"{self._base}/versions/{version}:predict",
-                json={"signature_name": "serving_default", "inputs": {input_name: [blank]}},
+                json={"signature_name": SERVING_SIGNATURE, "inputs": {input_name: [blank]}},
             )
             response.raise_for_status()
             outputs = response.json()["outputs"]
-            self._thresholds[version] = float(outputs["threshold"][0])
+            self._thresholds[version] = float(outputs[THRESHOLD][0])
         return self._thresholds[version]
 
     async def _input_name(self, version: int) -> str:
@@ -76,7 +77,7 @@ class ServingClient:
         response = await self._http.get(f"{self._base}/versions/{version}/metadata")
         response.raise_for_status()
         signatures = response.json()["metadata"]["signature_def"]["signature_def"]
-        inputs = signatures["serving_default"]["inputs"]
+        inputs = signatures[SERVING_SIGNATURE]["inputs"]
         return str(next(iter(inputs)))
 
 

@@ -13,7 +13,8 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 
 from services.model_server.errors import ServingError, invalid_argument
 
-DEFAULT_SIGNATURE = "serving_default"
+# TF Serving answers a request that names no signature with the SavedModel default one.
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 
 
 def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:

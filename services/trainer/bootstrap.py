@@ -16,10 +16,11 @@ from services.trainer.promotion import publish_registered, registry_for
 from services.trainer.publish import SAVED_MODEL_FILE
 from services.trainer.pyfunc_model import log_saved_model
 from services.trainer.tracking import git_commit
+from shared.contract import ASSETS_EXTRA, MODEL_INFO_FILE
 
 log = logging.getLogger(__name__)
 
-MODEL_INFO = Path("assets.extra") / "model_info.json"
+MODEL_INFO = Path(ASSETS_EXTRA) / MODEL_INFO_FILE
 
 
 class BootstrapError(RuntimeError):

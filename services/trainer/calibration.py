@@ -16,6 +16,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp
 
+from shared.contract import PNEUMONIA_CLASSES, UNKNOWN_SUBTYPE
+
 ECE_BINS = 10
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 
@@ -26,11 +28,11 @@ def softmax(logits, temperature: float = 1.0) -> np.ndarray:
 
 
 def _label_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Mean log-likelihood; label -1 means 'pneumonia of unknown subtype' (classes 1 or 2)."""
+    """Mean log-likelihood; UNKNOWN_SUBTYPE counts as either pneumonia class."""
     log_p = log_softmax(logits / temperature, axis=-1)
-    known = labels >= 0
+    known = labels != UNKNOWN_SUBTYPE
     total = log_p[known, labels[known]].sum()
-    total += logsumexp(log_p[~known][:, 1:], axis=-1).sum()
+    total += logsumexp(log_p[~known][:, list(PNEUMONIA_CLASSES)], axis=-1).sum()
     return float(total / len(labels))
 
 

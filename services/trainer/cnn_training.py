@@ -21,22 +21,21 @@ import tensorflow as tf
 from services.trainer.augment import augment_batch
 from services.trainer.dataset import XrayRecord
 from services.trainer.model import build_cnn
+from shared.contract import UNKNOWN_SUBTYPE, pneumonia_probability
 
 if TYPE_CHECKING:
     from services.trainer.recipe import TrainConfig
 
-UNKNOWN_SUBTYPE = -1
-
 
 def class_labels(records: Sequence[XrayRecord]) -> np.ndarray:
-    """0 normal, 1 bacterial, 2 viral, -1 pneumonia of unknown subtype."""
+    """0 normal, 1 bacterial, 2 viral, UNKNOWN_SUBTYPE pneumonia of unknown subtype."""
     return np.array([UNKNOWN_SUBTYPE if r.class_index is None else r.class_index for r in records])
 
 
 def soft_targets(labels: np.ndarray) -> np.ndarray:
     """One-hot rows; an unknown subtype splits its pneumonia mass between bacterial and viral."""
     targets = np.zeros((len(labels), 3), dtype=np.float32)
-    known = labels >= 0
+    known = labels != UNKNOWN_SUBTYPE
     targets[np.flatnonzero(known), labels[known]] = 1.0
     targets[~known, 1:] = 0.5
     return targets
@@ -57,7 +56,7 @@ class PneumoniaAUC(keras.metrics.AUC):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         is_pneumonia = tf.cast(y_true[:, 0] < 0.5, tf.float32)
-        p = 1.0 - tf.nn.softmax(y_pred, axis=-1)[:, 0]
+        p = pneumonia_probability(tf.nn.softmax(y_pred, axis=-1))
         return super().update_state(is_pneumonia, p)
 
 

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pydantic import Field
 
 from shared.config import SharedSettings
+from shared.contract import MODEL_NAME
 
 
 class TrainerSettings(SharedSettings):
@@ -22,7 +23,7 @@ class TrainerSettings(SharedSettings):
 
     # --- MLflow tracking and registry ---
     mlflow_experiment: str = "cxr-pneumonia"
-    registered_model_name: str = "cxr-pneumonia"
+    registered_model_name: str = MODEL_NAME
 
     # --- promotion gate: absolute floors and the largest regression tolerated vs the champion ---
     gate_min_sensitivity: float = Field(default=0.95, ge=0, le=1)

@@ -26,7 +26,7 @@ from shared.errors import CXRError
 from shared.imaging import decode_xray, to_model_input
 
 __all__ = [
-    "CLASS_NAMES", "DatasetError", "XrayRecord", "assign_duplicate_groups", "data_fingerprint",
+    "DatasetError", "XrayRecord", "assign_duplicate_groups", "data_fingerprint",
     "load_images", "map_with_progress", "patient_folds", "patient_groups", "pixel_digest",
     "read_pixels", "scan_dataset", "split_by_patient",
 ]
@@ -34,7 +34,6 @@ __all__ = [
 Label = Literal["NORMAL", "PNEUMONIA"]
 LABELS: tuple[Label, ...] = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
-CLASS_NAMES = ("normal", "bacterial", "viral")
 
 T = TypeVar("T")
 R = TypeVar("R")

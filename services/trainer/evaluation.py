@@ -22,6 +22,13 @@ from sklearn.metrics import (
 )
 
 from services.trainer.calibration import ECE_BINS, expected_calibration_error
+from shared.contract import (
+    CLASS_PROBABILITIES,
+    INPUT_NAME,
+    PNEUMONIA_PROBABILITY,
+    SERVING_SIGNATURE,
+    THRESHOLD,
+)
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -156,18 +163,18 @@ def score_saved_model(model_dir: str | Path, images: np.ndarray,
     """Run uint8 images [N, S, S, 1] through the SavedModel's `serving_default` signature."""
     import tensorflow as tf  # heavy; only the callers that score models pay for it
 
-    serve = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    serve = tf.saved_model.load(str(model_dir)).signatures[SERVING_SIGNATURE]
     outputs: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(images), batch_size):
-        batch = serve(image=tf.constant(images[start:start + batch_size], dtype=tf.uint8))
+        batch = serve(**{INPUT_NAME: tf.constant(images[start:start + batch_size], dtype=tf.uint8)})
         for name, tensor in batch.items():
             outputs.setdefault(name, []).append(tensor.numpy())
     joined = {name: np.concatenate(parts) for name, parts in outputs.items()}
-    thresholds = np.unique(joined["threshold"])
+    thresholds = np.unique(joined[THRESHOLD])
     if len(thresholds) != 1:
         raise ValueError(f"{model_dir}: the model reported several thresholds {thresholds}")
-    return SavedModelScores(joined["pneumonia_probability"].astype(float),
-                            joined["class_probabilities"].astype(float), float(thresholds[0]))
+    return SavedModelScores(joined[PNEUMONIA_PROBABILITY].astype(float),
+                            joined[CLASS_PROBABILITIES].astype(float), float(thresholds[0]))
 
 
 def evaluate_saved_model(model_dir: str | Path, data_dir: str | Path,

@@ -12,11 +12,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from services.trainer.dataset import XrayRecord, read_pixels
+from shared.contract import CLASS_NAMES
 
 if TYPE_CHECKING:
     from services.trainer.explore import ImageFacts
 
-CLASS_ORDER = ("normal", "bacterial", "viral", "pneumonia_unknown")
+CLASS_ORDER = (*CLASS_NAMES, "pneumonia_unknown")
 CLASS_COLOURS = {"normal": "#2b8cbe", "bacterial": "#e34a33", "viral": "#fdbb84",
                  "pneumonia_unknown": "#999999"}
 

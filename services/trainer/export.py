@@ -27,18 +27,22 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from services.trainer.model import CLASS_NAMES, GRADCAM_LAYER, build_cnn
-
-DEFAULT_MODEL_NAME = "cxr-pneumonia"
-SERVING_SIGNATURE = "serving_default"
-GRADCAM_SIGNATURE = "gradcam"
-INPUT_NAME = "image"
-WARMUP_FILE = "tf_serving_warmup_requests"
-MODEL_INFO_FILE = "model_info.json"
-
-
-def _pneumonia_probability(probs: tf.Tensor) -> tf.Tensor:
-    return probs[:, 1] + probs[:, 2]
+from services.trainer.model import GRADCAM_LAYER, build_cnn
+from shared.contract import (
+    ASSETS_EXTRA,
+    CLASS_NAMES,
+    CLASS_PROBABILITIES,
+    GRADCAM_SIGNATURE,
+    HEATMAP,
+    INPUT_NAME,
+    MODEL_INFO_FILE,
+    MODEL_NAME,
+    PNEUMONIA_PROBABILITY,
+    SERVING_SIGNATURE,
+    THRESHOLD,
+    WARMUP_FILE,
+    pneumonia_probability,
+)
 
 
 class _ServingFunctions:
@@ -58,11 +62,11 @@ class _ServingFunctions:
 
     def _prediction(self, member_probs: list[tf.Tensor]) -> dict[str, tf.Tensor]:
         probs = tf.add_n(member_probs) / float(len(member_probs))
-        p = _pneumonia_probability(probs)
+        p = pneumonia_probability(probs)
         return {
-            "pneumonia_probability": p,
-            "class_probabilities": probs,
-            "threshold": tf.fill(tf.shape(p), tf.constant(self.threshold, tf.float32)),
+            PNEUMONIA_PROBABILITY: p,
+            CLASS_PROBABILITIES: probs,
+            THRESHOLD: tf.fill(tf.shape(p), tf.constant(self.threshold, tf.float32)),
         }
 
     def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -80,7 +84,7 @@ class _ServingFunctions:
                 feature_map, logits = grad_model(pixels, training=False)
                 tape.watch(feature_map)
                 probs = self._probabilities(logits)
-                score = _pneumonia_probability(probs)
+                score = pneumonia_probability(probs)
             member_probs.append(probs)
             grads = tape.gradient(score, feature_map)
             weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
@@ -88,12 +92,12 @@ class _ServingFunctions:
             cams.append(tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0])
         cam = tf.add_n(cams) / float(len(cams))
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        return {**self._prediction(member_probs), "heatmap": tf.math.divide_no_nan(cam, peak)}
+        return {**self._prediction(member_probs), HEATMAP: tf.math.divide_no_nan(cam, peak)}
 
 
 def _write_warmup_requests(version_dir: Path, model_name: str, image_size: int) -> None:
     """One batch-1 request per signature, in TF Serving's PredictionLog TFRecord format."""
-    extra = version_dir / "assets.extra"
+    extra = version_dir / ASSETS_EXTRA
     extra.mkdir(parents=True, exist_ok=True)
     image = np.full((1, image_size, image_size, 1), 128, dtype=np.uint8)
     with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as writer:
@@ -115,7 +119,7 @@ def export_for_serving(
     version: int,
     threshold: float,
     temperature: float = 1.0,
-    model_name: str = DEFAULT_MODEL_NAME,
+    model_name: str = MODEL_NAME,
     extra_info: dict | None = None,
 ) -> Path:
     """Write `<base_path>/<model_name>/<version>/`; the folder appears complete or not at all."""
@@ -154,7 +158,7 @@ def export_for_serving(
             "ensemble_size": len(functions.models),
             **(extra_info or {}),
         }
-        (staging / "assets.extra" / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
+        (staging / ASSETS_EXTRA / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -168,7 +172,7 @@ def make_tiny_serving_model(
     *,
     seed: int = 0,
     threshold: float = 0.5,
-    model_name: str = DEFAULT_MODEL_NAME,
+    model_name: str = MODEL_NAME,
     image_size: int = 224,
 ) -> Path:
     """A small untrained model of the real family, exported for serving: for tests and benches."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-CLASS_NAMES = ("normal", "bacterial", "viral")
+from shared.contract import CLASS_NAMES
+
 GRADCAM_LAYER = "gradcam_target"
 
 

@@ -23,12 +23,12 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from shared.contract import STABLE_LABEL
 from shared.storage import LocalStorage, S3Storage, Storage
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "models.config"
-STABLE_LABEL = "stable"
 SAVED_MODEL_FILE = "saved_model.pb"
 
 

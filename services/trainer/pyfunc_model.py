@@ -13,6 +13,15 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from shared.contract import (
+    CLASS_NAMES,
+    CLASS_PROBABILITIES,
+    INPUT_NAME,
+    PNEUMONIA_PROBABILITY,
+    SERVING_SIGNATURE,
+    THRESHOLD,
+)
+
 SAVED_MODEL_ARTIFACT = "saved_model"
 MODEL_ARTIFACT_PATH = "model"
 # Written into the logged model's requirements instead of inferring them (slow, and it would
@@ -27,20 +36,18 @@ class ServingSavedModel(mlflow.pyfunc.PythonModel):
         import tensorflow as tf
 
         self._serve = tf.saved_model.load(context.artifacts[SAVED_MODEL_ARTIFACT]).signatures[
-            "serving_default"]
+            SERVING_SIGNATURE]
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         import tensorflow as tf
 
         images = np.asarray(model_input, dtype=np.uint8)
-        outputs = self._serve(image=tf.constant(images))
-        probabilities = outputs["class_probabilities"].numpy()
+        outputs = self._serve(**{INPUT_NAME: tf.constant(images)})
+        probabilities = outputs[CLASS_PROBABILITIES].numpy()
         return pd.DataFrame({
-            "pneumonia_probability": outputs["pneumonia_probability"].numpy(),
-            "normal": probabilities[:, 0],
-            "bacterial": probabilities[:, 1],
-            "viral": probabilities[:, 2],
-            "threshold": outputs["threshold"].numpy(),
+            PNEUMONIA_PROBABILITY: outputs[PNEUMONIA_PROBABILITY].numpy(),
+            **{name: probabilities[:, i] for i, name in enumerate(CLASS_NAMES)},
+            THRESHOLD: outputs[THRESHOLD].numpy(),
         })
 
 

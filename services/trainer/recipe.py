@@ -54,6 +54,8 @@ from services.trainer.figures import save_evaluation_figures, save_training_curv
 from services.trainer.hog import HOG_SIZE, fit_hog_baseline, hog_features, pneumonia_probability
 from services.trainer.model import build_cnn
 from services.trainer.thresholds import choose_threshold
+from shared.contract import UNKNOWN_SUBTYPE
+from shared.contract import pneumonia_probability as p_pneumonia_of
 
 FOLD_SUMMARY_KEYS = (
     "auroc", "sensitivity", "specificity", "precision", "f1", "ece", "subtype_auroc",
@@ -187,13 +189,13 @@ def run_training(config: TrainConfig,
 
     temperature = fit_temperature(oof_logits[scored], labels[scored])
     probs = softmax(oof_logits[scored], temperature)
-    p_pneumonia = probs[:, 1] + probs[:, 2]
+    p_pneumonia = p_pneumonia_of(probs)
     threshold = choose_threshold(is_pneumonia[scored], p_pneumonia, config.target_sensitivity)
     validation = compute_metrics(is_pneumonia[scored], p_pneumonia, threshold,
                                  [subtypes[i] for i in scored], class_probabilities=probs)
     calibration = {"temperature": temperature, "ece_bins": ECE_BINS, "ece_after": validation["ece"],
                    "ece_before": expected_calibration_error(
-                       is_pneumonia[scored], 1.0 - softmax(oof_logits[scored])[:, 0])}
+                       is_pneumonia[scored], p_pneumonia_of(softmax(oof_logits[scored])))}
     per_fold = [] if len(splits) < 2 else [
         {"fold": fold, "best_epoch": fitted[fold].best_epoch,
          **_metrics_at(oof_logits[val_idx], temperature, threshold, is_pneumonia[val_idx],
@@ -294,7 +296,7 @@ class FoldCheckpoint:
 def _metrics_at(logits: np.ndarray, temperature: float, threshold: float, is_pneumonia: np.ndarray,
                 subtypes: list[str | None]) -> dict:
     probs = softmax(logits, temperature)
-    return compute_metrics(is_pneumonia, 1.0 - probs[:, 0], threshold, subtypes,
+    return compute_metrics(is_pneumonia, p_pneumonia_of(probs), threshold, subtypes,
                            class_probabilities=probs, bootstrap_resamples=200)
 
 
@@ -330,7 +332,7 @@ def _params(config: TrainConfig, records: Sequence[XrayRecord],
         "data_normal": int((labels == 0).sum()),
         "data_bacterial": int((labels == 1).sum()),
         "data_viral": int((labels == 2).sum()),
-        "data_unknown_subtype": int((labels == -1).sum()),
+        "data_unknown_subtype": int((labels == UNKNOWN_SUBTYPE).sum()),
         "train_images": [len(train_idx) for train_idx, _ in splits],
         "validation_images": [len(val_idx) for _, val_idx in splits],
         "model_parameters": int(models[0].count_params()),

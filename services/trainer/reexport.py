@@ -17,14 +17,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from services.trainer.export import (
+from services.trainer.export import export_for_serving
+from services.trainer.model import build_cnn
+from shared.contract import (
+    ASSETS_EXTRA,
     GRADCAM_SIGNATURE,
     INPUT_NAME,
     MODEL_INFO_FILE,
     SERVING_SIGNATURE,
-    export_for_serving,
 )
-from services.trainer.model import build_cnn
 
 # Fields `export_for_serving` writes itself; the rest of model_info.json is carried over.
 _EXPORT_FIELDS = {"model_name", "version", "threshold", "temperature", "image_size",
@@ -39,9 +40,9 @@ def _plain(name: str) -> str:
 
 
 def read_model_info(model_dir: Path) -> dict:
-    path = model_dir / "assets.extra" / MODEL_INFO_FILE
+    path = model_dir / ASSETS_EXTRA / MODEL_INFO_FILE
     if not path.is_file():
-        raise ValueError(f"{model_dir} has no assets.extra/{MODEL_INFO_FILE}: not our export")
+        raise ValueError(f"{model_dir} has no {ASSETS_EXTRA}/{MODEL_INFO_FILE}: not our export")
     return json.loads(path.read_text())
 
 

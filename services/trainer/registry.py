@@ -20,11 +20,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 
 from services.trainer.pyfunc_model import find_saved_model_dir
+from shared.contract import CHALLENGER_ALIAS as CHALLENGER
+from shared.contract import CHAMPION_ALIAS as CHAMPION
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 HISTORY_TAG = "champion.history"
 
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from services.trainer.naming import parse_file_name
+from shared.contract import UNKNOWN_SUBTYPE
 
 if TYPE_CHECKING:
     from services.trainer.dataset import XrayRecord
 
 Strategy = Literal["random", "lowest"]
-UNKNOWN_SUBTYPE_CLASS = 3  # pneumonia whose subtype the file name does not say
 
 
 def patient_groups(records: Sequence[XrayRecord]) -> np.ndarray:
@@ -43,8 +43,8 @@ def patient_groups(records: Sequence[XrayRecord]) -> np.ndarray:
 
 
 def stratification_classes(records: Sequence[XrayRecord]) -> np.ndarray:
-    """0 normal, 1 bacterial, 2 viral, 3 pneumonia of unknown subtype."""
-    return np.array([UNKNOWN_SUBTYPE_CLASS if r.class_index is None else r.class_index
+    """0 normal, 1 bacterial, 2 viral, UNKNOWN_SUBTYPE pneumonia of unknown subtype."""
+    return np.array([UNKNOWN_SUBTYPE if r.class_index is None else r.class_index
                      for r in records], dtype=np.int64)
 
 

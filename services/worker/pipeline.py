@@ -23,9 +23,10 @@ import redis
 from services.worker import metrics
 from services.worker.errors import AttemptsExhaustedError, JobBusyError
 from services.worker.keys import attention_key, heatmap_key, job_lock_key, result_key
-from services.worker.result import HEATMAP, build_result
+from services.worker.result import build_result
 from services.worker.serving_client import ServingClient
 from services.worker.settings import WorkerSettings
+from shared.contract import HEATMAP
 from shared.errors import CXRError
 from shared.heatmap import encode_attention
 from shared.imaging import DecodeLimits, decode_xray, to_model_input

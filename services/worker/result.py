@@ -6,14 +6,8 @@ import numpy as np
 
 from services.worker.errors import ModelServerError
 from services.worker.serving_client import ServingAnswer
+from shared.contract import CLASS_NAMES, CLASS_PROBABILITIES, PNEUMONIA_PROBABILITY, THRESHOLD
 from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
-
-# Output keys of the `serving_default` signature (docs/architecture.md, "The exported model").
-PNEUMONIA_PROBABILITY = "pneumonia_probability"
-CLASS_PROBABILITIES = "class_probabilities"
-THRESHOLD = "threshold"
-HEATMAP = "heatmap"
-CLASS_ORDER = ("normal", "bacterial", "viral")
 
 
 def _probability(value: float, what: str) -> float:
@@ -41,12 +35,13 @@ def build_result(
     p = _probability(float(outputs[PNEUMONIA_PROBABILITY][index]), PNEUMONIA_PROBABILITY)
     threshold = _probability(float(outputs[THRESHOLD][index]), THRESHOLD)
     row = np.asarray(outputs[CLASS_PROBABILITIES][index], dtype=np.float64)
-    if row.shape != (len(CLASS_ORDER),):
-        raise ModelServerError(f"{CLASS_PROBABILITIES} has shape {row.shape}, expected (3,).")
+    if row.shape != (len(CLASS_NAMES),):
+        raise ModelServerError(
+            f"{CLASS_PROBABILITIES} has shape {row.shape}, expected ({len(CLASS_NAMES)},).")
     classes = ClassProbabilities(
         **{
             name: _probability(value, f"the {name} probability")
-            for name, value in zip(CLASS_ORDER, row, strict=True)
+            for name, value in zip(CLASS_NAMES, row, strict=True)
         }
     )
     label = label_for(p, threshold)

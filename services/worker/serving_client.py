@@ -25,6 +25,7 @@ from services.worker.errors import (
     ModelSignatureError,
     error_from_rpc,
 )
+from shared.contract import GRADCAM_SIGNATURE, SERVING_SIGNATURE
 from shared.tensors import to_ndarray, to_tensor_proto
 
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -133,8 +134,8 @@ class ServingClient:
         timeout_s: float,
         version_label: str | None = None,
         *,
-        predict_signature: str = "serving_default",
-        heatmap_signature: str = "gradcam",
+        predict_signature: str = SERVING_SIGNATURE,
+        heatmap_signature: str = GRADCAM_SIGNATURE,
         max_message_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.target = target

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pydantic import Field, model_validator
 
 from shared.config import SharedSettings
+from shared.contract import GRADCAM_SIGNATURE, SERVING_SIGNATURE
 
 
 class WorkerSettings(SharedSettings):
@@ -14,8 +15,8 @@ class WorkerSettings(SharedSettings):
 
     predict_timeout_s: float = Field(default=10.0, gt=0)
     serving_version_label: str | None = None
-    serving_signature: str = "serving_default"
-    gradcam_signature: str = "gradcam"
+    serving_signature: str = SERVING_SIGNATURE
+    gradcam_signature: str = GRADCAM_SIGNATURE
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
     task_max_retries: int = Field(default=8, ge=0)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from services.trainer.calibration import expected_calibration_error, fit_temperature, softmax
+from shared.contract import UNKNOWN_SUBTYPE
 
 
 def _synthetic(true_temperature: float, n: int = 20000, seed: int = 0):
@@ -34,7 +35,7 @@ def test_scaling_lowers_the_pneumonia_ece():
 def test_unknown_subtype_counts_through_the_pneumonia_mass():
     logits, labels = _synthetic(2.0, seed=2)
     # Hiding the subtype of every pneumonia still leaves the normal-vs-pneumonia signal.
-    hidden = np.where(labels > 0, -1, 0)
+    hidden = np.where(labels > 0, UNKNOWN_SUBTYPE, 0)
     assert fit_temperature(logits, hidden) == pytest.approx(2.0, rel=0.15)
 
 

@@ -13,6 +13,7 @@ from services.trainer.evaluation import METRIC_KEYS
 from services.trainer.hog import fit_hog_baseline, hog_features, pneumonia_probability
 from services.trainer.model import GRADCAM_LAYER
 from services.trainer.recipe import TrainConfig, run_training, select_records, subsample
+from shared.contract import UNKNOWN_SUBTYPE
 from tests.trainer.conftest import SAMPLE_DIR
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -89,13 +90,13 @@ def test_sample_folder_without_splits_and_subsample():
 
 
 def test_class_weights_balance_every_group():
-    labels = np.array([0] * 6 + [1] * 3 + [2] * 1 + [-1] * 2)
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1 + [UNKNOWN_SUBTYPE] * 2)
     weights = balanced_weights(labels)
-    totals = {label: weights[labels == label].sum() for label in (0, 1, 2, -1)}
+    totals = {label: weights[labels == label].sum() for label in (0, 1, 2, UNKNOWN_SUBTYPE)}
     assert np.allclose(list(totals.values()), len(labels) / 4)
     assert weights.mean() == pytest.approx(1.0)
     targets = soft_targets(labels)
-    np.testing.assert_allclose(targets[labels == -1], [[0, 0.5, 0.5]] * 2)
+    np.testing.assert_allclose(targets[labels == UNKNOWN_SUBTYPE], [[0, 0.5, 0.5]] * 2)
     np.testing.assert_allclose(targets[:1], [[1, 0, 0]])
 
 
