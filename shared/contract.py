@@ -51,3 +51,42 @@ def pneumonia_probability(class_probabilities: Any) -> Any:
     for index in rest:
         total = total + class_probabilities[..., index]
     return total
+
+
+# --- Scope screening (docs/model.md, "Scope") ---------------------------------------------------
+# Reasons a film is outside what the model was validated on. Stable codes: they appear in API
+# answers, DICOM SRs and metrics labels. Producers: pixel checks at decode, DICOM header hints and
+# the served model's own screening outputs below.
+NOT_CHEST_RADIOGRAPH = "not_chest_radiograph"  # photographs, documents, CT/MR/US, other body parts
+BLANK_IMAGE = "blank_image"  # flat or nearly flat pixels
+NOISE_IMAGE = "noise_image"  # no spatial structure
+COLOUR_IMAGE = "colour_image"  # real colour content: a photograph or screenshot
+LATERAL_VIEW = "lateral_view"
+ROTATED = "rotated"  # not upright (90, 180 or 270 degrees)
+INVERTED = "inverted"  # negative intensities (bone dark)
+ADULT = "adult"  # the model was validated on children
+ATYPICAL_IMAGE = "atypical_image"  # far from the training films in the screening network's space
+SCOPE_REASONS: tuple[str, ...] = (
+    NOT_CHEST_RADIOGRAPH, BLANK_IMAGE, NOISE_IMAGE, COLOUR_IMAGE, LATERAL_VIEW, ROTATED, INVERTED,
+    ADULT, ATYPICAL_IMAGE,
+)
+# Reasons that refuse the film (no label at all); every other reason answers with a flag.
+REFUSING_REASONS = frozenset({NOT_CHEST_RADIOGRAPH, BLANK_IMAGE, NOISE_IMAGE, COLOUR_IMAGE,
+                              LATERAL_VIEW})
+# Problem-details / job-failure code of a refused film.
+NOT_A_CHEST_RADIOGRAPH_CODE = "not_a_chest_radiograph"
+
+# The served model's screening: extra outputs of both signatures, one column per SCOPE_CHECKS
+# entry; a score at or above its threshold raises that reason. A model without these outputs
+# screens nothing itself (pixel checks and headers still apply).
+SCOPE_SCORES = "scope_scores"  # [N, len(SCOPE_CHECKS)] float32
+SCOPE_THRESHOLDS = "scope_thresholds"  # [N, len(SCOPE_CHECKS)] float32
+SCOPE_CHECKS: tuple[str, ...] = (NOT_CHEST_RADIOGRAPH, LATERAL_VIEW, ROTATED, INVERTED, ADULT,
+                                 ATYPICAL_IMAGE)
+
+# --- Site operating points (docs/model.md, "Sites") ---------------------------------------------
+# A site's calibration and threshold for one version, published beside the SavedModel:
+# `<version>/assets.extra/sites/<site>/operating_point.json`.
+SITES_DIR = "sites"
+OPERATING_POINT_FILE = "operating_point.json"
+DEFAULT_SITE = "default"
