@@ -29,7 +29,7 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check shared services tests bench
+	$(VENV)/bin/ruff check shared services tests bench scripts
 	$(VENV)/bin/mypy shared
 
 bench: install

@@ -21,7 +21,7 @@ then train; data/sample when it is missing):
   pipeline.
 
 - the CPU one image costs: a 4-client pipeline run with the CPU time of each service's process
-  tree (the worker's pool included) and of the bench's own client counted from /proc, against
+  tree (the worker's pool included) and of the bench's own client counted with psutil, against
   the same model work called directly over gRPC by 4 callers; with the cores' count this bounds
   the throughput any tuning of the pipeline's waits could reach.
 
@@ -58,6 +58,7 @@ from types import ModuleType
 
 import httpx
 import numpy as np
+import psutil
 
 from bench.serving_latency import MODEL_NAME, ROOT, free_port, latest_bundled_model
 
@@ -507,36 +508,22 @@ def profile_pipeline(stack: Stack, target: HttpTarget, images: list[Image], requ
 
 # ---------------------------------------------------------------- CPU per image
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _process_table() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds used so far) for every process now running."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # exited while listed
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        utime, stime = int(fields[11]), int(fields[12])
-        table[int(stat.parent.name)] = (int(fields[1]), (utime + stime) / _TICKS)
-    return table
-
-
 def tree_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds of each named process and all its descendants (the worker's pool too)."""
-    table = _process_table()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
     totals = {}
     for name, root in pids.items():
-        seconds, todo = 0.0, [root]
-        while todo:
-            pid = todo.pop()
-            seconds += table.get(pid, (0, 0.0))[1]
-            todo.extend(children.get(pid, []))
+        seconds = 0.0
+        try:
+            parent = psutil.Process(root)
+            family = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for process in family:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:  # exited while listed
+                continue
+            seconds += times.user + times.system
         totals[name] = seconds
     return totals
 

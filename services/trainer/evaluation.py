@@ -85,24 +85,6 @@ def subtype_auroc(subtypes: Sequence[str | None], class_probabilities) -> tuple[
     return _auroc(is_viral, score), int(known.sum())
 
 
-def subtype_auroc_by_group(subtypes: Sequence[str | None], class_probabilities,
-                           groups: Sequence[str]) -> dict[str, dict]:
-    """`subtype_auroc` within each group of images (say, by how each copy was resized).
-
-    Per group: `n` (films of known subtype), `n_viral`, `auroc` (null when the group holds one
-    subtype only) and its bootstrap `auroc_ci`.
-    """
-    known, is_viral, score = viral_scores(subtypes, class_probabilities)
-    groups = np.asarray(groups)[known]
-    table = {}
-    for group in sorted(set(groups.tolist())):
-        picked = groups == group
-        table[group] = {"n": int(picked.sum()), "n_viral": int(is_viral[picked].sum()),
-                        "auroc": _auroc(is_viral[picked], score[picked]),
-                        "auroc_ci": bootstrap_auroc_ci(is_viral[picked], score[picked])}
-    return table
-
-
 def compute_metrics(y_true, p_pneumonia, threshold: float,
                     subtypes: Sequence[str | None] | None = None, *, class_probabilities=None,
                     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,

@@ -13,8 +13,8 @@ does. It reports, on the trainer's gate set (patients no model trains on, `CXR_G
 - the AUROC of a score that knows nothing but the source group: P(viral | source) counted on the
   pneumonia films outside the gate set.
 
-    python -m bench.subtype_shortcut --model models/cxr-pneumonia/1 \\
-        --data DATA_DIR --manifest DATA_DIR/manifest.csv [--json out/bench/subtype_shortcut.json]
+    python -m scripts.subtype_shortcut --model models/cxr-pneumonia/1 \\
+        --data DATA_DIR --manifest DATA_DIR/manifest.csv [--json out/subtype_shortcut.json]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from services.trainer.dataset import load_images
 from services.trainer.evaluation import (
     bootstrap_auroc_ci,
     score_saved_model,
-    subtype_auroc_by_group,
+    subtype_auroc,
     viral_scores,
 )
 from services.trainer.gates import split_gate_set
@@ -40,6 +41,25 @@ from services.trainer.recipe import TrainConfig, select_records
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN = ("bacterial", "viral")
+
+
+def subtype_auroc_by_group(subtypes: Sequence[str | None], class_probabilities,
+                           groups: Sequence[str]) -> dict[str, dict]:
+    """`subtype_auroc` within each group of images (say, by how each copy was resized).
+
+    Per group: `n` (films of known subtype), `n_viral`, `auroc` (null when the group holds one
+    subtype only) and its bootstrap `auroc_ci`.
+    """
+    subtypes = np.asarray([s or "" for s in subtypes])
+    probs, groups = np.asarray(class_probabilities, dtype=float), np.asarray(groups)
+    table = {}
+    for group in sorted(set(groups[np.isin(subtypes, KNOWN)].tolist())):
+        picked = (groups == group) & np.isin(subtypes, KNOWN)
+        auroc, n = subtype_auroc(subtypes[picked].tolist(), probs[picked])
+        _, is_viral, score = viral_scores(subtypes[picked].tolist(), probs[picked])
+        table[group] = {"n": n, "n_viral": int(is_viral.sum()), "auroc": auroc,
+                        "auroc_ci": bootstrap_auroc_ci(is_viral, score)}
+    return table
 
 
 def read_sources(manifest: Path) -> dict[str, str]:
@@ -111,7 +131,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--json", type=Path,
-                        default=ROOT / "out" / "bench" / "subtype_shortcut.json")
+                        default=ROOT / "out" / "subtype_shortcut.json")
     args = parser.parse_args()
     result = measure(args.model, args.data, args.manifest)
     args.json.parent.mkdir(parents=True, exist_ok=True)
