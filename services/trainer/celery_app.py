@@ -23,14 +23,11 @@ VISIBILITY_MARGIN_S = 3600
 
 def parse_cron(expression: str) -> crontab:
     """`"minute hour day-of-month month day-of-week"` (5-field cron) as a Celery crontab."""
-    fields = expression.split()
-    if len(fields) != 5:
+    if len(expression.split()) != 5:
         raise ValueError(f"CXR_RETRAIN_CRON must have 5 fields "
                          f"(minute hour day-of-month month day-of-week), got {expression!r}")
-    minute, hour, day_of_month, month_of_year, day_of_week = fields
     try:
-        return crontab(minute=minute, hour=hour, day_of_month=day_of_month,
-                       month_of_year=month_of_year, day_of_week=day_of_week)
+        return crontab.from_string(expression)
     except ValueError as err:
         raise ValueError(f"CXR_RETRAIN_CRON {expression!r} is not a valid schedule: {err}") from err
 

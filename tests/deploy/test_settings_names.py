@@ -50,11 +50,6 @@ def test_the_shared_names_are_read_by_every_service():
         assert variable_names(SharedSettings) <= variable_names(settings)
 
 
-def test_a_misspelt_name_would_be_caught():
-    assert "CXR_REDIS_URL" in variable_names(WorkerSettings)
-    assert "CXR_REDIS_URI" not in any_service_reads()
-
-
 @pytest.mark.parametrize("service_name", sorted(load_compose()["services"]))
 def test_compose_sets_only_names_its_service_reads(service_name):
     service = load_compose()["services"][service_name]

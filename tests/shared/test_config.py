@@ -38,15 +38,6 @@ def test_environment_variables_with_prefix_override_defaults(monkeypatch, fresh_
     assert settings.max_upload_bytes == 1234
 
 
-def test_get_settings_is_cached_until_cleared(monkeypatch, fresh_settings):
-    monkeypatch.setenv("CXR_MODEL_NAME", "first")
-    first = get_settings()
-    monkeypatch.setenv("CXR_MODEL_NAME", "second")
-    assert get_settings() is first
-    get_settings.cache_clear()
-    assert get_settings().model_name == "second"
-
-
 def test_invalid_values_are_refused(monkeypatch):
     monkeypatch.setenv("CXR_STORAGE_BACKEND", "ftp")
     with pytest.raises(ValidationError):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 from celery import Celery
-from celery.schedules import crontab
 
 from services.trainer.celery_app import (
     QUEUE,
@@ -21,20 +21,28 @@ from services.trainer.retrain_lock import LOCK_KEY, retrain_exclusively
 from tests.support.procs import ManagedProcess, python_argv, wait_until
 
 
-def test_default_schedule_is_weekly_on_sunday_at_three():
-    entry = celery_config(TrainerSettings())["beat_schedule"][SCHEDULE_ENTRY]
-    assert entry["task"] == TASK_NAME
-    assert entry["options"]["queue"] == QUEUE
-    schedule = entry["schedule"]
-    assert (schedule.minute, schedule.hour, schedule.day_of_week) == ({0}, {3}, {0})
-    assert schedule.day_of_month == set(range(1, 32))
+def _next_run(settings: TrainerSettings, after: datetime) -> datetime:
+    """When beat would next send the retraining, had it last run at `after`."""
+    schedule = celery_config(settings)["beat_schedule"][SCHEDULE_ENTRY]["schedule"]
+    schedule.nowfun = lambda: after
+    return after + schedule.remaining_estimate(after)
+
+
+def test_by_default_retraining_runs_once_a_week_on_sunday_night():
+    wednesday_noon = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    first = _next_run(TrainerSettings(), wednesday_noon)
+    assert first == datetime(2026, 12, 6, 3, 0, tzinfo=UTC) and first.strftime("%A") == "Sunday"
+    assert _next_run(TrainerSettings(), first) - first == timedelta(days=7)
 
 
 def test_schedule_follows_the_cron_setting(monkeypatch):
     monkeypatch.setenv("CXR_RETRAIN_CRON", "30 4 1,15 * *")
-    schedule = celery_config(TrainerSettings())["beat_schedule"][SCHEDULE_ENTRY]["schedule"]
-    assert schedule == crontab(minute="30", hour="4", day_of_month="1,15")
-    assert schedule.day_of_month == {1, 15}
+    runs = [datetime(2026, 12, 2, 12, 0, tzinfo=UTC)]
+    for _ in range(3):
+        runs.append(_next_run(TrainerSettings(), runs[-1]))
+    assert runs[1:] == [datetime(2026, 12, 15, 4, 30, tzinfo=UTC),
+                        datetime(2027, 1, 1, 4, 30, tzinfo=UTC),
+                        datetime(2027, 1, 15, 4, 30, tzinfo=UTC)]
 
 
 @pytest.mark.parametrize("bad", ["0 3 * *", "0 25 * * *", "every sunday", "61 * * * *"])

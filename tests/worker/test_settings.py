@@ -47,10 +47,3 @@ def test_production_celery_settings():
     assert visibility > config["task_time_limit"] > config["task_soft_time_limit"]
     assert config["worker_cancel_long_running_tasks_on_connection_loss"] is True
 
-
-def test_pool_size_is_the_setting_or_two_per_usable_cpu():
-    import os
-
-    assert celery_config(WorkerSettings(worker_concurrency=3))["worker_concurrency"] == 3
-    assert (celery_config(WorkerSettings())["worker_concurrency"]
-            == 2 * len(os.sched_getaffinity(0)))
