@@ -22,6 +22,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.job_queue import INFERENCE_QUEUE, TRAINING_QUEUE
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -182,14 +184,14 @@ def services() -> list[Service]:
                 "services.worker.celery_app",
                 "worker",
                 "-Q",
-                "inference",
+                INFERENCE_QUEUE,
                 "-n",
-                "inference@%h",
+                f"{INFERENCE_QUEUE}@%h",
                 "--loglevel",
                 "INFO",
                 # Pool processes: CXR_WORKER_CONCURRENCY, else two per CPU (WorkerSettings).
             ),
-            lambda: _celery_ping("services.worker.celery_app", "inference"),
+            lambda: _celery_ping("services.worker.celery_app", INFERENCE_QUEUE),
         ),
         Service(
             # jobs storage holds as unfinished but the broker lost (a Redis restart) go back on
@@ -206,15 +208,15 @@ def services() -> list[Service]:
                 "services.trainer.celery_app",
                 "worker",
                 "-Q",
-                "training",
+                TRAINING_QUEUE,
                 "-n",
-                "training@%h",
+                f"{TRAINING_QUEUE}@%h",
                 "--concurrency",
                 "1",
                 "--loglevel",
                 "INFO",
             ),
-            lambda: _celery_ping("services.trainer.celery_app", "training"),
+            lambda: _celery_ping("services.trainer.celery_app", TRAINING_QUEUE),
         ),
         Service(
             "beat",

@@ -41,6 +41,10 @@ class JobQueue:
         self.celery.close()
 
 
+# Scheduled and requested retraining (services/trainer/celery_app.py).
+TRAINING_QUEUE = "training"
+RETRAIN_TASK = "cxr.retrain"
+
 # Results of DICOM-sourced jobs go back to the PACS through this task (services/pacs/tasks.py).
 REPORT_QUEUE = "pacs"
 REPORT_TASK = "cxr.pacs_report"

@@ -12,9 +12,9 @@ from celery.schedules import crontab
 
 from services.trainer.config import TrainerSettings, get_settings
 from shared.celery_config import reliable_queue_config
+from shared.job_queue import RETRAIN_TASK as TASK_NAME
+from shared.job_queue import TRAINING_QUEUE as QUEUE
 
-QUEUE = "training"
-TASK_NAME = "cxr.retrain"
 SCHEDULE_ENTRY = "scheduled-retrain"
 # Redis redelivers an unacked (acks_late) message after this; it must outlast the lock, so a
 # redelivery of a still-running retraining finds the lock taken, or of a dead one finds it free.

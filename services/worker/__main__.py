@@ -24,9 +24,9 @@ from pathlib import Path
 import redis
 
 from services.worker import dead_letter
-from services.worker.celery_app import QUEUE, TASK_NAME, app
 from services.worker.reconcile import UNAVAILABLE, PassResult, reconcile_pass, run_periodically
 from services.worker.settings import get_settings
+from shared.job_queue import JobQueue
 from shared.jobs import JobStore
 from shared.storage import get_storage
 
@@ -40,7 +40,12 @@ REDIS_SOCKET_TIMEOUT_S = 30.0
 
 
 def send_predict(job_id: str) -> None:
-    app.send_task(TASK_NAME, args=[job_id], queue=QUEUE)
+    """Re-queue a job exactly as intake queues it (task id = job id, the same retry policy)."""
+    queue = JobQueue(get_settings())
+    try:
+        queue.enqueue(job_id)
+    finally:
+        queue.close()
 
 
 def positive_seconds(text: str) -> float:
