@@ -23,12 +23,12 @@ from shared.errors import ImageError, JobNotFoundError
 from shared.heatmap import heatmap_png
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
-from shared.schemas import JobRecord, JobStatus
+from shared.schemas import JOB_ID_PATTERN, JobRecord, JobStatus
 
 log = logging.getLogger("cxr.gateway")
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 
-JobIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN,
                                 description="The id returned by the upload.")]
 POLL_INTERVAL_S = 0.2
 NO_STORE = {"Cache-Control": "no-store"}
