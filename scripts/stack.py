@@ -2,9 +2,9 @@
 
 `up` starts, in order, Redis (the machine's when one answers, else its own redis-server), the MLflow
 server and UI, the bundled model's registration and publication (first start only), the model
-server, the inference worker and the job reconciler, the trainer worker and beat, and the
-gateway; it returns once each answers. Process ids go to `var/run/`, logs to `var/log/`. `down`
-stops what `up` started.
+server, the inference worker and the job reconciler, the trainer worker and beat, the DICOM node
+(C-STORE SCP, AE `CXR`) and its report sender, and the gateway; it returns once each answers.
+Process ids go to `var/run/`, logs to `var/log/`. `down` stops what `up` started.
 """
 
 from __future__ import annotations
@@ -22,27 +22,49 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.job_queue import INFERENCE_QUEUE, TRAINING_QUEUE
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.job_queue import INFERENCE_QUEUE, REPORT_QUEUE, TRAINING_QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+class StackSettings(BaseSettings):
+    """What `make up` / `make down` read: where the local stack lives and its ports."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
+
+    stack_dir: Path = Field(default=ROOT / "var", description=(
+        "Folder of the local stack's state, logs and pid files; another folder runs a second, "
+        "separate stack."))
+    gateway_port: int = Field(default=8443, description="The gateway's HTTPS port.")
+    mlflow_port: int = Field(default=5000, description="The MLflow server and UI.")
+    model_server_grpc_port: int = Field(default=8500, description="The model server's gRPC port.")
+    model_server_rest_port: int = Field(default=8501, description="The model server's REST port.")
+    redis_port: int = Field(default=6379, description=(
+        "Redis; the machine's own is used when one answers there, else the stack starts one."))
+    pacs_port: int = Field(default=11112, description="The DICOM node's C-STORE port (AE `CXR`).")
+    pacs_destination: str = Field(default="DEMOPACS@127.0.0.1:11113", description=(
+        "Where the local DICOM node sends its SR and heatmap reports (AET@host:port); "
+        "`make demo` listens there while it runs."))
+    model_base_path: Path | None = Field(default=None, description=(
+        "The serving model folder; default `<stack_dir>/serving`."))
 
 
-# Where the stack keeps its state, logs and pid files (another folder: a second, separate stack).
-VAR = Path(_env("CXR_STACK_DIR", str(ROOT / "var")))
+SETTINGS = StackSettings()
+VAR = SETTINGS.stack_dir
 RUN_DIR = VAR / "run"
 LOG_DIR = VAR / "log"
 
-GATEWAY_PORT = int(_env("CXR_GATEWAY_PORT", "8443"))
-MLFLOW_PORT = int(_env("CXR_MLFLOW_PORT", "5000"))
-GRPC_PORT = int(_env("CXR_MODEL_SERVER_GRPC_PORT", "8500"))
-REST_PORT = int(_env("CXR_MODEL_SERVER_REST_PORT", "8501"))
-REDIS_PORT = int(_env("CXR_REDIS_PORT", "6379"))
-SERVING_BASE = Path(_env("CXR_MODEL_BASE_PATH", str(VAR / "serving")))
+GATEWAY_PORT = SETTINGS.gateway_port
+MLFLOW_PORT = SETTINGS.mlflow_port
+GRPC_PORT = SETTINGS.model_server_grpc_port
+REST_PORT = SETTINGS.model_server_rest_port
+REDIS_PORT = SETTINGS.redis_port
+PACS_PORT = SETTINGS.pacs_port
+SERVING_BASE = SETTINGS.model_base_path or VAR / "serving"
 
 
 def local_environment() -> dict[str, str]:
@@ -57,6 +79,9 @@ def local_environment() -> dict[str, str]:
         "CXR_MODEL_SERVER_REST": f"http://127.0.0.1:{REST_PORT}",
         "CXR_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}",
         "CXR_GATEWAY_PORT": str(GATEWAY_PORT),
+        "CXR_PACS_HOST": "127.0.0.1",
+        "CXR_PACS_PORT": str(PACS_PORT),
+        "CXR_PACS_DESTINATION": SETTINGS.pacs_destination,
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}",
         "PYTHONPATH": str(ROOT),
         "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -233,6 +258,28 @@ def services() -> list[Service]:
             timeout=10,
         ),
         Service(
+            "dicom-node",
+            [py, "-m", "services.pacs"],
+            lambda: _port_open(PACS_PORT),
+        ),
+        Service(
+            "report-sender",
+            _celery(
+                "-A",
+                "services.pacs.celery_app",
+                "worker",
+                "-Q",
+                REPORT_QUEUE,
+                "-n",
+                f"{REPORT_QUEUE}@%h",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+            ),
+            lambda: _celery_ping("services.pacs.celery_app", REPORT_QUEUE),
+        ),
+        Service(
             "gateway",
             [py, "-m", "services.gateway"],
             _http_ok(f"https://127.0.0.1:{GATEWAY_PORT}/readyz"),
@@ -338,6 +385,8 @@ cxr-pneumonia is up.
   Gateway (API and web page): https://localhost:{GATEWAY_PORT}/   (self-signed certificate)
   API documentation:          https://localhost:{GATEWAY_PORT}/docs
   MLflow UI:                  http://localhost:{MLFLOW_PORT}/
+  DICOM node (C-STORE):       AE CXR at localhost:{PACS_PORT}
+  DICOM reports sent to:      {SETTINGS.pacs_destination}
   API key for the demo:       {key}
   (set CXR_API_KEYS="client:key,..." before `make up` to choose your own keys)
 Stop everything with `make down`.""")

@@ -1,0 +1,97 @@
+"""Write `docs/settings.md` from the settings classes, so the settings are documented in one place.
+
+    python -m scripts.settings_doc            # rewrite docs/settings.md
+    python -m scripts.settings_doc --check    # exit 1 when docs/settings.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic_core import PydanticUndefined
+from pydantic_settings import BaseSettings
+
+from scripts.stack import StackSettings
+from services.gateway.config import GatewaySettings
+from services.pacs.settings import PacsSettings
+from services.trainer.config import TrainerSettings
+from services.worker.settings import WorkerSettings
+from shared.config import SharedSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "settings.md"
+# Each class documents only the fields it adds to the one above it.
+SECTIONS: list[tuple[str, type[BaseSettings], type[BaseSettings] | None]] = [
+    ("Every service (`shared/config.py`)", SharedSettings, None),
+    ("Gateway (`services/gateway/config.py`)", GatewaySettings, SharedSettings),
+    ("Inference worker (`services/worker/settings.py`)", WorkerSettings, SharedSettings),
+    ("Trainer (`services/trainer/config.py`)", TrainerSettings, SharedSettings),
+    ("DICOM node (`services/pacs/settings.py`)", PacsSettings, SharedSettings),
+    ("Local stack (`scripts/stack.py`, `make up`)", StackSettings, None),
+]
+HEADER = """# Settings
+
+Every service reads environment variables with the prefix `CXR_` through one pydantic-settings
+class (`get_settings()`); a service's class adds its own fields to the shared ones.
+`CXR_ENV=production` refuses default secrets and a missing TLS certificate at start-up. This
+page is generated from the classes by `python -m scripts.settings_doc`; a test fails when it is
+out of date.
+"""
+
+
+def env_name(settings: type[BaseSettings], field_name: str) -> str:
+    alias = settings.model_fields[field_name].validation_alias
+    prefix = settings.model_config.get("env_prefix", "")
+    return (alias if isinstance(alias, str) else prefix + field_name).upper()
+
+
+def default_text(settings: type[BaseSettings], field_name: str) -> str:
+    field = settings.model_fields[field_name]
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "(required)"
+    if field.default_factory is not None:
+        return "(computed)"
+    value = field.default
+    if value is None or value == "":
+        return ""
+    if hasattr(value, "get_secret_value"):
+        return "(a development default)"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return f"`{text}`"
+
+
+def own_fields(settings: type[BaseSettings], parent: type[BaseSettings] | None) -> list[str]:
+    inherited = set(parent.model_fields) if parent else set()
+    return [name for name in settings.model_fields if name not in inherited]
+
+
+def render() -> str:
+    parts = [HEADER]
+    for title, settings, parent in SECTIONS:
+        parts.append(f"\n## {title}\n\n| variable | default | meaning |\n|---|---|---|")
+        for name in own_fields(settings, parent):
+            description = (settings.model_fields[name].description or "").replace("|", "\\|")
+            parts.append(f"| `{env_name(settings, name)}` | {default_text(settings, name)} | "
+                         f"{' '.join(description.split())} |")
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check the page is current")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not DOC.is_file() or DOC.read_text() != text:
+            print(f"{DOC.relative_to(ROOT)} is out of date: run python -m scripts.settings_doc")
+            return 1
+        return 0
+    DOC.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
