@@ -1,7 +1,8 @@
-"""Reading the deployment files the tests check: rendered overlays, compose, Dockerfiles."""
+"""Reading the deployment files the tests check: rendered overlays, compose, the Dockerfile."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -16,10 +17,9 @@ from tests.support.procs import REPO_ROOT
 K8S_DIR = REPO_ROOT / "infra" / "k8s"
 OVERLAYS = ("dev", "prod")
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-SERVICE_DOCKERFILES = {
-    name: REPO_ROOT / "services" / name / "Dockerfile"
-    for name in ("gateway", "worker", "trainer", "pacs")
-}
+# One multi-stage Dockerfile; each service image is one of its targets.
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+IMAGE_TARGETS = ("gateway", "worker", "trainer", "pacs")
 POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
 
@@ -78,7 +78,7 @@ class DockerStage:
         return [rest for key, rest in self.instructions if key == keyword]
 
 
-def dockerfile_stages(path: Path) -> list[DockerStage]:
+def dockerfile_stages(path: Path = DOCKERFILE) -> list[DockerStage]:
     """The stages of a Dockerfile: FROM (with ARG defaults resolved) and each instruction."""
     logical, pending = [], ""
     for line in path.read_text().splitlines():
@@ -103,14 +103,82 @@ def dockerfile_stages(path: Path) -> list[DockerStage]:
             base = words[0]
             for name, value in arg_defaults.items():
                 base = base.replace("${" + name + "}", value)
-            stage_name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stage_name = words[2].lower() if len(words) == 3 and words[1].upper() == "AS" else None
             stages.append(DockerStage(base, stage_name))
         else:
             stages[-1].instructions.append((keyword, rest))
     return stages
 
 
-def copy_sources(stage: DockerStage) -> list[str]:
+@dataclass
+class ImageTarget:
+    """What `docker build --target NAME` makes: the named stage and the stages it is built FROM,
+    the first of them on an outside image (`base`)."""
+
+    name: str
+    chain: list[DockerStage]
+
+    @property
+    def base(self) -> str:
+        return self.chain[0].base
+
+    def args(self, keyword: str) -> list[str]:
+        """Every `keyword` instruction along the chain, in build order."""
+        return [rest for stage in self.chain for rest in stage.args(keyword)]
+
+    def last(self, keyword: str) -> str | None:
+        """The value in force in the image: the last such instruction (USER, WORKDIR, ...)."""
+        found = self.args(keyword)
+        return found[-1] if found else None
+
+    def command(self) -> list[str]:
+        """ENTRYPOINT + CMD (exec form) as the container starts them. As in Docker, a stage that
+        sets ENTRYPOINT drops the CMD it inherited; a CMD of its own stays."""
+        entrypoint: list[str] = []
+        cmd: list[str] = []
+        for stage in self.chain:
+            cmd_here = False
+            for key, rest in stage.instructions:
+                if key == "ENTRYPOINT":
+                    entrypoint = json.loads(rest)
+                    if not cmd_here:
+                        cmd = []
+                elif key == "CMD":
+                    cmd, cmd_here = json.loads(rest), True
+        return [*entrypoint, *cmd]
+
+
+def stage_chain(stages: list[DockerStage], name: str) -> list[DockerStage]:
+    """The stage called `name` and those it is built FROM, the first one first (a FROM names an
+    earlier stage, else an outside image)."""
+    index = next((i for i, s in enumerate(stages) if s.name == name), None)
+    if index is None:
+        raise AssertionError(f"the Dockerfile has no stage {name!r}")
+    chain = [stages[index]]
+    while True:
+        earlier = {s.name: i for i, s in enumerate(stages[:index]) if s.name}
+        index = earlier.get(chain[0].base.lower(), -1)
+        if index < 0:
+            return chain
+        chain.insert(0, stages[index])
+
+
+def image_target(name: str, path: Path = DOCKERFILE) -> ImageTarget:
+    return ImageTarget(name, stage_chain(dockerfile_stages(path), name))
+
+
+def copied_from_stages(target: ImageTarget) -> list[tuple[str, list[str]]]:
+    """(stage, [source..., destination]) of the COPY --from=STAGE instructions along the chain."""
+    found = []
+    for rest in target.args("COPY"):
+        words = shlex.split(rest)
+        origin = next((w.partition("=")[2] for w in words if w.startswith("--from=")), None)
+        if origin is not None:
+            found.append((origin.lower(), [w for w in words if not w.startswith("--")]))
+    return found
+
+
+def copy_sources(stage: DockerStage | ImageTarget) -> list[str]:
     """Sources of the stage's COPY instructions that read the build context."""
     sources = []
     for rest in stage.args("COPY"):

@@ -10,7 +10,13 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.loaders import COMPOSE_FILE, load_compose
+from tests.deploy.loaders import (
+    COMPOSE_FILE,
+    DOCKERFILE,
+    IMAGE_TARGETS,
+    dockerfile_stages,
+    load_compose,
+)
 from tests.deploy.serving_command import from_compose
 from tests.support.procs import REPO_ROOT
 
@@ -70,11 +76,20 @@ def test_images_are_built_here_or_pinned(compose):
     for name, service in compose["services"].items():
         build = service.get("build")
         if build:
-            assert (REPO_ROOT / build["context"] / build["dockerfile"]).is_file(), name
+            dockerfile = REPO_ROOT / build["context"] / build.get("dockerfile", "Dockerfile")
+            assert dockerfile == DOCKERFILE, name
+            # Without a target, a build would make the Dockerfile's last stage, whatever it is.
+            assert build.get("target") in IMAGE_TARGETS, f"{name}: target {build.get('target')}"
             continue
         image_name, _, tag = service["image"].rpartition(":")
         pinned = image_name and re.search(r"\d", tag) and tag != "latest"
         assert pinned, f"{name}: {service['image']}"
+
+
+def test_compose_builds_every_image_target(compose):
+    built = {s["build"]["target"] for s in compose["services"].values() if "build" in s}
+    assert built == set(IMAGE_TARGETS)
+    assert set(IMAGE_TARGETS) <= {stage.name for stage in dockerfile_stages()}
 
 
 def test_secrets_have_no_defaults():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.loaders import SERVICE_DOCKERFILES, dockerfile_stages, find, load_compose
+from tests.deploy.loaders import find, image_target, load_compose
 from tests.support.procs import ManagedProcess, free_port, port_open, python_argv, wait_until
 
 VENV_BIN = Path(sys.executable).parent
@@ -37,8 +37,7 @@ def run_check(argv: list[str], env: dict[str, str]) -> int:
 
 def test_gateway_check_is_the_images_and_follows_the_process(gateway_factory):
     argv = compose_check("gateway")
-    final = dockerfile_stages(SERVICE_DOCKERFILES["gateway"])[-1]
-    healthcheck = final.args("HEALTHCHECK")[0]
+    healthcheck = image_target("gateway").last("HEALTHCHECK")
     assert json.loads(healthcheck[healthcheck.index("CMD") + 3:].strip()) == argv
     gateway = gateway_factory(tls=True)
     on_test_port = [a.replace("127.0.0.1:8443", f"127.0.0.1:{gateway.port}") for a in argv]
@@ -51,8 +50,7 @@ def test_gateway_check_is_the_images_and_follows_the_process(gateway_factory):
 @pytest.mark.slow
 def test_worker_check_pings_the_worker_the_image_starts(tmp_path, redis_url):
     """The worker started with the image's own ENTRYPOINT + CMD answers the image's check."""
-    final = dockerfile_stages(SERVICE_DOCKERFILES["worker"])[-1]
-    command = [*json.loads(final.args("ENTRYPOINT")[0]), *json.loads(final.args("CMD")[0])]
+    command = image_target("worker").command()
     metrics_port = free_port()
     env = {
         "CXR_ENV": "test", "CXR_REDIS_URL": redis_url, "CXR_STORAGE_BACKEND": "local",

@@ -1,21 +1,30 @@
-"""Each image's file set, assembled from its Dockerfile, installs offline from the lock and imports.
+"""Each image target's file set, assembled from the Dockerfile, installs offline from the lock and
+imports.
 
-What `docker build` would do, without Docker: the final stage's COPY sources are copied into an
-empty folder, the builder's `uv sync` for the service's group runs against the repository's lock
-(from uv's cache, no network), and the image's entry modules import with that interpreter alone.
-A service that starts importing code or packages its image lacks fails here.
+What `docker build --target NAME` would do, without Docker: the COPY sources of the target and the
+stages it is built FROM are copied into an empty folder, the `uv sync` command of the builder it
+takes its virtualenv from runs against the repository's lock (from uv's cache, no network), and
+the image's entry modules import with that interpreter alone. A service that starts importing code
+or packages its image lacks fails here.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.loaders import SERVICE_DOCKERFILES, copy_sources, dockerfile_stages, uv_bin
+from tests.deploy.loaders import (
+    IMAGE_TARGETS,
+    copied_from_stages,
+    copy_sources,
+    image_target,
+    uv_bin,
+)
 from tests.support.procs import REPO_ROOT
 
 ENTRY_IMPORTS = {
@@ -33,8 +42,7 @@ MUST_NOT_IMPORT = {"gateway": "tensorflow"}
 
 
 def assemble_app(service: str, app_dir: Path) -> None:
-    final = dockerfile_stages(SERVICE_DOCKERFILES[service])[-1]
-    for source in copy_sources(final):
+    for source in copy_sources(image_target(service)):
         origin, target = REPO_ROOT / source, app_dir / source
         if origin.is_dir():
             shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -43,22 +51,28 @@ def assemble_app(service: str, app_dir: Path) -> None:
             shutil.copy2(origin, target)
 
 
+def builder_sync_command(service: str) -> list[str]:
+    """The `uv sync ...` arguments of the builder stage the image copies its virtualenv from."""
+    ((builder, _),) = copied_from_stages(image_target(service))
+    (run,) = [r for r in image_target(builder).args("RUN") if r.startswith("uv sync ")]
+    return shlex.split(run)[1:]
+
+
 def sync_group(service: str, project_dir: Path, venv: Path) -> None:
     for name in ("pyproject.toml", "uv.lock"):
         shutil.copy2(REPO_ROOT / name, project_dir / name)
     result = subprocess.run(
-        [uv_bin(), "sync", "--frozen", "--offline", "--no-dev", "--no-default-groups",
-         "--group", service, "--no-install-project", "--link-mode", "symlink",
+        [uv_bin(), *builder_sync_command(service), "--offline", "--link-mode", "symlink",
          "--python", "python3.11", "--quiet"],
         cwd=project_dir, capture_output=True, text=True, check=False, timeout=300,
         env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
              "UV_PROJECT_ENVIRONMENT": str(venv), "UV_PYTHON_DOWNLOADS": "never"},
     )
-    assert result.returncode == 0, f"uv sync --group {service} failed:\n{result.stderr}"
+    assert result.returncode == 0, f"{service}: {shlex.join(result.args)}:\n{result.stderr}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("service", sorted(SERVICE_DOCKERFILES))
+@pytest.mark.parametrize("service", IMAGE_TARGETS)
 def test_image_file_set_imports_its_entry_points(service, tmp_path):
     app_dir, project_dir, venv = tmp_path / "app", tmp_path / "build", tmp_path / "venv"
     app_dir.mkdir()

@@ -14,19 +14,19 @@ from pydantic import ValidationError
 
 from services.pacs.settings import PacsSettings
 from tests.deploy.loaders import (
+    IMAGE_TARGETS,
     K8S_DIR,
-    SERVICE_DOCKERFILES,
-    dockerfile_stages,
     find,
+    image_target,
     load_compose,
     pod_specs,
     render,
 )
 from tests.support.procs import REPO_ROOT
 
-PACS_DOCKERFILE = "services/pacs/Dockerfile"
+PACS_TARGET = "pacs"
 DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}")
-DOCUMENTED_BUILD = re.compile(r"docker build -f (\S+/Dockerfile)\s+-t (\S+) \.")
+DOCUMENTED_BUILD = re.compile(r"docker build --target (\S+)\s+-t (\S+) \.")
 
 
 def resolve_defaults(value: str) -> str:
@@ -44,11 +44,11 @@ def literal_env(c: dict) -> dict[str, str]:
 
 
 def compose_images() -> dict[str, set[str]]:
-    """Dockerfile path -> the images compose builds from it."""
+    """Dockerfile target -> the images compose builds from it."""
     images: dict[str, set[str]] = {}
     for service in load_compose()["services"].values():
         if "build" in service:
-            images.setdefault(service["build"]["dockerfile"], set()).add(
+            images.setdefault(service["build"]["target"], set()).add(
                 resolve_defaults(service["image"]))
     return images
 
@@ -65,21 +65,19 @@ def our_containers(objects: list[dict]) -> dict[tuple[str, str, str], str]:
     return found
 
 
-def test_compose_tags_each_image_after_its_dockerfile():
+def test_compose_tags_each_image_after_its_target():
     images = compose_images()
-    assert PACS_DOCKERFILE in images
-    for dockerfile, tags in images.items():
-        service = dockerfile.split("/")[1]
-        assert (REPO_ROOT / dockerfile).is_file(), dockerfile
-        assert len(tags) == 1, f"{dockerfile} is tagged {tags}"
-        assert next(iter(tags)).rpartition(":")[0] == f"cxr-pneumonia/{service}", tags
+    assert set(images) == set(IMAGE_TARGETS)
+    for target, tags in images.items():
+        assert len(tags) == 1, f"target {target} is tagged {tags}"
+        assert next(iter(tags)).rpartition(":")[0] == f"cxr-pneumonia/{target}", tags
 
 
 def test_dev_runs_the_images_compose_builds(rendered):
     built = set().union(*compose_images().values())
     ours = our_containers(rendered["dev"])
     assert set(ours.values()) <= built, set(ours.values()) - built
-    pacs_image = compose_images()[PACS_DOCKERFILE]
+    pacs_image = compose_images()[PACS_TARGET]
     for deployment in ("pacs", "pacs-sender"):
         assert {ours[("Deployment", deployment, deployment)]} == pacs_image, deployment
 
@@ -94,12 +92,12 @@ def test_prod_pulls_the_same_images_from_the_registry(rendered):
 
 def test_the_documented_builds_make_the_images_prod_pulls(rendered):
     text = (REPO_ROOT / "docs" / "deployment.md").read_text()
-    documented = {tag: dockerfile for dockerfile, tag in DOCUMENTED_BUILD.findall(text)}
+    documented = {tag: target for target, tag in DOCUMENTED_BUILD.findall(text)}
     images = compose_images()
     dev = our_containers(rendered["dev"])
     for where, image in our_containers(rendered["prod"]).items():
         assert image in documented, f"docs/deployment.md has no docker build for {image}"
-        assert dev[where] in images[documented[image]], f"{image} is built from another file"
+        assert dev[where] in images[documented[image]], f"{image} is built from another target"
 
 
 def test_compose_and_the_image_use_the_same_dicom_port():
@@ -109,10 +107,10 @@ def test_compose_and_the_image_use_the_same_dicom_port():
     published = {str(p).rpartition(":")[2] for p in compose["pacs"]["ports"]}
     assert published == {str(port)}
     assert f"('127.0.0.1', {port})" in " ".join(compose["pacs"]["healthcheck"]["test"])
-    final = dockerfile_stages(SERVICE_DOCKERFILES["pacs"])[-1]
-    assert final.args("EXPOSE") == [str(port)]
-    assert f"CXR_PACS_PORT={port}" in " ".join(final.args("ENV"))
-    assert f"('127.0.0.1', {port})" in final.args("HEALTHCHECK")[0]
+    image = image_target(PACS_TARGET)
+    assert image.args("EXPOSE") == [str(port)]
+    assert f"CXR_PACS_PORT={port}" in " ".join(image.args("ENV"))
+    assert f"('127.0.0.1', {port})" in image.last("HEALTHCHECK")
 
 
 def test_the_receiver_listens_where_service_probes_and_policy_point(overlay_objects):
@@ -226,8 +224,7 @@ def test_dev_keeps_the_dicom_port_inside_the_cluster(rendered):
 
 def test_the_image_and_compose_check_the_receiver_the_same_way():
     """A TCP connect to the SCP, as the pod's probes do."""
-    final = dockerfile_stages(SERVICE_DOCKERFILES["pacs"])[-1]
-    healthcheck = final.args("HEALTHCHECK")[0]
+    healthcheck = image_target(PACS_TARGET).last("HEALTHCHECK")
     image_check = json.loads(healthcheck[healthcheck.index("CMD") + 3:].strip())
     assert image_check == load_compose()["services"]["pacs"]["healthcheck"]["test"][1:]
     assert "socket.create_connection" in image_check[-1]

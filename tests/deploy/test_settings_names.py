@@ -15,9 +15,9 @@ from services.worker.settings import WorkerSettings
 from shared.config import SharedSettings
 from tests.deploy.loaders import (
     COMPOSE_FILE,
-    SERVICE_DOCKERFILES,
+    IMAGE_TARGETS,
     containers,
-    dockerfile_stages,
+    image_target,
     load_compose,
     pod_specs,
 )
@@ -79,8 +79,7 @@ def test_kubernetes_sets_only_names_the_service_reads(overlay_objects):
             assert names <= allowed, f"{owner['metadata']['name']}: {names - allowed}"
 
 
-@pytest.mark.parametrize("service", sorted(SERVICE_DOCKERFILES))
-def test_dockerfiles_set_only_names_their_service_reads(service):
-    final = dockerfile_stages(SERVICE_DOCKERFILES[service])[-1]
-    names = set(CXR_NAME.findall(" ".join(final.args("ENV"))))
+@pytest.mark.parametrize("service", IMAGE_TARGETS)
+def test_image_targets_set_only_names_their_service_reads(service):
+    names = set(CXR_NAME.findall(" ".join(image_target(service).args("ENV"))))
     assert names <= variable_names(SETTINGS_BY_IMAGE[service])
