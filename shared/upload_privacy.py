@@ -1,4 +1,5 @@
-"""What an HTTP upload is stored as: DICOM de-identified the way C-STORE and STOW-RS do it.
+"""What an HTTP upload is stored as: DICOM de-identified the way C-STORE and STOW-RS do it,
+JPEG and PNG without their metadata segments and chunks (`shared.imaging.strip`).
 
 The gateway calls `stored_upload` after the upload has been decoded and screened, so only a
 usable image reaches it; the pixels are never touched, only the identifying metadata around them.
@@ -16,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from shared.dicom_intake.deidentify import deidentify
 from shared.errors import CorruptImageError
 from shared.imaging import DecodedImage
+from shared.imaging.strip import strip_metadata
 
 # The decoded metadata that comes from the header and changes with de-identification.
 _UID_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -23,6 +25,8 @@ _UID_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 def stored_upload(data: bytes, decoded: DecodedImage) -> tuple[bytes, DecodedImage]:
     """The bytes to store for an upload, and `decoded` with the stored copy's header facts."""
+    if decoded.format in ("jpeg", "png"):
+        return strip_metadata(data, decoded.format), decoded
     if decoded.format != "dicom":
         return data, decoded
     try:

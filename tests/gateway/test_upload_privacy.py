@@ -7,10 +7,13 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 
 from tests.shared.identified_dicom import KEPT, identified_chest_dx
+from tests.shared.test_strip_metadata import NAME, jpeg_with_names, png_with_names, xray
 from tests.shared.xray_files import dicom_bytes, raw_implicit_dicom_bytes
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.redis import start_redis
@@ -98,3 +101,18 @@ def test_a_dicom_without_preamble_or_meta_group_is_stored_de_identified(stack):
     assert instance.found_in(stored) == []
     shape = (instance.dataset.Rows, instance.dataset.Columns)
     assert dcmread(io.BytesIO(stored)).pixel_array.shape == shape
+
+
+@pytest.mark.parametrize(("name", "make"), [("chest.jpeg", jpeg_with_names),
+                                            ("chest.png", png_with_names)])
+def test_jpeg_and_png_are_stored_without_their_metadata_and_still_predicted(stack, name, make):
+    data = make(xray())
+    assert NAME.encode() in data
+
+    view = upload_and_wait(stack.gateway, name, data)
+
+    assert view["status"] == "succeeded", view
+    stored = (stack.gateway.storage_root / "uploads" / view["job_id"]).read_bytes()
+    assert NAME.encode() not in stored
+    with Image.open(io.BytesIO(stored)) as image, Image.open(io.BytesIO(data)) as original:
+        assert np.array_equal(np.asarray(image), np.asarray(original))
