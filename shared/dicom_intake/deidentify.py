@@ -29,7 +29,7 @@ EMPTIED = frozenset({
 REMOVED = frozenset({
     "PatientBirthTime", "PatientBirthName", "PatientMotherBirthName", "OtherPatientIDs",
     "OtherPatientNames", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientAddress",
-    "PatientTelephoneNumbers", "PatientTelecomInformation", "PatientAge", "PatientSize",
+    "PatientTelephoneNumbers", "PatientTelecomInformation", "PatientSize",
     "PatientWeight", "PatientComments", "PatientReligiousPreference", "PatientSexNeutered",
     "PatientInsurancePlanCodeSequence", "PatientState", "MedicalRecordLocator", "MilitaryRank",
     "BranchOfService", "EthnicGroup", "Occupation", "CountryOfResidence", "RegionOfResidence",
@@ -50,6 +50,9 @@ REMOVED = frozenset({
     "SeriesDate", "SeriesTime", "AcquisitionDate", "AcquisitionTime", "AcquisitionDateTime",
     "ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
     "OverlayComments", "OverlayData", "DerivationDescription", "ProtocolName",
+    "RequestedProcedureID", "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest", "ServiceEpisodeID", "CurrentPatientLocation",
+    "ScheduledProcedureStepID",
 })
 # Action U: replaced by a consistent new UID.
 REPLACED_UIDS = frozenset({
@@ -65,9 +68,14 @@ def replacement_uid(original: str) -> str:
     return generate_uid(entropy_srcs=["cxr-deidentify", str(original)])
 
 
+def _is_overlay(element: DataElement) -> bool:
+    """Overlay planes (groups 6000-601E: label, description, bits) are not needed and can name."""
+    return 0x6000 <= element.tag.group <= 0x601E and element.tag.group % 2 == 0
+
+
 def _apply_profile(dataset: Dataset, element: DataElement) -> None:
     keyword = element.keyword
-    if keyword in REMOVED:
+    if keyword in REMOVED or _is_overlay(element):
         del dataset[element.tag]
     elif keyword in EMPTIED:
         element.value = Sequence() if element.VR == "SQ" else None

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from shared.dicom_intake.deidentify import replacement_uid
 from shared.schemas import JobRecord
 from tests.gateway.uploads import sample_xray, stream_until_answered
 from tests.shared import xray_files
@@ -283,7 +284,7 @@ def test_concurrent_uploads_with_one_idempotency_key_make_one_job(gateway, redis
     assert queued == list(job_ids)
 
 
-def test_dicom_upload_is_accepted_with_its_identifiers_recorded(gateway):
+def test_dicom_upload_is_recorded_with_the_de_identified_copys_uids(gateway):
     dataset = xray_files.xray_dataset(xray_files.gradient(128, 160, 0, 4000, np.uint16))
     with gateway.client() as http:
         response = http.post("/v1/predictions",
@@ -294,4 +295,6 @@ def test_dicom_upload_is_accepted_with_its_identifiers_recorded(gateway):
         (gateway.storage_root / "jobs" / f"{job_id}.json").read_bytes())
     assert record.content_type == "application/dicom"
     assert record.extra["format"] == "dicom"
-    assert dataset.SOPInstanceUID in record.extra.values()
+    assert record.extra["SOPInstanceUID"] == replacement_uid(dataset.SOPInstanceUID)
+    assert record.extra["StudyInstanceUID"] == replacement_uid(dataset.StudyInstanceUID)
+    assert dataset.SOPInstanceUID not in record.model_dump_json()

@@ -24,6 +24,7 @@ from shared.heatmap import heatmap_png
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
 from shared.schemas import JOB_ID_PATTERN, JobRecord, JobStatus
+from shared.upload_privacy import stored_upload
 
 log = logging.getLogger("cxr.gateway")
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
@@ -108,6 +109,8 @@ async def _accept_upload(request: Request, resources: GatewayResources, client: 
     try:
         decoded = await run_in_threadpool(decode_xray, data, resources.limits)
         check_uploaded_dicom(decoded.metadata)
+        # What is stored: DICOM de-identified (as over C-STORE and STOW-RS).
+        stored, decoded = await run_in_threadpool(stored_upload, data, decoded)
     except ImageError as exc:
         resources.metrics.uploads_refused.labels(exc.code).inc()
         raise
@@ -121,7 +124,7 @@ async def _accept_upload(request: Request, resources: GatewayResources, client: 
     try:
         record = await run_in_threadpool(
             lambda: submit_job(resources.storage, resources.jobs, resources.queue,
-                               job_id=job_id, client=client, data=data,
+                               job_id=job_id, client=client, data=stored,
                                filename=file.filename, decoded=decoded))
     except Exception:
         if idempotency_key is not None:
