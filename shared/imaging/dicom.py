@@ -14,6 +14,7 @@ from pydicom.pixels import apply_modality_lut, apply_windowing, get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from shared.errors import CorruptImageError, CXRError, InvalidDicomError, UnsupportedFormatError
+from shared.imaging.dicom_scan import check_file
 from shared.imaging.intensity import rescale_to_uint8
 from shared.imaging.limits import DecodedImage, DecodeLimits
 
@@ -41,10 +42,13 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
 
 
 def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
+    check_file(data, limits)
     dataset = _read(data)
     _check_is_single_image(dataset)
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     limits.check_dimensions(columns, rows)
+    limits.check_decode_memory(columns, rows, int(dataset.get("SamplesPerPixel", 1) or 1),
+                               int(dataset.get("BitsAllocated", 16) or 16))
     transfer_syntax = _transfer_syntax(dataset)
     _check_decodable(transfer_syntax)
     try:
