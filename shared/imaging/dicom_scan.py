@@ -148,12 +148,15 @@ def _walk(data: bytes, position: int, encoding: Encoding, limits: DecodeLimits) 
         position += header
         if tag >> 16 == 0xFFFE:
             position = _delimiter(tag & 0xFFFF, length, position, stack, size)
-            continue
-        elements += 1
+            if tag & 0xFFFF != ITEM:
+                continue
+        elements += 1  # items count too: pydicom builds a dataset for each
         if elements > limits.max_dicom_elements:
             raise DicomTooComplexError(
                 f"The DICOM instance holds more than {limits.max_dicom_elements:,} data "
                 "elements; a radiograph needs far fewer. Export the image alone.")
+        if tag >> 16 == 0xFFFE:
+            continue
         if _is_sequence(tag, vr, length):
             depth = sum(1 for container in stack if container.is_sequence) + 1
             if depth > limits.max_dicom_depth:
