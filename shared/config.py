@@ -55,6 +55,14 @@ class SharedSettings(BaseSettings):
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=100_000_000, gt=0)
     min_image_side: int = Field(default=64, ge=1)
+    # DICOM structure, checked on the encoded bytes before any parser builds a dataset: sequence
+    # nesting depth, data elements in all (items included), the largest element other than the
+    # pixel data, and the working memory that decoding the pixels would take (estimated from the
+    # header, refused before decoding).
+    max_dicom_depth: int = Field(default=12, ge=1)
+    max_dicom_elements: int = Field(default=10_000, ge=16)
+    max_dicom_element_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_decode_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
     image_size: int = Field(default=224, ge=8)
     # Longest side of the heatmap overlay PNG (the X-ray is scaled down to it, never up).
     heatmap_max_side: int = Field(default=1024, ge=64)

@@ -88,6 +88,15 @@ class InvalidDicomError(ImageError):
     default_message = "The DICOM file does not hold a single-frame X-ray image."
 
 
+class DicomTooComplexError(ImageError):
+    code = "dicom_too_complex"
+    http_status = 422
+    default_message = (
+        "The DICOM instance is more complex than a radiograph needs (nesting, element count or "
+        "element size over the service's limits); export the image alone."
+    )
+
+
 class NotChestRadiographError(ImageError):
     code = "not_a_chest_radiograph"
     http_status = 422

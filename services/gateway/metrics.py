@@ -6,9 +6,12 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+import redis.asyncio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import report_delivery
 
 if TYPE_CHECKING:
     from services.gateway.notices import JobNotices
@@ -42,6 +45,26 @@ class GatewayMetrics:
             "cxr_gateway_job_notices_listening",
             "1 while the job notices listener is subscribed; 0 means waits poll the job.",
             registry=self.registry)
+
+        self.pacs_reports = Gauge(
+            "cxr_pacs_reports_finished",
+            "PACS report deliveries that ended, by final state (sent, failed, skipped); counted "
+            "in Redis across every report sender.", ["state"], registry=self.registry)
+        self.pacs_reports_pending = Gauge(
+            "cxr_pacs_reports_pending", "PACS report deliveries not yet sent, failed or skipped.",
+            registry=self.registry)
+        self.pacs_report_oldest_pending = Gauge(
+            "cxr_pacs_report_oldest_pending_seconds",
+            "Age of the oldest PACS report delivery still pending (0 when none).",
+            registry=self.registry)
+
+    async def refresh_pacs_reports(self, client: redis.asyncio.Redis) -> None:
+        """Read the delivery counts from Redis just before a scrape."""
+        counts = await report_delivery.snapshot(client)
+        for state, count in counts.outcomes.items():
+            self.pacs_reports.labels(state).set(count)
+        self.pacs_reports_pending.set(counts.pending)
+        self.pacs_report_oldest_pending.set(counts.oldest_pending_s)
 
     def watch_notices(self, notices: JobNotices) -> None:
         self.waiting.set_function(lambda: notices.waiting)

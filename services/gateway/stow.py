@@ -3,22 +3,22 @@ the response dataset (Referenced SOP Sequence / Failed SOP Sequence) as DICOM JS
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from shared.errors import CXRError
 
 DICOM_MEDIA_TYPE = "application/dicom"
-# Failure Reason values (PS3.4 Annex GG / PS3.18 Table 10.5.3-1).
+# Failure Reason values (PS3.4 Annex GG / PS3.18 Table 10.5.3-1; PS3.7 C.4 for 0x0110/0x0111).
 CANNOT_UNDERSTAND = 0xC000
 OUT_OF_RESOURCES = 0xA700
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_SOP_INSTANCE = 0x0111
 
 
 class UnsupportedStowMediaTypeError(CXRError):
@@ -44,23 +44,17 @@ def dicom_parts(content_type: str, body: bytes) -> list[bytes]:
     return parts
 
 
-def read_instance(data: bytes) -> Dataset | None:
-    """The parsed instance, or None when the part is not readable DICOM."""
-    try:
-        dataset = dcmread(io.BytesIO(data), force=True)
-        dataset.SOPInstanceUID  # noqa: B018 - parsing is lazy; touch what we need
-        return dataset
-    except Exception:  # noqa: BLE001 - any parse failure means "cannot understand"
-        return None
-
-
 @dataclass
 class StowResponse:
     referenced: list[Dataset] = field(default_factory=list)
     failed: list[Dataset] = field(default_factory=list)
 
-    def stored(self, sop_class_uid: str, sop_instance_uid: str) -> None:
-        self.referenced.append(_reference(sop_class_uid, sop_instance_uid))
+    def stored(self, sop_class_uid: str, sop_instance_uid: str,
+               retrieve_url: str | None = None) -> None:
+        item = _reference(sop_class_uid, sop_instance_uid)
+        if retrieve_url:
+            item.RetrieveURL = retrieve_url
+        self.referenced.append(item)
 
     def failure(self, sop_class_uid: str | None, sop_instance_uid: str | None,
                 reason: int) -> None:

@@ -1,8 +1,9 @@
 """Send one job's report to the PACS and record the state in `extra.pacs_report`.
 
 States: `pending` (with the last transient error while retries go on), `sent` (with the SR and
-Secondary Capture SOP Instance UIDs), `failed` (permanent rejection, or retries used up), and
-`skipped` (no destination configured).
+Secondary Capture SOP Instance UIDs), `failed` (with a `reason`: permanent rejection, retries used
+up, or a report that cannot be built from the job), and `skipped` (no destination configured).
+Final states are also counted in Redis (`shared.report_delivery`) for metrics and alerts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from shared.heatmap import heatmap_png
 from shared.imaging import DecodeLimits
 from shared.job_queue import REPORT_STATE_KEY as STATE_KEY
 from shared.jobs import JobStore
+from shared.report_delivery import FINAL_STATES, note_final, note_pending
 from shared.schemas import JobStatus, utc_now
 from shared.storage import Storage, get_storage
 
@@ -30,16 +32,22 @@ class ReportDeps:
     settings: PacsSettings
     storage: Storage
     jobs: JobStore
+    redis: redis.Redis
 
     @classmethod
     def from_settings(cls, settings: PacsSettings) -> ReportDeps:
         storage = get_storage(settings)
-        return cls(settings, storage, JobStore(redis.Redis.from_url(settings.redis_url), storage))
+        client = redis.Redis.from_url(settings.redis_url)
+        return cls(settings, storage, JobStore(client, storage), client)
 
 
 def record_state(deps: ReportDeps, job_id: str, state: str, attempts: int, **details) -> None:
     deps.jobs.set_extra(job_id, STATE_KEY, {"state": state, "attempts": attempts,
                                             "updated_at": utc_now().isoformat(), **details})
+    if state in FINAL_STATES:
+        note_final(deps.redis, job_id, state)
+    else:
+        note_pending(deps.redis, job_id)
 
 
 def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:

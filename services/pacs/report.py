@@ -36,6 +36,10 @@ THRESHOLD = hd.sr.CodedConcept("CXR002", "99CXR", "Decision threshold")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+# Type 2 attributes of the Patient and General Study modules (present, possibly empty) that the
+# reports copy from the image; real exports often omit them, which the standard does not allow.
+TYPE_2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                 "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ def reference_dataset(record: JobRecord, stored_dicom: bytes) -> Dataset:
     dataset.SeriesInstanceUID = uids["series_instance_uid"]
     dataset.SOPInstanceUID = uids["sop_instance_uid"]
     dataset.SOPClassUID = uids["sop_class_uid"]
+    for keyword in TYPE_2_COPIED:
+        if keyword not in dataset:
+            setattr(dataset, keyword, None)  # an empty value, as type 2 allows
     return dataset
 
 

@@ -21,6 +21,7 @@ from services.worker.settings import get_settings
 from shared.errors import CXRError, JobNotFoundError
 from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
 from shared.process_local import PerProcess
+from shared.report_delivery import note_pending
 from shared.schemas import Failure
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def request_pacs_report(job_id: str, deps: WorkerDeps) -> None:
         if record is None or record.source != "dicom":
             return
         deps.jobs.set_extra(job_id, REPORT_STATE_KEY, {"state": "pending", "attempts": 0})
+        note_pending(deps.redis, job_id)
         app.send_task(REPORT_TASK, args=[job_id], queue=REPORT_QUEUE)
     except Exception:  # the prediction itself succeeded; never undo that over the report
         log.exception("could not queue the PACS report of job %s", job_id)

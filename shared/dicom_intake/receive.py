@@ -1,9 +1,14 @@
-"""One received DICOM instance -> screened, de-identified, stored, recorded and queued.
+"""One received DICOM instance -> checked, screened, de-identified, stored, recorded and queued.
 
-Used by the C-STORE SCP (`services.pacs`) and by STOW-RS on the gateway. The job id is derived
-from the SOP Instance UID, so the same instance sent twice (by any route) makes one job. The
-original Study/Series/SOP Instance UIDs stay in the job record (`extra.dicom`), so results can be
-sent back to the PACS that knows the instance by them.
+Used by the C-STORE SCP (`services.pacs`) and by STOW-RS on the gateway. The encoded bytes are
+checked against the DICOM limits (`shared.imaging.dicom_scan`) before pydicom parses them.
+
+The job id is derived from the sender (route and client or calling AE title) and the SOP Instance
+UID, so one sender's instance never stands in for another's. The same sender sending the same
+image again under the same UID makes no second job (a duplicate, stored already); a different
+image under a UID that sender already used is refused as a conflict. The original
+Study/Series/SOP Instance UIDs stay in the job record (`extra.dicom`), so results can be sent back
+to the PACS that knows the instance by them.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from pydicom import dcmwrite
+from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from shared.audit import audited
 from shared.dicom_intake.deidentify import deidentify
 from shared.dicom_intake.screening import rejection_reason
-from shared.errors import InvalidDicomError, JobExistsError
-from shared.imaging import DecodeLimits, decode_xray
+from shared.errors import CorruptImageError, CXRError, InvalidDicomError, JobExistsError
+from shared.imaging import DecodedImage, DecodeLimits, decode_xray
+from shared.imaging.dicom import check_pixel_encoding
+from shared.imaging.dicom_scan import check_file
 from shared.intake import Enqueuer, submit_job
 from shared.jobs import JobStore
 from shared.storage import Storage
@@ -35,7 +42,8 @@ UID_KEYWORDS = {"study_instance_uid": "StudyInstanceUID",
 
 class Disposition(StrEnum):
     QUEUED = "queued"
-    DUPLICATE = "duplicate"
+    DUPLICATE = "duplicate"  # this sender sent this image under this UID before: one job
+    CONFLICT = "conflict"  # this sender used this UID for a different image before: refused
     SKIPPED = "skipped"
 
 
@@ -71,21 +79,74 @@ class DicomIntake:
                 entry.extra["skipped"] = reason
                 return Received(Disposition.SKIPPED, None, uids["sop_class_uid"],
                                 uids["sop_instance_uid"], reason)
-            job_id = entry.job_id = instance_job_id(uids["sop_instance_uid"])
-            stored = dataset if self.keep_identifiers else deidentify(dataset)
-            data = encode(stored)
+            job_id = entry.job_id = instance_job_id(uids["sop_instance_uid"], client, route)
+            data = self._stored_copy(dataset)
             decoded = decode_xray(data, self.limits)
+            digest = pixel_digest(decoded)
             try:
                 submit_job(self.storage, self.jobs, self.queue, job_id=job_id, client=client,
                            data=data, filename=None, decoded=decoded, source="dicom",
-                           extra={"dicom": {**uids, "calling_ae_title": client}})
+                           extra={"dicom": {**uids, "calling_ae_title": client,
+                                            "pixel_sha256": digest}})
             except JobExistsError:
-                entry.extra["duplicate"] = True
-                return Received(Disposition.DUPLICATE, job_id, uids["sop_class_uid"],
-                                uids["sop_instance_uid"])
+                existing = self.jobs.get(job_id)
+                known = existing.extra.get("dicom", {}).get("pixel_sha256") if existing else None
+                same = known == digest
+                entry.extra["duplicate" if same else "conflict"] = True
+                entry.status = 200 if same else 409
+                if not same:
+                    log.warning("instance %s from %s refused: the sender stored a different "
+                                "image under this SOP Instance UID before",
+                                uids["sop_instance_uid"], client)
+                return Received(Disposition.DUPLICATE if same else Disposition.CONFLICT, job_id,
+                                uids["sop_class_uid"], uids["sop_instance_uid"],
+                                None if same else "sop_instance_uid_conflict")
             entry.status = 202
             return Received(Disposition.QUEUED, job_id, uids["sop_class_uid"],
                             uids["sop_instance_uid"])
+
+    def _stored_copy(self, dataset: Dataset) -> bytes:
+        """The instance as stored (de-identified unless configured otherwise), as a Part 10 file.
+
+        A dataset pydicom cannot walk or write (values that do not parse, pixel data that does
+        not match the transfer syntax) is a defect of the instance: `ImageError`, never a
+        transient failure.
+        """
+        check_pixel_encoding(dataset)
+        try:
+            stored = dataset if self.keep_identifiers else deidentify(dataset)
+            return encode(stored)
+        except CXRError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pydicom parses lazily: any error type
+            log.info("instance cannot be re-encoded: %s: %s", type(exc).__name__, exc)
+            raise CorruptImageError(
+                "The DICOM instance cannot be read in full (an element's value does not match "
+                "its type, or the pixel data does not match the transfer syntax); export it "
+                "again.") from exc
+
+
+def read_instance(data: bytes, limits: DecodeLimits) -> Dataset:
+    """Parse a received Part 10 file after checking it against the DICOM limits.
+
+    Raises an `ImageError` when the bytes are over a limit or not readable DICOM.
+    """
+    limits.check_bytes(len(data))
+    check_file(data, limits)
+    try:
+        dataset = dcmread(io.BytesIO(data), force=True)
+        dataset.SOPInstanceUID  # noqa: B018 - parsing is lazy; touch what we need
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
+        log.info("received bytes are not readable DICOM: %s: %s", type(exc).__name__, exc)
+        raise CorruptImageError("The part is not a readable DICOM instance.") from exc
+    return dataset
+
+
+def pixel_digest(decoded: DecodedImage) -> str:
+    """What tells two images apart whatever their encoding: the decoded pixels and their shape."""
+    digest = hashlib.sha256(str(decoded.pixels.shape).encode())
+    digest.update(decoded.pixels.tobytes())
+    return digest.hexdigest()
 
 
 def original_uids(dataset: Dataset) -> dict[str, str]:
@@ -95,8 +156,10 @@ def original_uids(dataset: Dataset) -> dict[str, str]:
     return {name: str(dataset[keyword].value) for name, keyword in UID_KEYWORDS.items()}
 
 
-def instance_job_id(sop_instance_uid: str) -> str:
-    return "dicom-" + hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:40]
+def instance_job_id(sop_instance_uid: str, client: str, route: str) -> str:
+    """The job of `client`'s instance over `route` (`c-store`: client is the calling AE title)."""
+    sender = f"{route}\n{client}\n{sop_instance_uid}"
+    return "dicom-" + hashlib.sha256(sender.encode()).hexdigest()[:40]
 
 
 def encode(dataset: Dataset) -> bytes:

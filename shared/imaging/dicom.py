@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any
 
 import numpy as np
@@ -14,9 +15,11 @@ from pydicom.pixels import apply_modality_lut, apply_windowing, get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from shared.errors import CorruptImageError, CXRError, InvalidDicomError, UnsupportedFormatError
+from shared.imaging.dicom_scan import check_file
 from shared.imaging.intensity import rescale_to_uint8
 from shared.imaging.limits import DecodedImage, DecodeLimits
 
+log = logging.getLogger("cxr.imaging")
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT")
 # Identifiers and acquisition facts only: no patient data, since metadata lands in job records.
@@ -35,23 +38,30 @@ def decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     except Exception as exc:  # noqa: BLE001
         # pydicom parses element values lazily, so a damaged file can raise almost any error type
         # (NotImplementedError for an unknown VR, struct.error, ...) long after dcmread returned.
+        # The parser's words stay in the log: they describe our code, not the sender's file.
+        log.info("DICOM file refused as damaged: %s: %s", type(exc).__name__, exc)
         raise CorruptImageError(
-            f"The DICOM file is damaged ({type(exc).__name__}: {exc}); export it again."
+            "The DICOM file is damaged (an element cannot be read); export it again."
         ) from exc
 
 
 def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
+    check_file(data, limits)
     dataset = _read(data)
     _check_is_single_image(dataset)
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     limits.check_dimensions(columns, rows)
+    limits.check_decode_memory(columns, rows, int(dataset.get("SamplesPerPixel", 1) or 1),
+                               int(dataset.get("BitsAllocated", 16) or 16))
     transfer_syntax = _transfer_syntax(dataset)
     _check_decodable(transfer_syntax)
+    check_pixel_encoding(dataset)
     try:
         stored = dataset.pixel_array
     except Exception as exc:  # noqa: BLE001 - every decoder failure means the pixel data is unusable
+        log.info("DICOM pixel data refused: %s: %s", type(exc).__name__, exc)
         raise CorruptImageError(
-            f"The DICOM pixel data ({transfer_syntax.name}) cannot be decoded ({exc}); "
+            f"The DICOM pixel data ({transfer_syntax.name}) cannot be decoded; "
             "export the image again."
         ) from exc
     photometric = str(dataset.PhotometricInterpretation)
@@ -69,8 +79,9 @@ def _read(data: bytes) -> Dataset:
     try:
         dataset = dcmread(io.BytesIO(data), force=not has_preamble)
     except (PydicomInvalidDicom, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+        log.info("DICOM file unreadable: %s: %s", type(exc).__name__, exc)
         raise CorruptImageError(
-            f"The DICOM file cannot be read ({exc}); it may be truncated. Export it again."
+            "The DICOM file cannot be read; it may be truncated. Export it again."
         ) from exc
     if not has_preamble and "SOPClassUID" not in dataset and "PixelData" not in dataset:
         raise CorruptImageError(
@@ -105,6 +116,23 @@ def _check_is_single_image(dataset: Dataset) -> None:
             f"DICOM images with photometric interpretation {photometric} are not accepted; send a "
             "MONOCHROME1, MONOCHROME2 or RGB image."
         )
+
+
+def check_pixel_encoding(dataset: Dataset) -> None:
+    """Refuse pixel data whose encoding contradicts the transfer syntax in the file meta:
+    native pixels under a compressed syntax (or fragments under an uncompressed one)."""
+    meta = getattr(dataset, "file_meta", None)
+    if "PixelData" not in dataset or meta is None or "TransferSyntaxUID" not in meta:
+        return
+    transfer_syntax = UID(meta.TransferSyntaxUID)
+    if not transfer_syntax.is_transfer_syntax:
+        return
+    encapsulated = dataset["PixelData"].is_undefined_length
+    if encapsulated != transfer_syntax.is_encapsulated:
+        found = "compressed fragments" if encapsulated else "uncompressed pixels"
+        raise InvalidDicomError(
+            f"The DICOM file meta declares {transfer_syntax.name or transfer_syntax} but the pixel "
+            f"data holds {found}; export the image again.")
 
 
 def _transfer_syntax(dataset: Dataset) -> UID:

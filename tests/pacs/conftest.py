@@ -61,7 +61,7 @@ def start_sender(log_dir: Path, name: str, env: dict[str, str]) -> ManagedProces
 
 
 def start_node(tmp: Path, *, model_server_target: str | None,
-               destination_allows: list[str]) -> PacsNode:
+               destination_allows: list[str], env: dict[str, str] | None = None) -> PacsNode:
     redis_server = start_redis(tmp / "redis")
     storage_root, audit_log = tmp / "storage", tmp / "audit.log"
     hospital = ReceivingPacs(free_port(), destination_allows)
@@ -70,7 +70,7 @@ def start_node(tmp: Path, *, model_server_target: str | None,
     env = pacs_env(redis_server.url, storage_root, audit_log,
                    CXR_PACS_PORT=str(scp_port), CXR_PACS_HOST="127.0.0.1",
                    CXR_PACS_ALLOWED_CALLING_AE_TITLES=f"{MODALITY_AE},OTHERMOD",
-                   CXR_PACS_DESTINATION=f"{PACS_AE}@127.0.0.1:{hospital.port}")
+                   CXR_PACS_DESTINATION=f"{PACS_AE}@127.0.0.1:{hospital.port}", **(env or {}))
     scp = ManagedProcess("pacs-scp", python_argv("-m", "services.pacs"), tmp, env=env)
     wait_until(lambda: port_open(scp_port), 60, "pacs scp", scp)
     sender = start_sender(tmp, "pacs-sender", env)

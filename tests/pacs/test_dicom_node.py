@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 from services.pacs.report import NOT_FOR_CLINICAL_USE, device_uid
 from shared.dicom_intake.receive import instance_job_id
 from shared.schemas import JobStatus
-from tests.pacs.peers import c_store, modality_ae
+from tests.pacs.peers import MODALITY_AE, c_store, modality_ae
 from tests.pacs.studies import PATIENT, chest_dx
 from tests.support.procs import wait_until
 
@@ -57,7 +57,7 @@ def test_unknown_calling_ae_title_is_rejected(pacs_node):
 def test_study_goes_to_the_model_and_the_report_comes_back(pacs_node):
     dataset = chest_dx()
     assert c_store(pacs_node.scp_port, dataset) == 0x0000
-    job_id = instance_job_id(dataset.SOPInstanceUID)
+    job_id = instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")
     record = wait_for_job(pacs_node, job_id)
     assert record.source == "dicom" and record.client_id == "MODALITY"
     assert record.extra["dicom"]["study_instance_uid"] == dataset.StudyInstanceUID
@@ -99,7 +99,7 @@ def test_study_goes_to_the_model_and_the_report_comes_back(pacs_node):
 def test_stored_copy_is_deidentified(pacs_node):
     dataset = chest_dx()
     assert c_store(pacs_node.scp_port, dataset) == 0x0000
-    record = pacs_node.job(instance_job_id(dataset.SOPInstanceUID))
+    record = pacs_node.job(instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store"))
     stored = dcmread(io.BytesIO((pacs_node.storage_root / record.upload_key).read_bytes()))
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
                     "ReferringPhysicianName"):
@@ -116,11 +116,11 @@ def test_stored_copy_is_deidentified(pacs_node):
     assert stored.pixel_array.shape == dataset.pixel_array.shape
 
 
-def test_same_instance_twice_makes_one_job(pacs_node):
+def test_same_instance_twice_from_one_sender_makes_one_job(pacs_node):
     dataset = chest_dx()
     assert c_store(pacs_node.scp_port, dataset) == 0x0000
-    assert c_store(pacs_node.scp_port, dataset, calling="OTHERMOD") == 0x0000
-    job_id = instance_job_id(dataset.SOPInstanceUID)
+    assert c_store(pacs_node.scp_port, dataset) == 0x0000
+    job_id = instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")
     wait_for_job(pacs_node, job_id)
     dicom_jobs = [path for path in (pacs_node.storage_root / "jobs").iterdir()
                   if dataset.SOPInstanceUID in path.read_text()]
@@ -128,7 +128,7 @@ def test_same_instance_twice_makes_one_job(pacs_node):
     stores = [line for line in audit_lines(pacs_node)
               if line.get("sop_instance_uid") == dataset.SOPInstanceUID]
     assert [(line["client"], line.get("duplicate", False)) for line in stores] == [
-        ("MODALITY", False), ("OTHERMOD", True)]
+        ("MODALITY", False), ("MODALITY", True)]
 
 
 @pytest.mark.parametrize(("view", "body_part", "reason"), [
@@ -136,7 +136,7 @@ def test_same_instance_twice_makes_one_job(pacs_node):
 def test_non_frontal_or_non_chest_is_not_sent_to_the_model(pacs_node, view, body_part, reason):
     dataset = chest_dx(view=view, body_part=body_part)
     assert c_store(pacs_node.scp_port, dataset) == 0x0000
-    assert pacs_node.job(instance_job_id(dataset.SOPInstanceUID)) is None
+    assert pacs_node.job(instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")) is None
     wait_until(lambda: any(line.get("sop_instance_uid") == dataset.SOPInstanceUID
                            for line in audit_lines(pacs_node)), 10, "audit line")
     line = next(line for line in audit_lines(pacs_node)
@@ -150,7 +150,7 @@ def test_report_waits_for_a_destination_that_is_down_then_arrives(pacs_node):
     dataset = chest_dx(study_uid=generate_uid())
     try:
         assert c_store(pacs_node.scp_port, dataset) == 0x0000
-        job_id = instance_job_id(dataset.SOPInstanceUID)
+        job_id = instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")
         wait_for_job(pacs_node, job_id)
         wait_until(lambda: pacs_node.job(job_id).extra["pacs_report"].get("attempts", 0) >= 2,
                    JOB_TIMEOUT_S, "two failed report attempts", pacs_node.sender)
@@ -168,7 +168,7 @@ def test_an_instance_without_pixels_is_refused_with_cannot_understand(pacs_node)
     dataset = chest_dx()
     del dataset.PixelData
     assert c_store(pacs_node.scp_port, dataset) == 0xC000
-    assert pacs_node.job(instance_job_id(dataset.SOPInstanceUID)) is None
+    assert pacs_node.job(instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")) is None
     wait_until(lambda: any(line.get("sop_instance_uid") == dataset.SOPInstanceUID
                            for line in audit_lines(pacs_node)), 10, "audit line")
     line = next(line for line in audit_lines(pacs_node)

@@ -17,7 +17,7 @@ from shared.dicom_intake.receive import instance_job_id
 from shared.job_queue import REPORT_QUEUE, REPORT_TASK
 from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
 from tests.pacs.conftest import PacsNode, start_node, stop_node
-from tests.pacs.peers import PACS_AE, ReceivingPacs, c_store
+from tests.pacs.peers import MODALITY_AE, PACS_AE, ReceivingPacs, c_store
 from tests.pacs.studies import chest_dx
 from tests.support.procs import free_port, wait_until
 
@@ -40,7 +40,7 @@ def succeeded_dicom_job(node: PacsNode) -> str:
     """A job received over C-STORE, then finished here as the inference worker would."""
     dataset = chest_dx()
     assert c_store(node.scp_port, dataset) == 0x0000
-    job_id = instance_job_id(dataset.SOPInstanceUID)
+    job_id = instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")
     png = io.BytesIO()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(png, format="PNG")
     (node.storage_root / "heatmaps").mkdir(exist_ok=True)

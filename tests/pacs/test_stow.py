@@ -54,7 +54,7 @@ def test_stow_rs_stores_each_instance_as_a_dicom_job(module_gateway, jobs):
     answer = response.json()
     assert sequence_uids(answer, REFERENCED) == [first.SOPInstanceUID, second.SOPInstanceUID]
     assert FAILED not in answer
-    record = jobs.get(instance_job_id(first.SOPInstanceUID))
+    record = jobs.get(instance_job_id(first.SOPInstanceUID, "alice", "stow-rs"))
     assert record.source == "dicom" and record.client_id == "alice"
     assert record.extra["dicom"]["study_instance_uid"] == first.StudyInstanceUID
     stored = dcmread(io.BytesIO((module_gateway.storage_root / record.upload_key).read_bytes()))
@@ -68,7 +68,7 @@ def test_stow_rs_partial_failure_is_202_and_total_failure_409(module_gateway, jo
     answer = response.json()
     assert sequence_uids(answer, REFERENCED) == [good.SOPInstanceUID]
     assert answer[FAILED]["Value"][0][FAILURE_REASON]["Value"] == [0xC000]
-    assert jobs.get(instance_job_id(good.SOPInstanceUID)) is not None
+    assert jobs.get(instance_job_id(good.SOPInstanceUID, "alice", "stow-rs")) is not None
 
     response = stow(module_gateway, multipart(b"garbage"))
     assert response.status_code == 409

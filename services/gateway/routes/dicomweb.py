@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import redis
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -12,16 +14,18 @@ from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
 from services.gateway.stow import (
     CANNOT_UNDERSTAND,
+    DUPLICATE_SOP_INSTANCE,
     OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
     SOP_CLASS_NOT_SUPPORTED,
     StowResponse,
     dicom_parts,
-    read_instance,
 )
-from shared.dicom_intake.receive import DicomIntake
+from shared.dicom_intake.receive import DicomIntake, Disposition, read_instance
 from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
 from shared.errors import CXRError, ImageError
 
+log = logging.getLogger("cxr.gateway")
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 
@@ -31,27 +35,45 @@ def _intake(resources: GatewayResources) -> DicomIntake:
                        keep_identifiers=resources.settings.pacs_keep_identifiers)
 
 
-def _store_all(resources: GatewayResources, client: str, parts: list[bytes]) -> StowResponse:
+def _store_all(resources: GatewayResources, client: str, parts: list[bytes],
+               predictions_url: str) -> StowResponse:
     intake, response = _intake(resources), StowResponse()
     for data in parts:
-        dataset = read_instance(data)
-        if dataset is None:
-            response.failure(None, None, CANNOT_UNDERSTAND)
-            continue
-        sop_class, sop_instance = str(dataset.get("SOPClassUID", "")), str(dataset.SOPInstanceUID)
+        _store_one(intake, resources, client, data, response, predictions_url)
+    return response
+
+
+def _store_one(intake: DicomIntake, resources: GatewayResources, client: str, data: bytes,
+               response: StowResponse, predictions_url: str) -> None:
+    """One part: stored (Referenced SOP Sequence) or a failure entry; never an exception."""
+    sop_class: str | None = None
+    sop_instance: str | None = None
+    try:
+        dataset = read_instance(data, resources.limits)
+        sop_class = str(dataset.get("SOPClassUID", "")) or None
+        sop_instance = str(dataset.get("SOPInstanceUID", "")) or None
         if sop_class not in ACCEPTED_SOP_CLASSES:
             response.failure(sop_class, sop_instance, SOP_CLASS_NOT_SUPPORTED)
-            continue
-        try:
-            intake.receive(dataset, client=client, route="stow-rs")
-        except ImageError:
-            response.failure(sop_class, sop_instance, CANNOT_UNDERSTAND)
-        except CXRError as exc:
-            response.failure(sop_class, sop_instance,
-                             OUT_OF_RESOURCES if exc.transient else CANNOT_UNDERSTAND)
-        else:  # queued, already known, or screened out (not frontal chest): all stored
-            response.stored(sop_class, sop_instance)
-    return response
+            return
+        received = intake.receive(dataset, client=client, route="stow-rs")
+    except ImageError:
+        response.failure(sop_class, sop_instance, CANNOT_UNDERSTAND)
+    except CXRError as exc:
+        response.failure(sop_class, sop_instance,
+                         OUT_OF_RESOURCES if exc.transient else CANNOT_UNDERSTAND)
+    except (redis.RedisError, OSError):
+        log.exception("STOW-RS part from %s not stored: storage or Redis failed", client)
+        response.failure(sop_class, sop_instance, OUT_OF_RESOURCES)
+    except Exception:  # noqa: BLE001 - one part's failure must not lose the others' answers
+        log.exception("STOW-RS part from %s failed unexpectedly", client)
+        response.failure(sop_class, sop_instance, PROCESSING_FAILURE)
+    else:
+        if received.disposition == Disposition.CONFLICT:
+            response.failure(received.sop_class_uid, received.sop_instance_uid,
+                             DUPLICATE_SOP_INSTANCE)
+        else:  # queued, sent before (same image), or screened out (not frontal chest)
+            url = f"{predictions_url}/{received.job_id}" if received.job_id else None
+            response.stored(received.sop_class_uid, received.sop_instance_uid, url)
 
 
 @router.post(
@@ -65,6 +87,7 @@ async def store_instances(request: Request, resources: ResourcesDep,
                           client: ClientDep) -> Response:
     """Each `application/dicom` part becomes a prediction job, de-identified, like C-STORE."""
     parts = dicom_parts(request.headers.get("content-type", ""), await request.body())
-    response = await run_in_threadpool(_store_all, resources, client, parts)
+    predictions_url = str(request.base_url).rstrip("/") + "/v1/predictions"
+    response = await run_in_threadpool(_store_all, resources, client, parts, predictions_url)
     return Response(json.dumps(response.to_json()), status_code=response.http_status,
                     media_type="application/dicom+json")

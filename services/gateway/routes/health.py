@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
+import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +18,7 @@ from services.gateway.model_info import UPSTREAM_ERRORS
 from services.gateway.problems import problem_response, problem_responses
 from services.gateway.resources import GatewayResources
 
+log = logging.getLogger("cxr.gateway")
 router = APIRouter(tags=["operations"])
 
 
@@ -44,6 +47,10 @@ async def readyz(request: Request, resources: ResourcesDep) -> Readiness | JSONR
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(resources: ResourcesDep) -> Response:
+    try:
+        await resources.metrics.refresh_pacs_reports(resources.redis)
+    except (redis.RedisError, OSError) as exc:  # the other metrics still answer
+        log.warning("PACS report counts not read from Redis: %s", type(exc).__name__)
     return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
