@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -19,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from shared.audit import audited
+from shared.contract import DEFAULT_SITE
 from shared.dicom_intake.deidentify import deidentify
 from shared.dicom_intake.screening import rejection_reason
 from shared.errors import InvalidDicomError, JobExistsError
@@ -57,6 +59,8 @@ class DicomIntake:
     queue: Enqueuer
     limits: DecodeLimits
     keep_identifiers: bool = False
+    # The site a sender belongs to (the caller's AE title or API client); None: every job `default`.
+    site_of: Callable[[str], str] | None = None
 
     def receive(self, dataset: Dataset, *, client: str, route: str) -> Received:
         """Turn `dataset` into a job; image errors (`ImageError`) propagate to the caller."""
@@ -78,7 +82,8 @@ class DicomIntake:
             try:
                 submit_job(self.storage, self.jobs, self.queue, job_id=job_id, client=client,
                            data=data, filename=None, decoded=decoded, source="dicom",
-                           extra={"dicom": {**uids, "calling_ae_title": client}})
+                           extra={"dicom": {**uids, "calling_ae_title": client}},
+                           site=self.site_of(client) if self.site_of else DEFAULT_SITE)
             except JobExistsError:
                 entry.extra["duplicate"] = True
                 return Received(Disposition.DUPLICATE, job_id, uids["sop_class_uid"],
