@@ -162,3 +162,41 @@ def test_a_site_csv_names_files_labels_and_patients(tmp_path):
     recs = read_site_records(tmp_path / "site.csv")
     assert [(r.path.name, r.label, r.patient) for r in recs] == [
         ("a.jpeg", "PNEUMONIA", "p1"), ("b.jpeg", "NORMAL", "p1"), ("c.jpeg", "NORMAL", "c")]
+
+
+def report(sensitivity: float, specificity: float) -> dict:
+    return {"site_threshold": {"sensitivity": sensitivity, "specificity": specificity}}
+
+
+def test_the_site_gate_refuses_when_one_site_fails_its_floor_or_regresses():
+    from services.trainer.site_gate import SiteGate
+
+    gate = SiteGate(min_sensitivity=0.95, min_specificity=0.85, max_sensitivity_drop=0.02,
+                    max_specificity_drop=0.03)
+    north = gate.judge("north", report(0.97, 0.90))
+    south = gate.judge("south", report(0.97, 0.84))  # specificity under the floor
+    assert all(c.passed for c in north)
+    assert [c.name for c in south if not c.passed] == ["site.south.specificity_floor"]
+    # Above the floors but worse than the champion at the same site by more than allowed.
+    east = gate.judge("east", report(0.96, 0.88), champion=report(0.96, 0.92))
+    assert [c.name for c in east if not c.passed] == ["site.east.specificity_regression"]
+    assert all(c.passed for c in gate.judge("east", report(0.96, 0.90),
+                                            champion=report(0.97, 0.92)))
+
+
+def test_site_settings_parse_maps_and_refuse_bad_site_names():
+    from pydantic import ValidationError
+
+    from services.trainer.config import TrainerSettings
+    from shared.config import SharedSettings
+
+    settings = SharedSettings(site_clients="alice:north, bob:south", site_ae_titles="MOD1:north")
+    assert settings.site_of_client("alice") == "north"
+    assert settings.site_of_client("carol") == "default"
+    assert settings.site_of_ae_title("MOD1  ") == "north"
+    assert TrainerSettings(site_acceptance_sets="north:/data/north,south:s.csv").site_sets == {
+        "north": "/data/north", "south": "s.csv"}
+    with pytest.raises(ValidationError):
+        SharedSettings(site_clients="alice:../etc")
+    with pytest.raises(ValidationError):
+        TrainerSettings(site_acceptance_sets="north")

@@ -54,3 +54,8 @@ def test_pool_size_is_the_setting_or_two_per_usable_cpu():
     assert celery_config(WorkerSettings(worker_concurrency=3))["worker_concurrency"] == 3
     assert (celery_config(WorkerSettings())["worker_concurrency"]
             == 2 * len(os.sched_getaffinity(0)))
+
+
+def test_the_worker_asks_for_the_stable_label_by_default(monkeypatch):
+    monkeypatch.delenv("CXR_SERVING_VERSION_LABEL", raising=False)
+    assert WorkerSettings().serving_version_label == "stable"
