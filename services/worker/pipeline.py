@@ -77,7 +77,8 @@ class WorkerDeps:
             max_message_bytes=settings.grpc_max_message_bytes,
         )
         operating_points = OperatingPoints(
-            storage_at(settings.model_base_path, settings.s3_endpoint_url, settings.s3_region),
+            lambda: storage_at(settings.model_base_path, settings.s3_endpoint_url,
+                               settings.s3_region),
             settings.model_name, settings.site_operating_point_refresh_s)
         return cls(settings, client, storage, JobStore(client, storage), serving,
                    operating_points)

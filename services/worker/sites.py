@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -43,8 +44,11 @@ class _Entry:
 class OperatingPoints:
     """Site operating points per (version, site), re-read every `refresh_s` seconds."""
 
-    def __init__(self, storage: Storage, model_name: str, refresh_s: float) -> None:
-        self.storage = storage
+    def __init__(self, storage: Storage | Callable[[], Storage], model_name: str,
+                 refresh_s: float) -> None:
+        # A callable is opened on first use: a worker whose serving folder is missing starts,
+        # and its jobs are retried (StorageError) instead of the process failing at start-up.
+        self._storage = storage
         self.model_name = model_name
         self.refresh_s = refresh_s
         self._entries: dict[tuple[int, str], _Entry] = {}
@@ -69,6 +73,15 @@ class OperatingPoints:
         with self._lock:
             self._entries[key] = _Entry(point, now)
         return point
+
+    @property
+    def storage(self) -> Storage:
+        if callable(self._storage):
+            try:
+                self._storage = self._storage()
+            except OSError as error:
+                raise StorageError(f"The serving folder cannot be opened: {error}") from error
+        return self._storage
 
     def _read(self, version: int, site: str) -> OperatingPoint | None:
         try:
