@@ -5,10 +5,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contract import MODEL_NAME
+from shared.operating_point import parse_site_map, site_for
 
 Environment = Literal["development", "test", "production"]
 
@@ -74,6 +75,26 @@ class SharedSettings(BaseSettings):
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     # DICOM received over C-STORE or STOW-RS is stored de-identified unless this is true.
     pacs_keep_identifiers: bool = False
+
+    # Which site each API client and each calling DICOM AE title belongs to ("key:site,...");
+    # the job carries its site and is answered at that site's operating point (docs/sites.md).
+    site_clients: str = ""
+    site_ae_titles: str = ""
+
+    @field_validator("site_clients", "site_ae_titles")
+    @classmethod
+    def _check_site_map(cls, value: str) -> str:
+        parse_site_map(value, "site map")
+        return value
+
+    def site_of_client(self, client: str | None) -> str:
+        """The site of an API client (`CXR_SITE_CLIENTS`), `default` when unlisted."""
+        return site_for(parse_site_map(self.site_clients, "CXR_SITE_CLIENTS"), client)
+
+    def site_of_ae_title(self, ae_title: str | None) -> str:
+        """The site of a calling AE title (`CXR_SITE_AE_TITLES`), `default` when unlisted."""
+        return site_for(parse_site_map(self.site_ae_titles, "CXR_SITE_AE_TITLES"),
+                        (ae_title or "").strip())
 
 
 @lru_cache

@@ -10,6 +10,7 @@ import re
 import uuid
 from typing import Literal, Protocol
 
+from shared.contract import DEFAULT_SITE
 from shared.errors import CXRError
 from shared.imaging import DecodedImage
 from shared.jobs import JobStore
@@ -48,7 +49,8 @@ def image_facts(decoded: DecodedImage) -> dict[str, object]:
 def submit_job(storage: Storage, jobs: JobStore, queue: Enqueuer, *, job_id: str, client: str,
                data: bytes, filename: str | None, decoded: DecodedImage,
                source: Literal["api", "dicom"] = "api",
-               extra: dict[str, object] | None = None) -> JobRecord:
+               extra: dict[str, object] | None = None,
+               site: str = DEFAULT_SITE) -> JobRecord:
     """Store the bytes, write the record, then queue; blocking, so run it in a worker thread.
 
     The blob and the record exist before the task is sent, so a worker never sees an unknown job
@@ -60,7 +62,8 @@ def submit_job(storage: Storage, jobs: JobStore, queue: Enqueuer, *, job_id: str
     media_type = MEDIA_TYPES.get(decoded.format, "application/octet-stream")
     record = JobRecord(job_id=job_id, client_id=client, filename=display_name(filename),
                        content_type=media_type, size_bytes=len(data), upload_key=upload_key,
-                       source=source, extra={**image_facts(decoded), **(extra or {})})
+                       source=source, site=site,
+                       extra={**image_facts(decoded), **(extra or {})})
     # The upload is written beside the open-jobs marker, both before the record (one fsync wait
     # less than one after the other).
     jobs.create(record, alongside=lambda: storage.put(upload_key, data, content_type=media_type))

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from shared.contract import DEFAULT_SITE
+
 
 def _require_utc(value: datetime | None) -> datetime | None:
     """Timestamps must carry a timezone; they are stored converted to UTC."""
@@ -58,6 +60,15 @@ class ClassProbabilities(BaseModel):
     viral: Probability
 
 
+class SiteOperatingPoint(BaseModel):
+    """Which operating point answered: the job's site's own (`site`) or the model's (`model`)."""
+
+    site: str
+    threshold: Probability
+    calibrated_by: Literal["site", "model"]
+    fitted_at: UTCDateTime | None = None
+
+
 class PredictionResult(BaseModel):
     label: Literal["NORMAL", "PNEUMONIA"]
     pneumonia_probability: Probability
@@ -66,6 +77,7 @@ class PredictionResult(BaseModel):
     threshold: Probability
     model: ModelRef
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    operating_point: SiteOperatingPoint | None = None
 
 
 class JobRecord(BaseModel):
@@ -82,6 +94,8 @@ class JobRecord(BaseModel):
     size_bytes: int = Field(default=0, ge=0)
     upload_key: str
     source: Literal["api", "dicom"] = "api"
+    # The site whose operating point answers the job (never a patient identifier).
+    site: str = DEFAULT_SITE
     attempts: int = Field(default=0, ge=0)
     failure: Failure | None = None
     result: PredictionResult | None = None

@@ -233,3 +233,12 @@ def get_storage(settings: SharedSettings | None = None) -> Storage:
         return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url,
                          settings.s3_region)
     return LocalStorage(settings.storage_root)
+
+
+def storage_at(location: str, s3_endpoint_url: str | None = None,
+               s3_region: str | None = None) -> Storage:
+    """A `Storage` over `location`: `s3://bucket/prefix` or a local folder (the serving base)."""
+    if location.startswith("s3://"):
+        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+        return S3Storage(bucket, prefix, s3_endpoint_url, s3_region)
+    return LocalStorage(location)

@@ -25,6 +25,7 @@ class JobView(BaseModel):
     finished_at: datetime | None = None
     filename: str | None = None
     size_bytes: int
+    site: str = Field(description="The site whose operating point answers the job.")
     result: PredictionResult | None = None
     failure: Failure | None = None
     heatmap_url: str | None = Field(default=None, description="Set once the heatmap is ready.")
@@ -36,7 +37,8 @@ class JobView(BaseModel):
         heatmap_ready = record.status == JobStatus.SUCCEEDED and record.heatmap_key is not None
         return cls(job_id=record.job_id, status=record.status, created_at=record.created_at,
                    started_at=record.started_at, finished_at=record.finished_at,
-                   filename=record.filename, size_bytes=record.size_bytes, result=record.result,
+                   filename=record.filename, size_bytes=record.size_bytes, site=record.site,
+                   result=record.result,
                    failure=record.failure, heatmap_url=links.heatmap if heatmap_ready else None,
                    links=links)
 

@@ -26,7 +26,8 @@ def main() -> None:
     intake = DicomIntake(storage=storage,
                          jobs=JobStore(redis.Redis.from_url(settings.redis_url), storage),
                          queue=JobQueue(settings), limits=DecodeLimits.from_settings(settings),
-                         keep_identifiers=settings.pacs_keep_identifiers)
+                         keep_identifiers=settings.pacs_keep_identifiers,
+                         site_of=settings.site_of_ae_title)
     server = start_scp(settings, intake)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.config import SharedSettings
 from shared.contract import MODEL_NAME
+from shared.operating_point import check_site_name
+
+
+def parse_site_sets(text: str) -> dict[str, str]:
+    """`"site:DIR,site2:DIR2"` as {site: DIR}; the site name comes before the first colon."""
+    sets: dict[str, str] = {}
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        site, sep, path = entry.partition(":")
+        if not sep or not path.strip():
+            raise ValueError(f"CXR_SITE_ACCEPTANCE_SETS: {entry!r} is not SITE:DIR")
+        sets[check_site_name(site.strip())] = path.strip()
+    return sets
 
 
 class TrainerSettings(SharedSettings):
@@ -34,6 +48,27 @@ class TrainerSettings(SharedSettings):
     # The gate set: whole patients held out of every training run (see docs/training.md).
     gate_fraction: float = Field(default=0.10, gt=0, lt=1)
     gate_seed: int = 20240101
+
+    # --- sites (docs/sites.md): each site's acceptance set, "site:DIR,site2:DIR2" (a DIR holds
+    # NORMAL/ and PNEUMONIA/, or is a CSV of file,label[,patient]); a version is promoted only if
+    # at every listed site its cross-fitted figures meet these floors and lose no more than the
+    # allowed drop against the champion's on the same set ---
+    site_acceptance_sets: str = ""
+    site_min_sensitivity: float = Field(default=0.95, ge=0, le=1)
+    site_min_specificity: float = Field(default=0.85, ge=0, le=1)
+    site_max_sensitivity_drop: float = Field(default=0.02, ge=0, le=1)
+    site_max_specificity_drop: float = Field(default=0.03, ge=0, le=1)
+
+    @field_validator("site_acceptance_sets")
+    @classmethod
+    def _check_site_sets(cls, value: str) -> str:
+        parse_site_sets(value)
+        return value
+
+    @property
+    def site_sets(self) -> dict[str, str]:
+        """Site -> its acceptance set (`CXR_SITE_ACCEPTANCE_SETS`)."""
+        return parse_site_sets(self.site_acceptance_sets)
 
     # --- scheduled retraining ---
     retrain_cron: str = "0 3 * * 0"

@@ -29,6 +29,7 @@ from shared.contract import (
     SERVING_SIGNATURE,
     THRESHOLD,
 )
+from shared.operating_point import OperatingPoint
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -161,11 +162,14 @@ def score_saved_model(model_dir: str | Path, images: np.ndarray,
 
 def evaluate_saved_model(model_dir: str | Path, data_dir: str | Path,
                          figures_dir: str | Path | None = None,
-                         splits: Sequence[str] | None = None) -> dict:
+                         splits: Sequence[str] | None = None,
+                         operating_point: OperatingPoint | None = None) -> dict:
     """Metrics of an exported model on a Kaggle-layout folder, at the model's own threshold.
 
     Every image under `data_dir` counts unless `splits` (e.g. `["test"]`) names the sub-folders
     to read. Images go through the dataset loader, i.e. `shared.imaging` (the worker's path).
+    With a site's `operating_point`, the scores are its calibrated p(pneumonia) and the threshold
+    is its own (as the worker answers that site); `model_threshold` keeps the model's.
     """
     from services.trainer.dataset import load_images, scan_dataset
     from services.trainer.figures import save_evaluation_figures
@@ -176,11 +180,21 @@ def evaluate_saved_model(model_dir: str | Path, data_dir: str | Path,
     images = load_images(records)
     scores = score_saved_model(model_dir, images)
     y_true = np.array([r.label == "PNEUMONIA" for r in records], dtype=int)
-    metrics = compute_metrics(y_true, scores.p_pneumonia, scores.threshold,
-                              [r.subtype for r in records],
+    p, threshold = scores.p_pneumonia, scores.threshold
+    if operating_point is not None:
+        p = np.array([operating_point.calibrate(v) for v in p])
+        threshold = operating_point.threshold
+    # The subtype score p_viral / (p_bacterial + p_viral) does not change with the calibration.
+    metrics = compute_metrics(y_true, p, threshold, [r.subtype for r in records],
                               class_probabilities=scores.class_probabilities)
     if figures_dir is not None:
         metrics["figures"] = {name: str(path) for name, path in save_evaluation_figures(
-            Path(figures_dir), y_true, scores.p_pneumonia, scores.threshold).items()}
-    return {**metrics, "model_dir": str(model_dir), "data_dir": str(data_dir),
+            Path(figures_dir), y_true, p, threshold).items()}
+    extra = {}
+    if operating_point is not None:
+        extra = {"model_threshold": scores.threshold, "operating_point": {
+            "site": operating_point.site, "data_fingerprint": operating_point.data_fingerprint,
+            "fitted_at": operating_point.fitted_at.isoformat(),
+            "calibration": operating_point.calibration.model_dump()}}
+    return {**metrics, **extra, "model_dir": str(model_dir), "data_dir": str(data_dir),
             "splits": list(splits) if splits else None}

@@ -81,3 +81,36 @@ def save_training_curves(out_dir: Path, history: Sequence[dict],
         ax.set_title(metric)
         ax.legend(fontsize="small")
     return {"training_curves": _save(fig, out_dir / f"{prefix}training_curves.png")}
+
+
+def save_site_figures(out_dir: Path, y_true, p_model, p_site, site_decisions,
+                      model_threshold: float) -> dict[str, Path]:
+    """A site's acceptance figures: confusion at the site's (cross-fitted) and the model's
+    operating point, ROC of the model's scores, reliability before and after calibration."""
+    y_true = np.asarray(y_true, dtype=int)
+    p_model, p_site = np.asarray(p_model, dtype=float), np.asarray(p_site, dtype=float)
+    figures: dict[str, Path] = {}
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 4))
+    for ax, predicted, title in (
+            (axes[0], np.asarray(site_decisions, dtype=int), "Site point (cross-fitted)"),
+            (axes[1], (p_model >= model_threshold).astype(int),
+             f"Model threshold {model_threshold:.3f}")):
+        ConfusionMatrixDisplay.from_predictions(
+            y_true, predicted, labels=[0, 1], display_labels=["NORMAL", "PNEUMONIA"],
+            colorbar=False, ax=ax)
+        ax.set_title(title)
+    figures["confusion_matrices"] = _save(fig, out_dir / "confusion_matrices.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    RocCurveDisplay.from_predictions(y_true, p_model, name="model", ax=ax)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    figures["roc"] = _save(fig, out_dir / "roc.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    CalibrationDisplay.from_predictions(y_true, p_model, n_bins=ECE_BINS, strategy="uniform",
+                                        name="model", ax=ax)
+    CalibrationDisplay.from_predictions(y_true, p_site, n_bins=ECE_BINS, strategy="uniform",
+                                        name="site (cross-fitted)", ax=ax)
+    ax.set_title(f"Reliability ({ECE_BINS} equal-width bins)")
+    figures["reliability"] = _save(fig, out_dir / "reliability.png")
+    return figures

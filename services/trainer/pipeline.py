@@ -57,7 +57,10 @@ def retrain(settings: TrainerSettings | None = None,
             "threshold": f"{outcome.threshold:.6f}", "temperature": f"{outcome.temperature:.6f}",
             "git_commit": git_commit()})
         champion = registry.champion()
-        verdict = _gate(registry, settings, gate_set, saved_model, champion, work)
+        verdict, champion_dir = _gate(registry, settings, gate_set, saved_model, champion, work)
+        if settings.site_sets:
+            verdict = _gate_sites(registry, settings, verdict, saved_model, champion_dir,
+                                  version, champion, work)
         registry.tag_version(version, verdict.as_tags())
         registry.describe(version, _card(outcome, settings, version, verdict))
         _log_gate_metrics(logged.run_id, verdict)
@@ -112,11 +115,37 @@ def _log_run(outcome, saved_model: Path, settings: TrainerSettings, gate_set: Ga
 
 
 def _gate(registry: ModelRegistry, settings: TrainerSettings, gate_set: GateSet,
-          candidate_dir: Path, champion: int | None, work: Path) -> GateVerdict:
+          candidate_dir: Path, champion: int | None,
+          work: Path) -> tuple[GateVerdict, Path | None]:
     champion_dir = (registry.download_saved_model(champion, work / "champion")
                     if champion is not None else None)
-    return PromotionGate.from_settings(settings).evaluate(gate_set, candidate_dir, champion_dir,
-                                                          champion)
+    verdict = PromotionGate.from_settings(settings).evaluate(gate_set, candidate_dir,
+                                                             champion_dir, champion)
+    return verdict, champion_dir
+
+
+def _gate_sites(registry: ModelRegistry, settings: TrainerSettings, verdict: GateVerdict,
+                candidate_dir: Path, champion_dir: Path | None, version: int,
+                champion: int | None, work: Path) -> GateVerdict:
+    """Add every site's checks to the verdict; record the fitted site points on the version.
+
+    The points are recorded whatever the verdict, so a forced promotion publishes them too; each
+    site's report is an MLflow run in the `site-acceptance` experiment.
+    """
+    from services.trainer.promotion import site_tag
+    from services.trainer.site_calibration import log_site_run, write_report
+    from services.trainer.site_gate import evaluate_sites
+
+    sites = evaluate_sites(settings, candidate_dir, champion_dir, version, champion)
+    for site, result in sites.candidates.items():
+        files = write_report(result, work / "sites" / site)
+        run_id = log_site_run(result, files, version)
+        registry.tag_version(version, {site_tag(site): result.point.model_dump_json(),
+                                       f"site.{site}.run_id": run_id})
+    checks = [*verdict.checks, *sites.checks]
+    return GateVerdict(all(c.passed for c in checks), checks, verdict.candidate,
+                       verdict.champion, verdict.champion_version,
+                       {**verdict.extra_tags, **sites.tags()})
 
 
 def _log_gate_metrics(run_id: str, verdict: GateVerdict) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from services.trainer.publish import PublishedVersion, has_version, publish_version, serving_storage
 from services.trainer.registry import ModelRegistry, RegistryError
+from shared.operating_point import OperatingPoint, check_site_name
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,28 @@ def publish_registered(registry: ModelRegistry, settings, version: int | None = 
             source = registry.download_saved_model(version, scratch)
         published = publish_version(source or scratch, version, storage=storage,
                                     model_name=settings.model_name, keep_versions=keep,
-                                    wait_until_loaded=_load_waiter(settings))
+                                    wait_until_loaded=_load_waiter(settings),
+                                    site_points=site_points(registry.version(version).tags))
     registry.tag_version(version, {"published_to": published.model_base_path})
     return published
+
+
+SITE_TAG_PREFIX, SITE_TAG_SUFFIX = "site.", ".operating_point"
+
+
+def site_tag(site: str) -> str:
+    """The registry version tag that holds a site's operating point (JSON)."""
+    return f"{SITE_TAG_PREFIX}{check_site_name(site)}{SITE_TAG_SUFFIX}"
+
+
+def site_points(tags: Mapping[str, str]) -> dict[str, OperatingPoint]:
+    """The site operating points a registry version carries (tags `site.<site>.operating_point`)."""
+    points = {}
+    for key, value in tags.items():
+        if key.startswith(SITE_TAG_PREFIX) and key.endswith(SITE_TAG_SUFFIX):
+            site = key[len(SITE_TAG_PREFIX):-len(SITE_TAG_SUFFIX)]
+            points[site] = OperatingPoint.from_json(value)
+    return points
 
 
 def _load_waiter(settings):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,8 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from shared.contract import STABLE_LABEL
-from shared.storage import LocalStorage, S3Storage, Storage
+from shared.operating_point import OperatingPoint, site_operating_point_key
+from shared.storage import LocalStorage, S3Storage, Storage, storage_at
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,7 @@ class PublishedVersion:
 def serving_storage(base_path: str, s3_endpoint_url: str | None = None,
                     s3_region: str | None = None) -> Storage:
     """The serving base as a `Storage`: `s3://bucket/prefix` or a local folder."""
-    if base_path.startswith("s3://"):
-        bucket, _, prefix = base_path.removeprefix("s3://").partition("/")
-        return S3Storage(bucket, prefix, s3_endpoint_url, s3_region)
-    return LocalStorage(base_path)
+    return storage_at(base_path, s3_endpoint_url, s3_region)
 
 
 def storage_uri(storage: Storage, key: str = "") -> str:
@@ -120,16 +118,30 @@ def _copy_objects(storage: Storage, source: Path, prefix: str) -> None:
         storage.put(f"{prefix}/{path.relative_to(source).as_posix()}", path.read_bytes())
 
 
+def write_site_points(storage: Storage, model_name: str, version: int,
+                      site_points: Mapping[str, OperatingPoint]) -> None:
+    """Each site's operating point into the version folder (each file lands whole)."""
+    for site, point in sorted(site_points.items()):
+        point = point.model_copy(update={"model_version": version})
+        storage.put(site_operating_point_key(model_name, version, site), point.to_json(),
+                    content_type="application/json")
+
+
 def publish_version(saved_model_dir: str | Path, version: int, *, storage: Storage,
                     model_name: str, keep_versions: Sequence[int] = (),
-                    wait_until_loaded: Callable[[int], bool] | None = None) -> PublishedVersion:
+                    wait_until_loaded: Callable[[int], bool] | None = None,
+                    site_points: Mapping[str, OperatingPoint] | None = None) -> PublishedVersion:
     """Copy the version in, then point `models.config` at it (plus `keep_versions` present).
+
+    `site_points` (site -> operating point) are written into the version folder before any
+    config names it, so the version never serves without its sites' points.
 
     With `wait_until_loaded`, the config is written twice, as TF Serving wants for a label swap:
     first the new version is listed with `stable` left where it was, then, once the server has
     loaded it, `stable` moves to it.
     """
     copy_version(storage, saved_model_dir, model_name, version)
+    write_site_points(storage, model_name, version, site_points or {})
     kept = [v for v in keep_versions if v != version and has_version(storage, model_name, v)]
     served = sorted({version, *kept})
     base_uri = storage_uri(storage, model_name)

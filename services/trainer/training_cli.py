@@ -86,6 +86,9 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", action="append", dest="splits", metavar="NAME",
                         help="only this split folder of the data (repeatable, e.g. --split test); "
                         "default: every image under --data")
+    parser.add_argument("--operating-point", type=Path, metavar="FILE",
+                        help="a site's operating_point.json: score at its calibration and "
+                        "threshold instead of the model's own")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -102,7 +105,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 2
     from services.trainer.evaluation import evaluate_saved_model
 
-    metrics = evaluate_saved_model(args.model, args.data, figures_dir=args.out, splits=args.splits)
+    point = None
+    if args.operating_point is not None:
+        from pydantic import ValidationError
+
+        from shared.operating_point import OperatingPoint
+
+        try:
+            point = OperatingPoint.from_json(args.operating_point.read_bytes())
+        except (OSError, ValidationError) as err:
+            print(f"error: {args.operating_point} is not a readable operating point: {err}",
+                  file=sys.stderr)
+            return 2
+    metrics = evaluate_saved_model(args.model, args.data, figures_dir=args.out, splits=args.splits,
+                                   operating_point=point)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(metrics, indent=2))
     print(json.dumps({k: metrics.get(k) for k in SUMMARY_KEYS}, indent=2))

@@ -26,13 +26,14 @@ from services.worker.keys import attention_key, heatmap_key, job_lock_key, resul
 from services.worker.result import build_result
 from services.worker.serving_client import ServingClient
 from services.worker.settings import WorkerSettings
+from services.worker.sites import OperatingPoints, apply_operating_point
 from shared.contract import HEATMAP
 from shared.errors import CXRError
 from shared.heatmap import encode_attention
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
 from shared.jobs import JobStore
 from shared.schemas import Failure, JobRecord, PredictionResult, utc_now
-from shared.storage import Storage, get_storage
+from shared.storage import Storage, get_storage, storage_at
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class WorkerDeps:
     storage: Storage
     jobs: JobStore
     serving: ServingClient
+    operating_points: OperatingPoints
     # One more storage write in flight beside the task's own (each local write waits on fsync).
     writer: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="storage-write"))
@@ -74,7 +76,12 @@ class WorkerDeps:
             heatmap_signature=settings.gradcam_signature,
             max_message_bytes=settings.grpc_max_message_bytes,
         )
-        return cls(settings, client, storage, JobStore(client, storage), serving)
+        operating_points = OperatingPoints(
+            lambda: storage_at(settings.model_base_path, settings.s3_endpoint_url,
+                               settings.s3_region),
+            settings.model_name, settings.site_operating_point_refresh_s)
+        return cls(settings, client, storage, JobStore(client, storage), serving,
+                   operating_points)
 
     def close(self) -> None:
         self.writer.shutdown(wait=True)
@@ -177,7 +184,9 @@ def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResul
         attention = encode_attention(answer.outputs[HEATMAP][0])
     timings = {"queue": round(queue_seconds * 1000, 3), **timer.timings_ms}
     timings["total"] = round((utc_now() - record.created_at).total_seconds() * 1000, 3)
-    return build_result(answer, 0, timings), attention
+    # The job's site answers at its own operating point for the version that answered.
+    point = deps.operating_points.get(answer.version, record.site)
+    return apply_operating_point(build_result(answer, 0, timings), record.site, point), attention
 
 
 def fail_job(job_id: str, failure: Failure, deps: WorkerDeps) -> None:

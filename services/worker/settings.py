@@ -7,14 +7,17 @@ from functools import lru_cache
 from pydantic import Field, model_validator
 
 from shared.config import SharedSettings
-from shared.contract import GRADCAM_SIGNATURE, SERVING_SIGNATURE
+from shared.contract import GRADCAM_SIGNATURE, SERVING_SIGNATURE, STABLE_LABEL
 
 
 class WorkerSettings(SharedSettings):
     """What the worker reads on top of `SharedSettings`; names are in docs/architecture.md."""
 
     predict_timeout_s: float = Field(default=10.0, gt=0)
-    serving_version_label: str | None = None
+    # The version label to ask for (TF Serving's `version_labels`); empty: the server's latest.
+    serving_version_label: str | None = STABLE_LABEL
+    # How long a site's operating point is used before its file is read again.
+    site_operating_point_refresh_s: float = Field(default=10.0, ge=0)
     serving_signature: str = SERVING_SIGNATURE
     gradcam_signature: str = GRADCAM_SIGNATURE
     grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)

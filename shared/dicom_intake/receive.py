@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -24,6 +25,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from shared.audit import audited
+from shared.contract import DEFAULT_SITE
 from shared.dicom_intake.deidentify import deidentify
 from shared.dicom_intake.screening import rejection_reason
 from shared.errors import CorruptImageError, CXRError, InvalidDicomError, JobExistsError
@@ -65,6 +67,8 @@ class DicomIntake:
     queue: Enqueuer
     limits: DecodeLimits
     keep_identifiers: bool = False
+    # The site a sender belongs to (the caller's AE title or API client); None: every job `default`.
+    site_of: Callable[[str], str] | None = None
 
     def receive(self, dataset: Dataset, *, client: str, route: str) -> Received:
         """Turn `dataset` into a job; image errors (`ImageError`) propagate to the caller."""
@@ -87,7 +91,8 @@ class DicomIntake:
                 submit_job(self.storage, self.jobs, self.queue, job_id=job_id, client=client,
                            data=data, filename=None, decoded=decoded, source="dicom",
                            extra={"dicom": {**uids, "calling_ae_title": client,
-                                            "pixel_sha256": digest}})
+                                            "pixel_sha256": digest}},
+                           site=self.site_of(client) if self.site_of else DEFAULT_SITE)
             except JobExistsError:
                 existing = self.jobs.get(job_id)
                 known = existing.extra.get("dicom", {}).get("pixel_sha256") if existing else None

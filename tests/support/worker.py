@@ -69,6 +69,9 @@ def start_celery_worker(log_dir: Path, *, redis_url: str, storage_root: str | Pa
         "CXR_RETRY_BACKOFF_MAX_S": "2",
         "CXR_PREDICT_TIMEOUT_S": "20",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # The test model servers mostly serve a folder, without a config and so without labels:
+        # ask for their latest version unless a test names a label (deployments ask for stable).
+        "CXR_SERVING_VERSION_LABEL": "",
         **(env or {}),
     }
     if not multiprocess_metrics:

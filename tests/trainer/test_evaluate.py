@@ -84,3 +84,48 @@ def test_evaluate_only_the_named_split(sample_export, tmp_path):
     assert evaluate_saved_model(sample_export, tmp_path)["n"] == 10
     only_test = evaluate_saved_model(sample_export, tmp_path, splits=["test"])
     assert only_test["n"] == 4 and only_test["splits"] == ["test"]
+
+
+BUNDLED = REPO_ROOT / "models" / "cxr-pneumonia" / "1"
+
+
+def test_evaluate_at_a_sites_operating_point_keeps_its_keys(tmp_path):
+    from datetime import UTC, datetime
+
+    from shared.operating_point import Calibration, OperatingPoint
+
+    own = evaluate_saved_model(BUNDLED, SAMPLE_DIR)
+    point = OperatingPoint(site="north", model_name="cxr-pneumonia", calibration=Calibration(
+        method="platt", slope=1.0, intercept=-1.5), threshold=0.0, target_sensitivity=0.95,
+        model_threshold=own["threshold"], fitted_at=datetime.now(UTC),
+        data_fingerprint="aa" * 32, n=40, n_pneumonia=20, n_normal=20)
+    (tmp_path / "point.json").write_bytes(point.to_json())
+    out_json = tmp_path / "site.json"
+    result = _cli("evaluate", "--model", str(BUNDLED), "--data", str(SAMPLE_DIR),
+                  "--json", str(out_json), "--operating-point", str(tmp_path / "point.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    site = json.loads(out_json.read_text())
+    assert set(METRIC_KEYS) <= set(site)
+    # Threshold 0 on the site's scale: every film is PNEUMONIA, whatever the model's own says.
+    assert site["threshold"] == 0.0 and site["model_threshold"] == pytest.approx(own["threshold"])
+    assert (site["sensitivity"], site["specificity"]) == (1.0, 0.0)
+    assert site["auroc"] == pytest.approx(own["auroc"])  # a monotone map keeps the ranking
+    assert site["brier"] != pytest.approx(own["brier"])  # but the probabilities are the site's
+    assert site["operating_point"]["site"] == "north"
+
+
+def test_site_calibrate_runs_offline_into_out(tmp_path):
+    from shared.operating_point import OperatingPoint
+
+    result = _cli("site-calibrate", "--model", str(BUNDLED), "--data", str(SAMPLE_DIR),
+                  "--site", "sample", "--out", str(tmp_path / "site"),
+                  env={"CXR_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})  # nothing listens
+    assert result.returncode == 0, result.stderr[-3000:]
+    point = OperatingPoint.from_json((tmp_path / "site" / "operating_point.json").read_bytes())
+    assert (point.site, point.n, point.model_version) == ("sample", 40, None)
+    report = json.loads((tmp_path / "site" / "report.json").read_text())
+    assert sum(report["site_threshold"]["confusion"].values()) == 40
+    assert (tmp_path / "site" / "report.html").read_text().count("data:image/png;base64,") >= 3
+    refused = _cli("site-calibrate", "--model", str(BUNDLED), "--data", str(SAMPLE_DIR),
+                   "--site", "../x", "--out", str(tmp_path / "bad"))
+    assert refused.returncode == 2 and "site name" in refused.stderr

@@ -12,6 +12,7 @@ from services.trainer.config import TrainerSettings
 from services.trainer.pipeline import retrain
 from services.trainer.publish import CONFIG_KEY, parse_models_config
 from services.trainer.registry import CHALLENGER, ModelRegistry
+from shared.operating_point import OperatingPoint, site_operating_point_key
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 SMOKE_TRAINING = {"epochs": 1, "batch_size": 4, "width": 4, "max_images": 24, "verbose": 0,
@@ -30,9 +31,14 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
     common = {"data_dir": str(SAMPLE), "mlflow_tracking_uri": mlflow_server.tracking_uri,
               "registered_model_name": name, "mlflow_experiment": name,
               "model_base_path": str(tmp_path / "serving"), "gate_fraction": 0.25,
-              "train_image_cache_dir": None, "publish_wait_for_load_s": 0}
-    lenient = TrainerSettings(**common, gate_min_sensitivity=0, gate_min_specificity=0,
-                              gate_min_auroc=0)
+              "train_image_cache_dir": None, "publish_wait_for_load_s": 0,
+              # A tiny site acceptance set: a smoke test of the site gate and site points, not
+              # a measurement (the sample images are also the training data here).
+              "site_acceptance_sets": f"sample:{SAMPLE}"}
+    lenient_clinical = {"gate_min_sensitivity": 0, "gate_min_specificity": 0, "gate_min_auroc": 0,
+                        "gate_max_auroc_drop": 1, "gate_max_sensitivity_drop": 1}
+    lenient = TrainerSettings(**common, **lenient_clinical, site_min_sensitivity=0,
+                              site_min_specificity=0)
 
     first = retrain(lenient, train_overrides=SMOKE_TRAINING)
 
@@ -46,6 +52,13 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
     card = registry.version(1).description
     assert card.startswith("# Model card") and "gate.passed: true" in card
     assert (tmp_path / "serving" / lenient.model_name / "1" / "saved_model.pb").is_file()
+    # The site's operating point is recorded on the version and published with it.
+    point = OperatingPoint.from_json(tags["site.sample.operating_point"])
+    assert point.site == "sample" and point.n == 40
+    published = OperatingPoint.from_json((tmp_path / "serving" / site_operating_point_key(
+        lenient.model_name, 1, "sample")).read_bytes())
+    assert published.model_version == 1 and published.threshold == point.threshold
+    assert "gate.site.sample.specificity" in tags
 
     client = MlflowClient(mlflow_server.tracking_uri)
     run = client.get_run(first["run_id"])
@@ -62,15 +75,25 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
     assert {a.path for a in client.list_artifacts(first["run_id"])} >= {"model_card.md",
                                                                        "figures"}
 
-    # A gate no model can pass: the new version stays challenger, nothing is republished.
-    strict = TrainerSettings(**common, gate_min_sensitivity=1, gate_min_specificity=1,
-                             gate_min_auroc=1)
+    site_runs = client.search_runs(
+        [client.get_experiment_by_name("site-acceptance").experiment_id],
+        filter_string="tags.registry_version = '1'")
+    assert [r.info.run_id for r in site_runs] == [tags["site.sample.run_id"]]
+
+    # The clinical gate passes but one site refuses (its floors cannot be met, cross-fitted):
+    # the new version stays challenger, nothing is republished.
+    strict = TrainerSettings(**common, **lenient_clinical, site_min_sensitivity=1,
+                             site_min_specificity=1)
     second = retrain(strict, train_overrides={**SMOKE_TRAINING, "seed": 1})
     assert (second["version"], second["promoted"], second["previous_champion"]) == (2, False, 1)
     assert second["published"] is None and "refused" in second["gate_reason"]
+    refusals = second["gate_reason"].removeprefix("refused: ").split("; ")
+    assert refusals and all(r.startswith("site sample:") for r in refusals)
     assert registry.champion() == 1 and registry.alias_version(CHALLENGER) == 2
     second_tags = registry.version(2).tags
     assert second_tags["gate.passed"] == "false"
     assert second_tags["gate.champion_version"] == "1"
     assert "gate.champion.auroc" in second_tags  # the champion was scored on the same images
+    assert "gate.site.sample.champion.specificity" in second_tags
+    assert not (tmp_path / "serving" / lenient.model_name / "2").exists()
     assert served(strict) == ([1], 1)

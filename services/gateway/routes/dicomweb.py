@@ -32,7 +32,8 @@ router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 def _intake(resources: GatewayResources) -> DicomIntake:
     return DicomIntake(storage=resources.storage, jobs=resources.jobs, queue=resources.queue,
                        limits=resources.limits,
-                       keep_identifiers=resources.settings.pacs_keep_identifiers)
+                       keep_identifiers=resources.settings.pacs_keep_identifiers,
+                       site_of=resources.settings.site_of_client)
 
 
 def _store_all(resources: GatewayResources, client: str, parts: list[bytes],

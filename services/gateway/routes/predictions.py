@@ -125,7 +125,8 @@ async def _accept_upload(request: Request, resources: GatewayResources, client: 
         record = await run_in_threadpool(
             lambda: submit_job(resources.storage, resources.jobs, resources.queue,
                                job_id=job_id, client=client, data=stored,
-                               filename=file.filename, decoded=decoded))
+                               filename=file.filename, decoded=decoded,
+                               site=resources.settings.site_of_client(client)))
     except Exception:
         if idempotency_key is not None:
             await idem.release(client, idempotency_key)
