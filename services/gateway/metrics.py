@@ -33,6 +33,11 @@ class GatewayMetrics:
         self.uploads_refused = Counter("cxr_gateway_uploads_refused_total",
                                        "Uploads refused, by error code.", ["code"],
                                        registry=self.registry)
+        self.scope_refused = Counter(
+            "cxr_gateway_scope_refused_total",
+            "Films refused at the gateway as outside what the model reads (uploads and STOW-RS), "
+            "by scope reason; the worker counts those it refuses, flags or passes.",
+            ["reason"], registry=self.registry)
         self.jobs_created = Counter("cxr_gateway_jobs_created_total",
                                     "Prediction jobs created and queued.", registry=self.registry)
         self.waiting = Gauge("cxr_gateway_waiting_requests",
@@ -42,6 +47,11 @@ class GatewayMetrics:
             "cxr_gateway_job_notices_listening",
             "1 while the job notices listener is subscribed; 0 means waits poll the job.",
             registry=self.registry)
+
+    def count_scope_refusal(self, error: Exception) -> None:
+        """Count each scope reason of a refused film (nothing for other errors)."""
+        for reason in getattr(error, "reasons", ()):
+            self.scope_refused.labels(reason).inc()
 
     def watch_notices(self, notices: JobNotices) -> None:
         self.waiting.set_function(lambda: notices.waiting)

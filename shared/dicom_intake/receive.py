@@ -1,4 +1,4 @@
-"""One received DICOM instance -> screened, de-identified, stored, recorded and queued.
+"""One received DICOM instance -> de-identified, screened, stored, recorded and queued.
 
 Used by the C-STORE SCP (`services.pacs`) and by STOW-RS on the gateway. The job id is derived
 from the SOP Instance UID, so the same instance sent twice (by any route) makes one job. The
@@ -20,11 +20,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from shared.audit import audited
 from shared.dicom_intake.deidentify import deidentify
-from shared.dicom_intake.screening import rejection_reason
 from shared.errors import InvalidDicomError, JobExistsError
 from shared.imaging import DecodeLimits, decode_xray
+from shared.imaging.header_hints import header_reasons
 from shared.intake import Enqueuer, submit_job
 from shared.jobs import JobStore
+from shared.scope import SCOPE_HINTS_KEY, check_refusal, ordered
 from shared.storage import Storage
 
 log = logging.getLogger("cxr.dicom")
@@ -36,7 +37,6 @@ UID_KEYWORDS = {"study_instance_uid": "StudyInstanceUID",
 class Disposition(StrEnum):
     QUEUED = "queued"
     DUPLICATE = "duplicate"
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,6 @@ class Received:
     job_id: str | None
     sop_class_uid: str
     sop_instance_uid: str
-    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,9 @@ class DicomIntake:
     queue: Enqueuer
     limits: DecodeLimits
     keep_identifiers: bool = False
+    # True: a film with a refusing scope reason raises the refusal here (STOW-RS answers it at
+    # once); False: it is queued and refused by the worker, which tells the PACS (C-STORE).
+    refuse_out_of_scope: bool = False
 
     def receive(self, dataset: Dataset, *, client: str, route: str) -> Received:
         """Turn `dataset` into a job; image errors (`ImageError`) propagate to the caller."""
@@ -64,21 +66,24 @@ class DicomIntake:
             entry.extra["route"] = route
             uids = original_uids(dataset)
             entry.extra["sop_instance_uid"] = uids["sop_instance_uid"]
-            reason = rejection_reason(dataset)
-            if reason is not None:
-                log.info("instance %s from %s not sent to the model: %s",
-                         uids["sop_instance_uid"], client, reason)
-                entry.extra["skipped"] = reason
-                return Received(Disposition.SKIPPED, None, uids["sop_class_uid"],
-                                uids["sop_instance_uid"], reason)
-            job_id = entry.job_id = instance_job_id(uids["sop_instance_uid"])
+            # Read before de-identification, which drops some of them (Patient's Age).
+            hints = header_reasons(dataset)
             stored = dataset if self.keep_identifiers else deidentify(dataset)
             data = encode(stored)
             decoded = decode_xray(data, self.limits)
+            reasons = ordered([*hints, *decoded.scope_reasons])
+            if reasons:
+                entry.extra["scope"] = list(reasons)
+            if self.refuse_out_of_scope:
+                check_refusal(reasons)
+            job_id = entry.job_id = instance_job_id(uids["sop_instance_uid"])
+            extra: dict[str, object] = {"dicom": {**uids, "calling_ae_title": client}}
+            if hints:
+                extra[SCOPE_HINTS_KEY] = list(hints)
             try:
                 submit_job(self.storage, self.jobs, self.queue, job_id=job_id, client=client,
                            data=data, filename=None, decoded=decoded, source="dicom",
-                           extra={"dicom": {**uids, "calling_ae_title": client}})
+                           extra=extra)
             except JobExistsError:
                 entry.extra["duplicate"] = True
                 return Received(Disposition.DUPLICATE, job_id, uids["sop_class_uid"],

@@ -20,7 +20,7 @@ from services.gateway.stow import (
 )
 from shared.dicom_intake.receive import DicomIntake
 from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
-from shared.errors import CXRError, ImageError
+from shared.errors import CXRError, ImageError, NotChestRadiographError
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
@@ -28,7 +28,8 @@ router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 def _intake(resources: GatewayResources) -> DicomIntake:
     return DicomIntake(storage=resources.storage, jobs=resources.jobs, queue=resources.queue,
                        limits=resources.limits,
-                       keep_identifiers=resources.settings.pacs_keep_identifiers)
+                       keep_identifiers=resources.settings.pacs_keep_identifiers,
+                       refuse_out_of_scope=True)
 
 
 def _store_all(resources: GatewayResources, client: str, parts: list[bytes]) -> StowResponse:
@@ -44,12 +45,16 @@ def _store_all(resources: GatewayResources, client: str, parts: list[bytes]) -> 
             continue
         try:
             intake.receive(dataset, client=client, route="stow-rs")
+        except NotChestRadiographError as exc:
+            resources.metrics.count_scope_refusal(exc)
+            response.failure(sop_class, sop_instance, CANNOT_UNDERSTAND,
+                             comment=f"{exc.code} ({', '.join(exc.reasons)}): {exc.message}")
         except ImageError:
             response.failure(sop_class, sop_instance, CANNOT_UNDERSTAND)
         except CXRError as exc:
             response.failure(sop_class, sop_instance,
                              OUT_OF_RESOURCES if exc.transient else CANNOT_UNDERSTAND)
-        else:  # queued, already known, or screened out (not frontal chest): all stored
+        else:  # queued, or already known
             response.stored(sop_class, sop_instance)
     return response
 
