@@ -40,7 +40,7 @@ REASON_TEXT: dict[str, str] = {
     BLANK_IMAGE: "the image is blank: (nearly) every pixel has the same value",
     NOISE_IMAGE: "the image is noise: its pixels show no anatomical structure",
     COLOUR_IMAGE: "the image is in colour (a photograph or a screenshot), not an X-ray",
-    LATERAL_VIEW: "it is a lateral (side) view; the model reads frontal PA or AP views only",
+    LATERAL_VIEW: "it is a lateral (side) view, not a frontal PA or AP view",
     ROTATED: "the film is not upright (rotated by 90, 180 or 270 degrees)",
     INVERTED: "the film's grey levels are inverted (bone dark)",
     ADULT: "the patient is an adult; the model was validated on children",
@@ -66,11 +66,9 @@ def describe(reasons: Iterable[str]) -> str:
 def refusal(reasons: Iterable[str], detail: str | None = None) -> NotChestRadiographError:
     """The error that refuses a film for its refusing `reasons` (the flags are listed too)."""
     found = ordered(reasons)
-    why = describe(refusing(found))
+    why = describe(refusing(found)) + (f" ({detail})" if detail else "")
     message = (f"The image was not analysed: {why}. The model reads frontal (PA or AP) chest "
                "X-rays only; send the chest film itself.")
-    if detail:
-        message += f" ({detail})"
     return NotChestRadiographError(message, reasons=found)
 
 
