@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "synthetic": measure_synthetic(limits),
         "cost_ms": measure_cost(),
     }
-    if not args.skip_sets:
+    if not args.skip_sets and not (args.data / IN_SCOPE_SETS[0]).is_dir():
+        print(f"no data sets under {args.data}: measuring the synthetic cases and the cost only")
+    elif not args.skip_sets:
         report["sets"] = measure_sets(args.data, limits)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

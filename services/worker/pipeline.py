@@ -1,7 +1,8 @@
 """The work behind `cxr.predict`: plain functions, no Celery, callable and testable alone.
 
 One job: read the upload, decode and preprocess it with `shared.imaging` (the only preprocessing),
-ask the model server for the prediction and its Grad-CAM from one model version (one call when the
+screen its scope (`services.worker.scope`: a refused film never reaches the model), ask the model
+server for the prediction and its Grad-CAM from one model version (one call when the
 model's `gradcam` signature also answers the prediction), write the result JSON and the Grad-CAM
 map (uint8 `.npy`; the overlay over the X-ray is drawn when someone first reads it, see
 `shared.heatmap`), and record the outcome on the job.
