@@ -98,12 +98,21 @@ class DicomTooComplexError(ImageError):
 
 
 class NotChestRadiographError(ImageError):
+    """A film outside what the model reads; `reasons` are the scope codes of shared.contract."""
+
     code = "not_a_chest_radiograph"
     http_status = 422
     default_message = (
-        "The DICOM header says this is not a frontal chest radiograph; the model reads frontal "
-        "(PA or AP) chest X-rays only."
+        "The image was not analysed: it is not a frontal chest radiograph; the model reads "
+        "frontal (PA or AP) chest X-rays only."
     )
+
+    def __init__(self, message: str | None = None, *, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = tuple(reasons)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**super().to_dict(), "reasons": list(self.reasons)}
 
 
 # --- storage ----------------------------------------------------------------------------------

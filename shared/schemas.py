@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from shared import contract
 from shared.contract import DEFAULT_SITE
 
 
@@ -40,11 +41,42 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
+class ScopeReason(StrEnum):
+    """Why a film lies outside the validated population (shared.contract, SCOPE_REASONS)."""
+
+    NOT_CHEST_RADIOGRAPH = contract.NOT_CHEST_RADIOGRAPH
+    BLANK_IMAGE = contract.BLANK_IMAGE
+    NOISE_IMAGE = contract.NOISE_IMAGE
+    COLOUR_IMAGE = contract.COLOUR_IMAGE
+    LATERAL_VIEW = contract.LATERAL_VIEW
+    ROTATED = contract.ROTATED
+    INVERTED = contract.INVERTED
+    ADULT = contract.ADULT
+    ATYPICAL_IMAGE = contract.ATYPICAL_IMAGE
+
+
+assert tuple(ScopeReason) == contract.SCOPE_REASONS, "ScopeReason must list SCOPE_REASONS"
+
+
+class Scope(BaseModel):
+    """Whether the film lies in the population the model was validated on, and why not."""
+
+    in_validated_population: bool = Field(
+        description="False when any reason below applies: read the answer with that in mind.")
+    reasons: list[ScopeReason] = Field(
+        default_factory=list,
+        description="Why the film lies outside the validated population (empty when inside).")
+
+
 class Failure(BaseModel):
-    """Why a job failed: the `code` and `message` of the `CXRError` that stopped it."""
+    """Why a job failed: the `code` and `message` of the `CXRError` that stopped it.
+
+    `reasons`: for `not_a_chest_radiograph`, the scope reasons that refused the film.
+    """
 
     code: str
     message: str
+    reasons: list[ScopeReason] | None = None
 
 
 class ModelRef(BaseModel):
@@ -78,6 +110,8 @@ class PredictionResult(BaseModel):
     model: ModelRef
     timings_ms: dict[str, float] = Field(default_factory=dict)
     operating_point: SiteOperatingPoint | None = None
+    # None only in results written before scope screening existed.
+    scope: Scope | None = None
 
 
 class JobRecord(BaseModel):

@@ -36,6 +36,11 @@ class GatewayMetrics:
         self.uploads_refused = Counter("cxr_gateway_uploads_refused_total",
                                        "Uploads refused, by error code.", ["code"],
                                        registry=self.registry)
+        self.scope_refused = Counter(
+            "cxr_gateway_scope_refused_total",
+            "Films refused at the gateway as outside what the model reads (uploads and STOW-RS), "
+            "by scope reason; the worker counts those it refuses, flags or passes.",
+            ["reason"], registry=self.registry)
         self.jobs_created = Counter("cxr_gateway_jobs_created_total",
                                     "Prediction jobs created and queued.", registry=self.registry)
         self.waiting = Gauge("cxr_gateway_waiting_requests",
@@ -65,6 +70,11 @@ class GatewayMetrics:
             self.pacs_reports.labels(state).set(count)
         self.pacs_reports_pending.set(counts.pending)
         self.pacs_report_oldest_pending.set(counts.oldest_pending_s)
+
+    def count_scope_refusal(self, error: Exception) -> None:
+        """Count each scope reason of a refused film (nothing for other errors)."""
+        for reason in getattr(error, "reasons", ()):
+            self.scope_refused.labels(reason).inc()
 
     def watch_notices(self, notices: JobNotices) -> None:
         self.waiting.set_function(lambda: notices.waiting)

@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from services.gateway.errors import HTTPHeadersMixin
-from shared.errors import CXRError
+from shared.errors import CXRError, NotChestRadiographError
+from shared.schemas import ScopeReason
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("cxr.gateway")
@@ -32,6 +33,9 @@ class Problem(BaseModel):
     detail: str = Field(description="What went wrong and what to do about it.")
     instance: str = Field(description="The request path that failed.")
     code: str = Field(description="Stable machine-readable error code, e.g. `not_an_image`.")
+    reasons: list[ScopeReason] | None = Field(
+        default=None, description="For `not_a_chest_radiograph`: the scope reasons that refused "
+                                  "the film.")
 
 
 def problem_type(code: str) -> str:
@@ -80,7 +84,8 @@ def error_response(request: Request, exc: CXRError) -> JSONResponse:
         log.warning("%s %s answered %s: %s", request.method, request.url.path, exc.http_status,
                     exc.message)
     headers = exc.headers() if isinstance(exc, HTTPHeadersMixin) else None
-    return problem_response(request, exc.http_status, exc.code, exc.message, headers)
+    extra = {"reasons": list(exc.reasons)} if isinstance(exc, NotChestRadiographError) else {}
+    return problem_response(request, exc.http_status, exc.code, exc.message, headers, **extra)
 
 
 async def _cxr_error(request: Request, exc: Exception) -> JSONResponse:

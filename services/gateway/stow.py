@@ -57,9 +57,12 @@ class StowResponse:
         self.referenced.append(item)
 
     def failure(self, sop_class_uid: str | None, sop_instance_uid: str | None,
-                reason: int) -> None:
+                reason: int, comment: str | None = None) -> None:
+        """A failed instance; `comment` (Transaction Status Comment) says why in words."""
         item = _reference(sop_class_uid, sop_instance_uid)
         item.FailureReason = reason
+        if comment:
+            item.TransactionStatusComment = comment[:10240]  # LT holds up to 10240 characters
         self.failed.append(item)
 
     @property

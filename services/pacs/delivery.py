@@ -1,9 +1,10 @@
 """Send one job's report to the PACS and record the state in `extra.pacs_report`.
 
 States: `pending` (with the last transient error while retries go on), `sent` (with the SR and
-Secondary Capture SOP Instance UIDs), `failed` (with a `reason`: permanent rejection, retries used
-up, or a report that cannot be built from the job), and `skipped` (no destination configured).
-Final states are also counted in Redis (`shared.report_delivery`) for metrics and alerts.
+Secondary Capture SOP Instance UIDs; for a refused film, the SR notice's only), `failed` (with a
+`reason`: permanent rejection, retries used up, or a report that cannot be built from the job),
+and `skipped` (no destination configured). Final states are also counted in Redis
+(`shared.report_delivery`) for metrics and alerts.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from dataclasses import dataclass
 
 import redis
 
-from services.pacs.report import build_report
+from services.pacs.report import build_refusal_notice, build_report
 from services.pacs.sender import send_instances
 from services.pacs.settings import PacsSettings
+from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.heatmap import heatmap_png
 from shared.imaging import DecodeLimits
 from shared.job_queue import REPORT_STATE_KEY as STATE_KEY
 from shared.jobs import JobStore
 from shared.report_delivery import FINAL_STATES, note_final, note_pending
-from shared.schemas import JobStatus, utc_now
+from shared.schemas import JobRecord, JobStatus, utc_now
 from shared.storage import Storage, get_storage
 
 log = logging.getLogger("cxr.pacs")
@@ -57,6 +59,8 @@ def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:
     that is not a succeeded DICOM job (or was already sent).
     """
     record = deps.jobs.get(job_id)
+    if record is not None and record.source == "dicom" and is_refused(record):
+        return deliver_refusal_notice(record, deps, attempt)
     if record is None or record.source != "dicom" or record.status != JobStatus.SUCCEEDED:
         log.warning("no report for job %s: not a succeeded DICOM job", job_id)
         return "not_applicable"
@@ -78,4 +82,28 @@ def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:
                  sr_sop_instance_uid=str(report.structured_report.SOPInstanceUID),
                  sc_sop_instance_uid=str(report.secondary_capture.SOPInstanceUID))
     log.info("report for job %s sent to %s", job_id, deps.settings.pacs_destination)
+    return "sent"
+
+
+def is_refused(record: JobRecord) -> bool:
+    return (record.status == JobStatus.FAILED and record.failure is not None
+            and record.failure.code == NOT_A_CHEST_RADIOGRAPH_CODE)
+
+
+def deliver_refusal_notice(record: JobRecord, deps: ReportDeps, attempt: int) -> str:
+    """Send the SR notice of a refused film (no Secondary Capture: there is no heatmap)."""
+    if record.extra.get(STATE_KEY, {}).get("state") == "sent":
+        return "not_applicable"
+    destination = deps.settings.destination
+    if destination is None:
+        record_state(deps, record.job_id, "skipped", attempt,
+                     reason="CXR_PACS_DESTINATION is not set")
+        return "skipped"
+    notice = build_refusal_notice(record, deps.storage.get(record.upload_key),
+                                  deps.settings.pacs_manufacturer)
+    send_instances([notice], calling_ae_title=deps.settings.pacs_ae_title,
+                   destination=destination, timeout_s=deps.settings.pacs_network_timeout_s)
+    record_state(deps, record.job_id, "sent", attempt, destination=deps.settings.pacs_destination,
+                 sr_sop_instance_uid=str(notice.SOPInstanceUID), notice="not_analysed")
+    log.info("refusal notice for job %s sent to %s", record.job_id, deps.settings.pacs_destination)
     return "sent"

@@ -1,4 +1,5 @@
-"""The DICOM objects sent back for a result: a Comprehensive 3D SR and a Secondary Capture.
+"""The DICOM objects sent back for a result: a Comprehensive 3D SR and a Secondary Capture;
+for a refused film, a short SR notice that it was not analysed and why.
 
 Both live in the original study (the PACS's Study Instance UID), in new series of their own, and
 reference the original image. Their UIDs are derived from the job id, so a retried send delivers
@@ -20,7 +21,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from shared.schemas import JobRecord, PredictionResult
+from shared.contract import MODEL_NAME
+from shared.schemas import JobRecord, PredictionResult, Scope
+from shared.scope import REASON_TEXT, describe
 
 REPORT_TITLE = hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report")
 FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
@@ -34,6 +37,11 @@ COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 PROBABILITY = hd.sr.CodedConcept("CXR001", "99CXR", "Pneumonia probability")
 THRESHOLD = hd.sr.CodedConcept("CXR002", "99CXR", "Decision threshold")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+# Scope: the statement, and one coded reason each (code values: shared.contract's reason codes).
+CODING_SCHEME = "99CXR"
+SCOPE = hd.sr.CodedConcept("CXR003", CODING_SCHEME, "Validated population")
+SCOPE_REASON = hd.sr.CodedConcept("CXR004", CODING_SCHEME, "Outside validated population")
+NOT_ANALYSED = hd.sr.CodedConcept("CXR005", CODING_SCHEME, "Not analysed: out of scope")
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 # Type 2 attributes of the Patient and General Study modules (present, possibly empty) that the
@@ -101,6 +109,7 @@ def structured_report(record: JobRecord, ref: Dataset, manufacturer: str) -> Dat
                              relationship_type=contains),
         hd.sr.NumContentItem(THRESHOLD, result.threshold, NO_UNITS, relationship_type=contains),
         hd.sr.TextContentItem(COMMENT, summary(result), relationship_type=contains),
+        *scope_items(result.scope),
         hd.sr.ImageContentItem(SOURCE_IMAGE, ref.SOPClassUID, ref.SOPInstanceUID,
                                relationship_type=contains),
     ])
@@ -110,6 +119,70 @@ def structured_report(record: JobRecord, ref: Dataset, manufacturer: str) -> Dat
         instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False,
         is_verified=False, series_description=f"AI pneumonia result - {NOT_FOR_CLINICAL_USE}",
     )
+
+
+def scope_statement(scope: Scope | None) -> str:
+    """The scope of an answered film in words (the SR's statement)."""
+    if scope is None:
+        return "Scope not assessed (result made before scope screening)."
+    if scope.in_validated_population:
+        return "Within the population the model was validated on."
+    return ("OUTSIDE the population the model was validated on: "
+            f"{describe(scope.reasons)}. Read the result with caution.")
+
+
+def _reason_code(reason: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(reason, CODING_SCHEME, REASON_TEXT[reason][:64])
+
+
+def scope_items(scope: Scope | None) -> list[hd.sr.ContentItem]:
+    """The scope statement and one coded item per reason (local codes: the contract's)."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.TextContentItem(SCOPE, scope_statement(scope), relationship_type=contains)]
+    for reason in scope.reasons if scope is not None else ():
+        items.append(hd.sr.CodeContentItem(SCOPE_REASON, _reason_code(reason),
+                                           relationship_type=contains))
+    return items
+
+
+def screening_observer(manufacturer: str) -> hd.sr.ObserverContext:
+    return hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=["cxr-device", MODEL_NAME, "screening"]),
+            name=f"{MODEL_NAME} screening", manufacturer_name=manufacturer),
+    )
+
+
+def refusal_notice(record: JobRecord, ref: Dataset, manufacturer: str) -> Dataset:
+    """A short SR for a refused film: not analysed, and why (coded reasons and words)."""
+    failure = record.failure
+    assert failure is not None
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    reasons = [str(reason) for reason in failure.reasons or ()]
+    root = hd.sr.ContainerContentItem(name=REPORT_TITLE)
+    root.ContentSequence = hd.sr.ContentSequence([
+        *screening_observer(manufacturer),
+        hd.sr.CodeContentItem(FINDING, NOT_ANALYSED, relationship_type=contains),
+        *(hd.sr.CodeContentItem(SCOPE_REASON, _reason_code(reason), relationship_type=contains)
+          for reason in reasons),
+        hd.sr.TextContentItem(COMMENT, f"NOT ANALYSED. {failure.message} {NOT_FOR_CLINICAL_USE}.",
+                              relationship_type=contains),
+        hd.sr.ImageContentItem(SOURCE_IMAGE, ref.SOPClassUID, ref.SOPInstanceUID,
+                               relationship_type=contains),
+    ])
+    return hd.sr.Comprehensive3DSR(
+        evidence=[ref], content=root, series_instance_uid=report_uid(record.job_id, "sr-series"),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=report_uid(record.job_id, "sr"),
+        instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False,
+        is_verified=False,
+        series_description=f"AI pneumonia: not analysed - {NOT_FOR_CLINICAL_USE}",
+    )
+
+
+def build_refusal_notice(record: JobRecord, stored_dicom: bytes, manufacturer: str) -> Dataset:
+    return refusal_notice(record, reference_dataset(record, stored_dicom), manufacturer)
 
 
 def heatmap_capture(record: JobRecord, ref: Dataset, heatmap_png: bytes,

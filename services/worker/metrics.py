@@ -36,6 +36,13 @@ if multiprocess_dir() is not None:  # each metric opens its sample file there wh
 JOBS = Counter("cxr_worker_jobs", "Prediction tasks finished, by outcome.", ["outcome"])
 RETRIES = Counter("cxr_worker_retries", "Tasks scheduled again after a transient error.", ["code"])
 DEAD_LETTERED = Counter("cxr_worker_dead_lettered", "Jobs moved to the dead-letter list.")
+SCOPE_OUTCOMES = Counter(
+    "cxr_worker_scope_outcomes",
+    "Films screened, by outcome: refused, flagged (answered outside the validated population) "
+    "or in_scope.", ["outcome"])
+SCOPE_REASONS = Counter(
+    "cxr_worker_scope_reasons", "Scope reasons raised, by reason and the film's outcome.",
+    ["reason", "outcome"])
 QUEUE_SECONDS = Histogram(
     "cxr_worker_queue_seconds", "Time from job creation to processing.", buckets=LATENCY_BUCKETS
 )

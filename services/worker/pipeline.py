@@ -1,7 +1,8 @@
 """The work behind `cxr.predict`: plain functions, no Celery, callable and testable alone.
 
 One job: read the upload, decode and preprocess it with `shared.imaging` (the only preprocessing),
-ask the model server for the prediction and its Grad-CAM from one model version (one call when the
+screen its scope (`services.worker.scope`: a refused film never reaches the model), ask the model
+server for the prediction and its Grad-CAM from one model version (one call when the
 model's `gradcam` signature also answers the prediction), write the result JSON and the Grad-CAM
 map (uint8 `.npy`; the overlay over the X-ray is drawn when someone first reads it, see
 `shared.heatmap`), and record the outcome on the job.
@@ -20,7 +21,7 @@ from enum import StrEnum
 import numpy as np
 import redis
 
-from services.worker import metrics
+from services.worker import metrics, scope
 from services.worker.errors import AttemptsExhaustedError, JobBusyError
 from services.worker.keys import attention_key, heatmap_key, job_lock_key, result_key
 from services.worker.result import build_result
@@ -28,11 +29,11 @@ from services.worker.serving_client import ServingClient
 from services.worker.settings import WorkerSettings
 from services.worker.sites import OperatingPoints, apply_operating_point
 from shared.contract import HEATMAP
-from shared.errors import CXRError
+from shared.errors import CXRError, NotChestRadiographError
 from shared.heatmap import encode_attention
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
 from shared.jobs import JobStore
-from shared.schemas import Failure, JobRecord, PredictionResult, utc_now
+from shared.schemas import Failure, JobRecord, PredictionResult, ScopeReason, utc_now
 from shared.storage import Storage, get_storage, storage_at
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,9 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
             if error.transient:
                 raise
             log.info("job %s failed: %s (%s)", job_id, error.code, error.message)
-            deps.jobs.mark_failed(job_id, Failure(code=error.code, message=error.message))
+            deps.jobs.mark_failed(job_id, job_failure(error))
+            if isinstance(error, NotChestRadiographError):
+                scope.count(error.reasons)
             return Outcome.FAILED
         # Both files side by side, and both stored before the job says it succeeded.
         attention_written = deps.writer.submit(
@@ -162,7 +165,15 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
         # The overlay itself is drawn when first read (shared.heatmap.heatmap_png).
         deps.jobs.mark_succeeded(job_id, result, heatmap_key=heatmap_key(job_id),
                                  attention_key=attention_key(job_id))
+        scope.count(result.scope.reasons if result.scope else ())
         return Outcome.SUCCEEDED
+
+
+def job_failure(error: CXRError) -> Failure:
+    """The recorded failure; a refused film keeps the scope reasons that refused it."""
+    reasons = getattr(error, "reasons", None)
+    return Failure(code=error.code, message=error.message,
+                   reasons=[ScopeReason(reason) for reason in reasons] if reasons else None)
 
 
 def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResult, bytes]:
@@ -176,17 +187,20 @@ def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResul
         decoded = decode_xray(
             deps.storage.get(record.upload_key), DecodeLimits.from_settings(settings)
         )
+        found = scope.intake_reasons(record, decoded)  # a refused film never reaches the model
         batch = to_model_input(decoded.pixels, settings.image_size)[np.newaxis]
     with timer.stage("inference"):
         # The prediction and the heatmap come from one version: the picture explains this answer.
         answer = deps.serving.predict_with_heatmap(batch)
+    film_scope = scope.with_model_reasons(found, answer.outputs)
     with timer.stage("heatmap"):
         attention = encode_attention(answer.outputs[HEATMAP][0])
     timings = {"queue": round(queue_seconds * 1000, 3), **timer.timings_ms}
     timings["total"] = round((utc_now() - record.created_at).total_seconds() * 1000, 3)
     # The job's site answers at its own operating point for the version that answered.
     point = deps.operating_points.get(answer.version, record.site)
-    return apply_operating_point(build_result(answer, 0, timings), record.site, point), attention
+    result = apply_operating_point(build_result(answer, 0, timings), record.site, point)
+    return result.model_copy(update={"scope": film_scope}), attention
 
 
 def fail_job(job_id: str, failure: Failure, deps: WorkerDeps) -> None:

@@ -18,11 +18,12 @@ from services.worker.celery_app import TASK_NAME, app
 from services.worker.errors import AttemptsExhaustedError, RedisUnavailableError, TaskTimeoutError
 from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
+from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.errors import CXRError, JobNotFoundError
 from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
 from shared.process_local import PerProcess
 from shared.report_delivery import note_pending
-from shared.schemas import Failure
+from shared.schemas import Failure, JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +73,32 @@ def predict(self, job_id: str) -> str:
             raise
         return _retry_or_dead_letter(self, job_id, transient, deps)
     metrics.JOBS.labels(outcome).inc()
-    if outcome == Outcome.SUCCEEDED:
+    if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
         request_pacs_report(job_id, deps)
     return outcome
 
 
 def request_pacs_report(job_id: str, deps: WorkerDeps) -> None:
-    """A result of a DICOM-sourced job goes back to the PACS: mark it pending, queue the sender."""
+    """A result of a DICOM-sourced job goes back to the PACS: mark it pending, queue the sender.
+
+    So does a refused film (the PACS gets a notice that it was not analysed, and why); other
+    failures send nothing.
+    """
     try:
         record = deps.jobs.get(job_id)
-        if record is None or record.source != "dicom":
+        if record is None or record.source != "dicom" or not reports_to_pacs(record):
             return
         deps.jobs.set_extra(job_id, REPORT_STATE_KEY, {"state": "pending", "attempts": 0})
         note_pending(deps.redis, job_id)
         app.send_task(REPORT_TASK, args=[job_id], queue=REPORT_QUEUE)
     except Exception:  # the prediction itself succeeded; never undo that over the report
         log.exception("could not queue the PACS report of job %s", job_id)
+
+
+def reports_to_pacs(record: JobRecord) -> bool:
+    if record.status == JobStatus.SUCCEEDED:
+        return True
+    return record.failure is not None and record.failure.code == NOT_A_CHEST_RADIOGRAPH_CODE
 
 
 def _retry_or_dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) -> str:

@@ -1,4 +1,4 @@
-"""One received DICOM instance -> checked, screened, de-identified, stored, recorded and queued.
+"""One received DICOM instance -> checked, de-identified, screened, stored, recorded and queued.
 
 Used by the C-STORE SCP (`services.pacs`) and by STOW-RS on the gateway. The encoded bytes are
 checked against the DICOM limits (`shared.imaging.dicom_scan`) before pydicom parses them.
@@ -27,13 +27,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from shared.audit import audited
 from shared.contract import DEFAULT_SITE
 from shared.dicom_intake.deidentify import deidentify
-from shared.dicom_intake.screening import rejection_reason
 from shared.errors import CorruptImageError, CXRError, InvalidDicomError, JobExistsError
 from shared.imaging import DecodedImage, DecodeLimits, decode_xray
 from shared.imaging.dicom import check_pixel_encoding
 from shared.imaging.dicom_scan import check_file
+from shared.imaging.header_hints import header_reasons
 from shared.intake import Enqueuer, submit_job
 from shared.jobs import JobStore
+from shared.scope import SCOPE_HINTS_KEY, check_refusal, ordered
 from shared.storage import Storage
 
 log = logging.getLogger("cxr.dicom")
@@ -46,7 +47,6 @@ class Disposition(StrEnum):
     QUEUED = "queued"
     DUPLICATE = "duplicate"  # this sender sent this image under this UID before: one job
     CONFLICT = "conflict"  # this sender used this UID for a different image before: refused
-    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class DicomIntake:
     keep_identifiers: bool = False
     # The site a sender belongs to (the caller's AE title or API client); None: every job `default`.
     site_of: Callable[[str], str] | None = None
+    # True: a film with a refusing scope reason raises the refusal here (STOW-RS answers it at
+    # once); False: it is queued and refused by the worker, which tells the PACS (C-STORE).
+    refuse_out_of_scope: bool = False
 
     def receive(self, dataset: Dataset, *, client: str, route: str) -> Received:
         """Turn `dataset` into a job; image errors (`ImageError`) propagate to the caller."""
@@ -76,22 +79,25 @@ class DicomIntake:
             entry.extra["route"] = route
             uids = original_uids(dataset)
             entry.extra["sop_instance_uid"] = uids["sop_instance_uid"]
-            reason = rejection_reason(dataset)
-            if reason is not None:
-                log.info("instance %s from %s not sent to the model: %s",
-                         uids["sop_instance_uid"], client, reason)
-                entry.extra["skipped"] = reason
-                return Received(Disposition.SKIPPED, None, uids["sop_class_uid"],
-                                uids["sop_instance_uid"], reason)
+            # Read before de-identification, which drops some of them (Patient's Age).
+            hints = header_reasons(dataset)
             job_id = entry.job_id = instance_job_id(uids["sop_instance_uid"], client, route)
             data = self._stored_copy(dataset)
             decoded = decode_xray(data, self.limits)
+            reasons = ordered([*hints, *decoded.scope_reasons])
+            if reasons:
+                entry.extra["scope"] = list(reasons)
+            if self.refuse_out_of_scope:
+                check_refusal(reasons)
             digest = pixel_digest(decoded)
+            extra: dict[str, object] = {"dicom": {**uids, "calling_ae_title": client,
+                                                  "pixel_sha256": digest}}
+            if hints:
+                extra[SCOPE_HINTS_KEY] = list(hints)
             try:
                 submit_job(self.storage, self.jobs, self.queue, job_id=job_id, client=client,
                            data=data, filename=None, decoded=decoded, source="dicom",
-                           extra={"dicom": {**uids, "calling_ae_title": client,
-                                            "pixel_sha256": digest}},
+                           extra=extra,
                            site=self.site_of(client) if self.site_of else DEFAULT_SITE)
             except JobExistsError:
                 existing = self.jobs.get(job_id)

@@ -16,8 +16,10 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from shared.errors import CorruptImageError, CXRError, InvalidDicomError, UnsupportedFormatError
 from shared.imaging.dicom_scan import check_file
+from shared.imaging.header_hints import header_reasons
 from shared.imaging.intensity import rescale_to_uint8
 from shared.imaging.limits import DecodedImage, DecodeLimits
+from shared.imaging.pixel_checks import pixel_stats
 
 log = logging.getLogger("cxr.imaging")
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -65,13 +67,17 @@ def _decode(data: bytes, limits: DecodeLimits) -> DecodedImage:
             "export the image again."
         ) from exc
     photometric = str(dataset.PhotometricInterpretation)
+    rgb = None
     if photometric in _MONOCHROME:
         pixels = _display_gray(stored, dataset)
     else:
-        pixels = np.asarray(Image.fromarray(_as_uint8_rgb(stored)).convert("L"))
+        rgb = _as_uint8_rgb(stored)
+        pixels = np.asarray(Image.fromarray(rgb).convert("L"))
     metadata = _metadata(dataset, transfer_syntax)
     metadata.update(width=columns, height=rows)
-    return DecodedImage(pixels=pixels, format="dicom", metadata=metadata)
+    return DecodedImage(pixels=pixels, format="dicom", metadata=metadata,
+                        pixel_stats=pixel_stats(pixels, rgb),
+                        header_reasons=header_reasons(dataset))
 
 
 def _read(data: bytes) -> Dataset:

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 
 from shared.config import SharedSettings, get_settings
+from shared.contract import SCOPE_REASONS
 from shared.errors import ImageTooLargeError, ImageTooSmallError
+from shared.imaging.pixel_checks import PixelStats
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,20 @@ class DecodeLimits:
 
 @dataclass
 class DecodedImage:
-    """A decoded X-ray: 2-D uint8 pixels (0 black .. 255 white), its source format and metadata."""
+    """A decoded X-ray: 2-D uint8 pixels (0 black .. 255 white), its source format and metadata.
+
+    `pixel_stats` (shared.imaging.pixel_checks) and `header_reasons` (DICOM header hints) are what
+    the decoder found about the film's scope; `scope_reasons` joins them.
+    """
 
     pixels: np.ndarray
     format: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    pixel_stats: PixelStats | None = None
+    header_reasons: tuple[str, ...] = ()
+
+    @property
+    def scope_reasons(self) -> tuple[str, ...]:
+        pixel = self.pixel_stats.reasons() if self.pixel_stats is not None else ()
+        found = set(pixel) | set(self.header_reasons)
+        return tuple(reason for reason in SCOPE_REASONS if reason in found)

@@ -14,10 +14,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from shared.errors import CorruptImageError, ImageTooLargeError, UnsupportedFormatError
 from shared.imaging.intensity import rescale_to_uint8
 from shared.imaging.limits import DecodedImage, DecodeLimits
+from shared.imaging.pixel_checks import colour_sample, pixel_stats
 
 _EXPECTED_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 _DECLARED_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
+_GRAY_MODES = {"1", "L", "LA", "La", *_HIGH_DEPTH_MODES}
 
 
 def decode_raster(data: bytes, image_format: str, limits: DecodeLimits) -> DecodedImage:
@@ -32,6 +34,7 @@ def decode_raster(data: bytes, image_format: str, limits: DecodeLimits) -> Decod
     orientation = image.getexif().get(0x0112, 1)
     image = ImageOps.exif_transpose(image)
     pixels, bit_depth = _to_gray(image)
+    stats = pixel_stats(pixels, None if image.mode in _GRAY_MODES else colour_sample(image))
     height, width = pixels.shape
     metadata = {
         "format": image_format,
@@ -41,7 +44,7 @@ def decode_raster(data: bytes, image_format: str, limits: DecodeLimits) -> Decod
         "mode": image.mode,
         "exif_orientation": int(orientation),
     }
-    return DecodedImage(pixels=pixels, format=image_format, metadata=metadata)
+    return DecodedImage(pixels=pixels, format=image_format, metadata=metadata, pixel_stats=stats)
 
 
 def _open(data: bytes, image_format: str, limits: DecodeLimits) -> Image.Image:
@@ -100,3 +103,4 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, int]:
             f"Images in Pillow mode {mode!r} are not accepted; send 8- or 16-bit gray or RGB."
         )
     return np.asarray(image.convert("L")), 8
+

@@ -81,6 +81,8 @@ def test_upload_over_https_gives_a_full_result_and_heatmap(stack):
         else:
             assert result["subtype"] is None
         assert result["model"] == {"name": "cxr-pneumonia", "version": 1}
+        # This model has no screening outputs: pixels and headers alone screen, and pass a film.
+        assert result["scope"] == {"in_validated_population": True, "reasons": []}
         assert result["timings_ms"]["total"] > 0
 
         assert view["heatmap_url"] == f"/v1/predictions/{view['job_id']}/heatmap"

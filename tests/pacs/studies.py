@@ -21,10 +21,18 @@ def sample_pixels(label: str = "PNEUMONIA", index: int = 0, side: int = 256) -> 
     return np.asarray(Image.open(path).convert("L").resize((side, side)), dtype=np.uint8)
 
 
+def photograph(side: int = 256) -> np.ndarray:
+    """A colour picture (RGB uint8): a sample film's shapes in strong, unequal colours."""
+    film = sample_pixels("NORMAL", side=side)
+    return np.stack([film, np.roll(film, side // 5, axis=1), 255 - film], axis=2)
+
+
 def chest_dx(*, view: str | None = "PA", body_part: str | None = "CHEST",
-             study_uid: str | None = None, label: str = "PNEUMONIA") -> Dataset:
-    """A Digital X-Ray (For Presentation) instance of a sample image, 8-bit MONOCHROME2."""
-    pixels = sample_pixels(label)
+             study_uid: str | None = None, label: str = "PNEUMONIA", age: str | None = None,
+             pixels: np.ndarray | None = None) -> Dataset:
+    """A Digital X-Ray (For Presentation) instance of a sample image, 8-bit MONOCHROME2 (or RGB
+    when `pixels` has three channels); `age` sets Patient's Age (e.g. '045Y')."""
+    pixels = sample_pixels(label) if pixels is None else pixels
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -47,8 +55,14 @@ def chest_dx(*, view: str | None = "PA", body_part: str | None = "CHEST",
         ds.ViewPosition = view
     if body_part is not None:
         ds.BodyPartExamined = body_part
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    if age is not None:
+        ds.PatientAge = age
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    if pixels.ndim == 3:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "RGB"
+        ds.PlanarConfiguration = 0
+    else:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = pixels.tobytes()
     ds.set_original_encoding(False, True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -14,7 +15,7 @@ from services.pacs.report import NOT_FOR_CLINICAL_USE, device_uid
 from shared.dicom_intake.receive import instance_job_id
 from shared.schemas import JobStatus
 from tests.pacs.peers import MODALITY_AE, c_store, modality_ae
-from tests.pacs.studies import PATIENT, chest_dx
+from tests.pacs.studies import PATIENT, chest_dx, photograph
 from tests.support.procs import wait_until
 
 JOB_TIMEOUT_S = 120
@@ -83,6 +84,8 @@ def test_study_goes_to_the_model_and_the_report_comes_back(pacs_node):
     finding = items["Finding"].ConceptCodeSequence[0].CodeMeaning
     assert finding == ("Pneumonia" if result.label == "PNEUMONIA" else "Normal")
     assert result.label in items["Comment"].TextValue
+    assert result.scope.in_validated_population and result.scope.reasons == []
+    assert items["Validated population"].TextValue.startswith("Within")
     source = items["Source"].ReferencedSOPSequence[0]
     assert source.ReferencedSOPInstanceUID == dataset.SOPInstanceUID
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
@@ -131,18 +134,68 @@ def test_same_instance_twice_from_one_sender_makes_one_job(pacs_node):
         ("MODALITY", False), ("MODALITY", True)]
 
 
-@pytest.mark.parametrize(("view", "body_part", "reason"), [
-    ("LL", "CHEST", "not_frontal"), ("LAT", None, "not_frontal"), ("PA", "HAND", "not_chest")])
-def test_non_frontal_or_non_chest_is_not_sent_to_the_model(pacs_node, view, body_part, reason):
-    dataset = chest_dx(view=view, body_part=body_part)
+def code_value(item) -> str:
+    """A coded item's code value (a code longer than 16 characters is a Long Code Value)."""
+    concept = item.ConceptCodeSequence[0]
+    return str(concept.get("CodeValue") or concept.LongCodeValue)
+
+
+def sr_items(sr) -> dict[str, list]:
+    items: dict[str, list] = {}
+    for item in sr.ContentSequence:
+        items.setdefault(item.ConceptNameCodeSequence[0].CodeMeaning, []).append(item)
+    return items
+
+
+@pytest.mark.parametrize(("options", "reasons"), [
+    ({"view": "LL"}, ["lateral_view"]),
+    ({"view": "LAT", "body_part": None}, ["lateral_view"]),
+    ({"body_part": "HAND"}, ["not_chest_radiograph"]),
+    ({"pixels": photograph()}, ["colour_image"]),  # tagged chest PA, pixels a photograph
+    ({"pixels": np.zeros((256, 256), np.uint8)}, ["blank_image"]),
+], ids=["lateral", "lateral-no-body-part", "hand", "photograph-tagged-chest", "blank"])
+def test_a_refused_film_is_not_analysed_and_the_pacs_is_told_why(pacs_node, options, reasons):
+    dataset = chest_dx(**options)
+    assert c_store(pacs_node.scp_port, dataset) == 0x0000  # delivered: the PACS must not resend
+    job_id = instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")
+    record = wait_for_job(pacs_node, job_id, JobStatus.FAILED)
+    assert record.failure.code == "not_a_chest_radiograph"
+    assert [str(reason) for reason in record.failure.reasons] == reasons
+    assert record.result is None and record.heatmap_key is None
+
+    state = wait_for_report_state(pacs_node, job_id, "sent")
+    instances = pacs_node.hospital.instances_for_study(dataset.StudyInstanceUID)
+    assert [ds.Modality for ds in instances] == ["SR"]  # a notice, no heatmap capture
+    notice = instances[0]
+    assert notice.SOPInstanceUID == state["sr_sop_instance_uid"]
+    assert "not analysed" in notice.SeriesDescription
+    items = sr_items(notice)
+    finding = items["Finding"][0].ConceptCodeSequence[0]
+    assert (finding.CodeValue, finding.CodingSchemeDesignator) == ("CXR005", "99CXR")
+    assert [code_value(item) for item in items["Outside validated population"]] == reasons
+    assert items["Comment"][0].TextValue.startswith("NOT ANALYSED")
+    assert "Pneumonia probability" not in items
+    source = items["Source"][0].ReferencedSOPSequence[0]
+    assert source.ReferencedSOPInstanceUID == dataset.SOPInstanceUID
+
+
+def test_an_adult_film_is_answered_with_the_flag_in_the_result_and_the_sr(pacs_node):
+    dataset = chest_dx(age="045Y")
     assert c_store(pacs_node.scp_port, dataset) == 0x0000
-    assert pacs_node.job(instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")) is None
-    wait_until(lambda: any(line.get("sop_instance_uid") == dataset.SOPInstanceUID
-                           for line in audit_lines(pacs_node)), 10, "audit line")
-    line = next(line for line in audit_lines(pacs_node)
-                if line.get("sop_instance_uid") == dataset.SOPInstanceUID)
-    assert line["skipped"] == reason and line["client"] == "MODALITY" and line["job_id"] is None
-    assert reason in pacs_node.scp.log_tail(20000)
+    job_id = instance_job_id(dataset.SOPInstanceUID, MODALITY_AE, "c-store")
+    record = wait_for_job(pacs_node, job_id)
+    stored = dcmread(io.BytesIO((pacs_node.storage_root / record.upload_key).read_bytes()))
+    assert "PatientAge" not in stored  # de-identified; the hint was read before
+    assert record.result.scope.in_validated_population is False
+    assert [str(reason) for reason in record.result.scope.reasons] == ["adult"]
+
+    wait_for_report_state(pacs_node, job_id, "sent")
+    sr = next(ds for ds in pacs_node.hospital.instances_for_study(dataset.StudyInstanceUID)
+              if ds.Modality == "SR")
+    items = sr_items(sr)
+    assert items["Validated population"][0].TextValue.startswith("OUTSIDE")
+    assert "adult" in items["Validated population"][0].TextValue
+    assert [code_value(item) for item in items["Outside validated population"]] == ["adult"]
 
 
 def test_report_waits_for_a_destination_that_is_down_then_arrives(pacs_node):

@@ -9,7 +9,7 @@ from pydicom.sequence import Sequence
 
 from services.pacs.settings import PacsSettings, parse_destination
 from shared.dicom_intake.deidentify import deidentify, replacement_uid
-from shared.dicom_intake.screening import rejection_reason
+from shared.imaging.header_hints import header_reasons
 from tests.pacs.studies import chest_dx
 
 
@@ -37,11 +37,12 @@ def test_deidentify_walks_sequences_drops_private_tags_and_keeps_the_original():
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # lower-case "chest" on purpose
-@pytest.mark.parametrize(("view", "body_part", "reason"), [
-    ("PA", "CHEST", None), ("AP", "chest", None), (None, None, None), ("", "", None),
-    ("LL", "CHEST", "not_frontal"), ("RL", None, "not_frontal"), ("PA", "SKULL", "not_chest")])
-def test_screening(view, body_part, reason):
-    assert rejection_reason(chest_dx(view=view, body_part=body_part)) == reason
+@pytest.mark.parametrize(("view", "body_part", "reasons"), [
+    ("PA", "CHEST", ()), ("AP", "chest", ()), (None, None, ()), ("", "", ()),
+    ("LL", "CHEST", ("lateral_view",)), ("RL", None, ("lateral_view",)),
+    ("PA", "SKULL", ("not_chest_radiograph",))])
+def test_screening(view, body_part, reasons):
+    assert header_reasons(chest_dx(view=view, body_part=body_part)) == reasons
 
 
 def test_production_needs_an_allow_list_of_calling_ae_titles():

@@ -12,12 +12,13 @@ from pydicom.dataset import Dataset
 from shared.dicom_intake.receive import encode, instance_job_id
 from shared.jobs import JobStore
 from shared.storage import LocalStorage
-from tests.pacs.studies import chest_dx
+from tests.pacs.studies import chest_dx, photograph
 
 BOUNDARY = "cxr-test-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 REFERENCED, FAILED, FAILURE_REASON = "00081199", "00081198", "00081197"
 REFERENCED_SOP_INSTANCE = "00081155"
+STATUS_COMMENT = "00080418"  # Transaction Status Comment
 
 
 def multipart(*parts: bytes) -> bytes:
@@ -89,3 +90,24 @@ def test_stow_rs_refuses_other_sop_classes_and_media_types(module_gateway):
 def test_stow_rs_needs_an_api_key(module_gateway):
     response = stow(module_gateway, multipart(part(chest_dx())), as_client=None)
     assert response.status_code == 401
+
+
+def test_stow_rs_lists_a_refused_film_as_failed_with_its_reason(module_gateway, jobs):
+    good, photo, lateral = chest_dx(), chest_dx(pixels=photograph()), chest_dx(view="LL")
+    response = stow(module_gateway, multipart(part(good), part(photo), part(lateral)))
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert sequence_uids(answer, REFERENCED) == [good.SOPInstanceUID]
+    failed = answer[FAILED]["Value"]
+    assert sequence_uids(answer, FAILED) == [photo.SOPInstanceUID, lateral.SOPInstanceUID]
+    assert [item[FAILURE_REASON]["Value"] for item in failed] == [[0xC000], [0xC000]]
+    comments = [item[STATUS_COMMENT]["Value"][0] for item in failed]
+    assert comments[0].startswith("not_a_chest_radiograph (colour_image)")
+    assert comments[1].startswith("not_a_chest_radiograph (lateral_view)")
+    assert "not analysed" in comments[0]
+    for refused in (photo, lateral):
+        assert jobs.get(instance_job_id(refused.SOPInstanceUID, "alice", "stow-rs")) is None
+    with module_gateway.client() as client:
+        metrics = client.get("/metrics").text
+    assert 'cxr_gateway_scope_refused_total{reason="colour_image"} 1.0' in metrics
+    assert 'cxr_gateway_scope_refused_total{reason="lateral_view"} 1.0' in metrics

@@ -204,6 +204,17 @@ def dicom_huge_dimensions() -> bytes:
     return xray_files.dicom_bytes(dataset)
 
 
+def colour_photo() -> bytes:
+    """A colour picture: strong, unequal colours over smooth shapes."""
+    yy, xx = np.mgrid[0:300, 0:400] / 400.0
+    rgb = np.stack([200 * xx + 30, 160 * (1 - yy) + 40, 120 + 80 * np.sin(6 * xx)], axis=2)
+    return xray_files.jpeg_bytes(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB"))
+
+
+def noise_png() -> bytes:
+    return xray_files.png_bytes(np.random.default_rng(2).integers(0, 256, (256, 256), np.uint8))
+
+
 def dicom_xray(**elements) -> bytes:
     """A valid 12-bit DICOM image whose header says what `elements` set."""
     return xray_files.dicom_bytes(xray_files.xray_dataset(
@@ -304,6 +315,17 @@ def build_corpus(max_upload_bytes: int) -> list[BadInput]:
                    "not_a_chest_radiograph", "Body Part Examined is KNEE", filename=b"knee.dcm"),
         _file_case("lateral chest film", lambda: dicom_xray(ViewPosition="LL"), 422,
                    "not_a_chest_radiograph", "View Position is LL", filename=b"lateral.dcm"),
+        # Pixels that cannot be a radiograph, whatever the format says (pixel checks).
+        _file_case("colour photograph", colour_photo, 422, "not_a_chest_radiograph", "in colour",
+                   filename=b"photo.jpeg"),
+        _file_case("noise", noise_png, 422, "not_a_chest_radiograph", "noise",
+                   filename=b"noise.png"),
+        _file_case("all-black image", lambda: xray_files.png_bytes(np.zeros((256, 256),
+                                                                           np.uint8)),
+                   422, "not_a_chest_radiograph", "blank", filename=b"black.png"),
+        _file_case("chest DX DICOM whose window maps every pixel to one value",
+                   lambda: dicom_xray(WindowCenter=60000, WindowWidth=10), 422,
+                   "not_a_chest_radiograph", "blank", filename=b"windowed.dcm"),
         # Hostile file names: refused for their bytes, and the name is never used as a path.
         _file_case("path traversal file name", random_bytes, 415, "not_an_image",
                    "JPEG, PNG or DICOM", filename=TRAVERSAL_NAME.encode()),
@@ -378,13 +400,16 @@ def build_corpus(max_upload_bytes: int) -> list[BadInput]:
 
 # Unusual inputs that are valid X-rays and must be accepted (202), with what the record says.
 def accepted_inputs() -> list[tuple[str, Callable[[], bytes], dict[str, object]]]:
-    rgb = np.random.default_rng(3).integers(0, 255, (160, 200, 3), np.uint8)
-    rgb_photo = xray_files.jpeg_bytes(Image.fromarray(rgb, "RGB"))
-    cmyk = xray_files.jpeg_bytes(Image.fromarray(rgb, "RGB").convert("CMYK"))
+    gray = np.asarray(Image.open(sample_xray()).convert("L"))
+    rgb = Image.fromarray(np.stack([gray] * 3, axis=2), "RGB")  # a grey film in an RGB file
+    rgb_photo = xray_files.jpeg_bytes(rgb)
+    cmyk = xray_files.jpeg_bytes(rgb.convert("CMYK"))
     sixteen_bit = xray_files.png_bytes(xray_files.gradient(128, 160, 0, 4000, np.uint16))
     return [
-        ("RGB colour photo (read as luma)", lambda: rgb_photo, {"format": "jpeg", "mode": "RGB"}),
-        ("CMYK JPEG (read as luma)", lambda: cmyk, {"format": "jpeg", "mode": "CMYK"}),
+        ("grey film saved as RGB (read as luma)", lambda: rgb_photo,
+         {"format": "jpeg", "mode": "RGB"}),
+        ("grey film saved as CMYK JPEG (read as luma)", lambda: cmyk,
+         {"format": "jpeg", "mode": "CMYK"}),
         ("16-bit grayscale PNG", lambda: sixteen_bit, {"format": "png", "bit_depth": 16}),
         ("frontal chest DX DICOM", lambda: dicom_xray(), {"format": "dicom", "Modality": "DX"}),
         ("Secondary Capture export, no body part or view",

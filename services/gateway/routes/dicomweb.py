@@ -23,7 +23,7 @@ from services.gateway.stow import (
 )
 from shared.dicom_intake.receive import DicomIntake, Disposition, read_instance
 from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
-from shared.errors import CXRError, ImageError
+from shared.errors import CXRError, ImageError, NotChestRadiographError
 
 log = logging.getLogger("cxr.gateway")
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
@@ -33,7 +33,8 @@ def _intake(resources: GatewayResources) -> DicomIntake:
     return DicomIntake(storage=resources.storage, jobs=resources.jobs, queue=resources.queue,
                        limits=resources.limits,
                        keep_identifiers=resources.settings.pacs_keep_identifiers,
-                       site_of=resources.settings.site_of_client)
+                       site_of=resources.settings.site_of_client,
+                       refuse_out_of_scope=True)
 
 
 def _store_all(resources: GatewayResources, client: str, parts: list[bytes],
@@ -57,6 +58,10 @@ def _store_one(intake: DicomIntake, resources: GatewayResources, client: str, da
             response.failure(sop_class, sop_instance, SOP_CLASS_NOT_SUPPORTED)
             return
         received = intake.receive(dataset, client=client, route="stow-rs")
+    except NotChestRadiographError as exc:
+        resources.metrics.count_scope_refusal(exc)
+        response.failure(sop_class, sop_instance, CANNOT_UNDERSTAND,
+                         comment=f"{exc.code} ({', '.join(exc.reasons)}): {exc.message}")
     except ImageError:
         response.failure(sop_class, sop_instance, CANNOT_UNDERSTAND)
     except CXRError as exc:
@@ -72,7 +77,7 @@ def _store_one(intake: DicomIntake, resources: GatewayResources, client: str, da
         if received.disposition == Disposition.CONFLICT:
             response.failure(received.sop_class_uid, received.sop_instance_uid,
                              DUPLICATE_SOP_INSTANCE)
-        else:  # queued, sent before (same image), or screened out (not frontal chest)
+        else:  # queued, or sent before (same image)
             url = f"{predictions_url}/{received.job_id}" if received.job_id else None
             response.stored(received.sop_class_uid, received.sop_instance_uid, url)
 

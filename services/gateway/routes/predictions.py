@@ -18,7 +18,7 @@ from services.gateway.errors import HeatmapNotReadyError, TooManyFilesError
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
 from shared.audit import AuditEntry, audited
-from shared.dicom_intake.screening import check_uploaded_dicom
+from shared.dicom_intake.screening import screen_upload
 from shared.errors import ImageError, JobNotFoundError
 from shared.heatmap import heatmap_png
 from shared.imaging import decode_xray
@@ -108,11 +108,12 @@ async def _accept_upload(request: Request, resources: GatewayResources, client: 
             return await _wait_for_record(resources, replayed, client)
     try:
         decoded = await run_in_threadpool(decode_xray, data, resources.limits)
-        check_uploaded_dicom(decoded.metadata)
+        screen_upload(decoded)
         # What is stored: DICOM de-identified (as over C-STORE and STOW-RS).
         stored, decoded = await run_in_threadpool(stored_upload, data, decoded)
     except ImageError as exc:
         resources.metrics.uploads_refused.labels(exc.code).inc()
+        resources.metrics.count_scope_refusal(exc)
         raise
     job_id = new_job_id()
     if idempotency_key is not None:

@@ -1,11 +1,45 @@
 // The web page: keep the API key in sessionStorage, upload with progress, long-poll the job,
-// show the reading, the probability against the threshold, the heatmap and the model version.
+// show the reading, the probability against the threshold, the heatmap and the model version;
+// a banner when the film is outside the validated population, and a refused film's reasons.
 "use strict";
 
 const KEY_STORAGE = "cxr-api-key";
 const WAIT_SECONDS = 20;
 const $ = (id) => document.getElementById(id);
 let objectUrls = [];
+
+// Scope reasons (the service's stable codes) in words.
+const REFUSED_CODE = "not_a_chest_radiograph";
+const REASON_WORDS = {
+  not_chest_radiograph: "It does not look like a chest radiograph (another body part, CT, MR, ultrasound, a photograph or a document).",
+  blank_image: "The image is blank: (nearly) every pixel has the same value.",
+  noise_image: "The image is noise: it shows no anatomical structure.",
+  colour_image: "The image is in colour (a photograph or a screenshot), not an X-ray.",
+  lateral_view: "It is a lateral (side) view; the model reads frontal PA or AP views only.",
+  rotated: "The film is not upright (rotated).",
+  inverted: "The film's grey levels are inverted (bone appears dark).",
+  adult: "The patient is an adult; the model was validated on children.",
+  atypical_image: "The image differs from the films the model was validated on.",
+};
+
+class Refusal extends Error {
+  constructor(reasons) { super("Not analysed"); this.reasons = reasons || []; }
+}
+
+function listReasons(list, reasons) {
+  list.replaceChildren(...reasons.map((reason) => {
+    const item = document.createElement("li");
+    item.textContent = REASON_WORDS[reason] || reason;
+    item.dataset.reason = reason;
+    return item;
+  }));
+}
+
+function showRefusal(reasons) {
+  // null hides the box; a refusal shows it, with whatever reasons it names.
+  listReasons($("refusal-reasons"), reasons || []);
+  $("refusal").hidden = reasons === null;
+}
 
 function apiKey() { return sessionStorage.getItem(KEY_STORAGE); }
 function authHeaders() { return { Authorization: `Bearer ${apiKey()}` }; }
@@ -28,10 +62,11 @@ function showError(text) {
 
 async function problemText(response) {
   // RFC 7807 problem details carry a human-readable `detail`; anything else gets the status.
-  try {
-    const body = await response.json();
-    if (body && body.detail) return `${body.title || response.status}: ${body.detail}`;
-  } catch (_) { /* not JSON */ }
+  // A refused film (code not_a_chest_radiograph) throws a Refusal with its reasons instead.
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (body && body.code === REFUSED_CODE) throw new Refusal(body.reasons);
+  if (body && body.detail) return `${body.title || response.status}: ${body.detail}`;
   return `The service answered ${response.status} ${response.statusText}.`;
 }
 
@@ -84,6 +119,9 @@ async function waitForJob(jobId) {
 
 function renderResult(job, file) {
   const result = job.result;
+  const outside = result.scope && !result.scope.in_validated_population;
+  listReasons($("scope-reasons"), outside ? result.scope.reasons : []);
+  $("scope-banner").hidden = !outside;
   const p = result.pneumonia_probability;
   const t = result.threshold;
   $("result-label").textContent = result.label;
@@ -127,6 +165,7 @@ function resetResult() {
   objectUrls = [];
   $("result").hidden = true;
   showError("");
+  showRefusal(null);
 }
 
 async function analyse(event) {
@@ -144,6 +183,9 @@ async function analyse(event) {
     const accepted = await response.json();
     setStatus("Waiting in the queue...");
     const job = await waitForJob(accepted.job_id);
+    if (job.status === "failed" && job.failure?.code === REFUSED_CODE) {
+      throw new Refusal(job.failure.reasons);
+    }
     if (job.status === "failed") {
       throw new Error(`The X-ray could not be read: ${job.failure?.message ?? "unknown reason"}`);
     }
@@ -152,7 +194,8 @@ async function analyse(event) {
     setStatus("Done.");
   } catch (error) {
     setStatus("");
-    showError(error.message);
+    if (error instanceof Refusal) showRefusal(error.reasons);
+    else showError(error.message);
   } finally {
     $("analyse").disabled = !apiKey() || !$("file").files.length;
   }
