@@ -10,6 +10,8 @@ is the same (send a smaller image).
 
 from __future__ import annotations
 
+from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
+
 
 class CXRError(Exception):
     """Base of every error the service reports to a caller."""
@@ -100,7 +102,7 @@ class DicomTooComplexError(ImageError):
 class NotChestRadiographError(ImageError):
     """A film outside what the model reads; `reasons` are the scope codes of shared.contract."""
 
-    code = "not_a_chest_radiograph"
+    code = NOT_A_CHEST_RADIOGRAPH_CODE
     http_status = 422
     default_message = (
         "The image was not analysed: it is not a frontal chest radiograph; the model reads "
