@@ -227,10 +227,11 @@ def test_c_store_refuses_the_attack_within_the_memory_bound(node, attacks, kind,
 # --- 2. one sender's UID never stands in for another's ------------------------------------
 
 
-def blank_dx(sop_instance_uid: str):
+def decoy_dx(sop_instance_uid: str):
+    """Another sender's image under the same UID: a chest film mirrored (passes screening)."""
     dataset = chest_dx()
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    dataset.PixelData = bytes(len(dataset.PixelData))
+    dataset.PixelData = np.ascontiguousarray(np.fliplr(dataset.pixel_array)).tobytes()
     return dataset
 
 
@@ -246,10 +247,10 @@ def stored_pixels(storage_root: Path, record) -> np.ndarray:
 
 def test_stow_a_taken_uid_makes_the_senders_own_job(gateway, redis_server):
     uid = generate_uid()
-    blank, film = blank_dx(uid), real_dx(uid)
+    decoy, film = decoy_dx(uid), real_dx(uid)
     jobs = gateway_jobs(gateway, redis_server)
     with gateway.client("bob") as bob, gateway.client("alice") as alice:
-        assert stow(bob, encode(blank)).status_code == 200
+        assert stow(bob, encode(decoy)).status_code == 200
         answer = stow(alice, encode(film))
         assert answer.status_code == 200, answer.text
         item = referenced(answer.json())[0]
@@ -259,11 +260,12 @@ def test_stow_a_taken_uid_makes_the_senders_own_job(gateway, redis_server):
         assert job_id == instance_job_id(uid, "alice", "stow-rs")
         assert alice.get(f"/v1/predictions/{job_id}").status_code == 200
         assert bob.get(f"/v1/predictions/{job_id}").status_code == 404
-        # Alice's job holds her film, Bob's holds his blank image.
+        # Alice's job holds her film, Bob's holds his decoy.
         np.testing.assert_array_equal(stored_pixels(gateway.storage_root, jobs.get(job_id)),
                                       film.pixel_array)
         bobs = jobs.get(instance_job_id(uid, "bob", "stow-rs"))
-        assert not stored_pixels(gateway.storage_root, bobs).any()
+        np.testing.assert_array_equal(stored_pixels(gateway.storage_root, bobs),
+                                      decoy.pixel_array)
         # The same film again: one job, reported as stored (it is).
         again = stow(alice, encode(film))
         assert again.status_code == 200 and referenced(again.json())[0][RETRIEVE_URL] == \
@@ -288,8 +290,8 @@ def test_c_store_after_a_stow_squatter_keeps_the_modalitys_film(node, gateway, r
     uid = generate_uid()
     film = real_dx(uid)
     with gateway.client("bob") as bob:
-        assert stow(bob, encode(blank_dx(uid))).status_code == 200
-    assert c_store(node.scp_port, blank_dx(uid), calling="OTHERMOD") == 0x0000
+        assert stow(bob, encode(decoy_dx(uid))).status_code == 200
+    assert c_store(node.scp_port, decoy_dx(uid), calling="OTHERMOD") == 0x0000
     assert c_store(node.scp_port, film) == 0x0000
     record = node.job(instance_job_id(uid, MODALITY_AE, "c-store"))
     assert record is not None and record.client_id == MODALITY_AE
