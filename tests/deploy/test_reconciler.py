@@ -12,9 +12,8 @@ import pytest
 from services.worker.__main__ import build_parser
 from tests.deploy.loaders import (
     K8S_DIR,
-    SERVICE_DOCKERFILES,
-    dockerfile_stages,
     find,
+    image_target,
     load_compose,
     pod_template,
     render,
@@ -77,9 +76,9 @@ def test_the_cronjob_runs_the_cli_once_per_run(overlay_objects):
     assert args.every is None and args.heartbeat_file is None  # one pass, then the exit status
     assert args.min_age_s > 0
     # The image's ENTRYPOINT is Celery; `command` replaces it with the image's own python.
-    final = dockerfile_stages(SERVICE_DOCKERFILES["worker"])[-1]
-    assert "PATH=/app/.venv/bin:$PATH" in " ".join(final.args("ENV"))
-    assert "services/worker/" in " ".join(final.args("COPY"))
+    image = image_target("worker")
+    assert "PATH=/app/.venv/bin:$PATH" in " ".join(image.args("ENV"))
+    assert "services/worker/" in " ".join(image.args("COPY"))
 
 
 def test_the_cronjob_uses_the_workers_image_settings_and_hardening(overlay_objects):
