@@ -218,7 +218,7 @@ def test_long_poll_waits_for_the_job_to_finish(gateway, redis_server):
         waited = time.monotonic() - started
         timer.join()
     assert view["status"] == "failed"
-    assert view["failure"] == {"code": "test_failure", "message": "stopped"}
+    assert view["failure"] == {"code": "test_failure", "message": "stopped", "reasons": None}
     assert waited < 20  # answered when the job finished, not at the end of the wait
 
 
@@ -251,7 +251,7 @@ def test_upload_with_wait_answers_once_the_job_has_finished(gateway, redis_serve
         assert finished.status_code == 200, finished.text
         body = finished.json()
         assert body["status"] == "failed"
-        assert body["failure"] == {"code": "test_failure", "message": "stopped"}
+        assert body["failure"] == {"code": "test_failure", "message": "stopped", "reasons": None}
         assert finished.headers["location"] == f"/v1/predictions/{body['job_id']}"
 
         started = time.monotonic()

@@ -88,7 +88,8 @@ def test_a_waiting_request_answers_from_the_finished_notice(gateway_factory, red
     view = _finish_while_waited_on(gateway, job_id, lambda: store.mark_failed(job_id, failure))
 
     assert view["status"] == "failed", view
-    assert view["failure"] == {"code": "test_failure", "message": "stopped by the test"}
+    assert view["failure"] == {"code": "test_failure", "message": "stopped by the test",
+                               "reasons": None}
     assert client.pubsub_numsub(finished_channel(job_id))[0][1] == 0
     wait_until(lambda: _gauge(gateway, "cxr_gateway_waiting_requests") == 0, 10,
                "the request no longer waiting after its answer")
