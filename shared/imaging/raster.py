@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 import warnings
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from shared.errors import CorruptImageError, ImageTooLargeError, UnsupportedForm
 from shared.imaging.intensity import rescale_to_uint8
 from shared.imaging.limits import DecodedImage, DecodeLimits
 
+log = logging.getLogger("cxr.imaging")
 _EXPECTED_PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG"}
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I", "F"}
 _DECLARED_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
@@ -94,9 +96,10 @@ def _corrupt_on_failure(image_format: str) -> Iterator[None]:
     try:
         yield
     except (OSError, SyntaxError, ValueError) as exc:
-        # Pillow names no reason when no plugin accepts the header, only the file object's repr.
+        # Pillow's own words describe its code, not the file: they go to the log only.
+        log.info("%s refused as damaged: %s: %s", image_format, type(exc).__name__, exc)
         reason = ("its header cannot be read" if isinstance(exc, UnidentifiedImageError)
-                  else str(exc))
+                  else "its data cannot be decoded")
         raise CorruptImageError(
             f"The {image_format.upper()} file is damaged or cut off ({reason}); "
             "export it again and resend it."
