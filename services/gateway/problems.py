@@ -119,7 +119,7 @@ def _invalid_multipart(request: Request, exc: MultiPartException) -> JSONRespons
     its size limit) when Starlette's message only says "Invalid multipart data"."""
     reason = exc.message.rstrip(".")
     if exc.__cause__ is not None and str(exc.__cause__):
-        log.info("multipart body refused: %s (%s)", reason, exc.__cause__)
+        reason += f" ({exc.__cause__})"
     return problem_response(request, 400, "invalid_multipart",
                             f"The multipart/form-data body cannot be read: {reason}. Send the "
                             "image as one part named 'file'.")
