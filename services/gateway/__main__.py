@@ -8,6 +8,7 @@ import uvicorn
 
 from services.gateway.app import create_app
 from services.gateway.config import get_settings
+from services.gateway.logredact import log_config
 from services.gateway.tls import tls_files
 
 
@@ -27,7 +28,7 @@ def main() -> None:
     uvicorn.run(
         app, host=settings.gateway_host, port=settings.gateway_port,
         ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None,
-        server_header=False, proxy_headers=False, log_level="info",
+        server_header=False, proxy_headers=False, log_level="info", log_config=log_config(),
     )
 
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from services.gateway import multipart
 from services.gateway.access import ApiAccessMiddleware
 from services.gateway.config import GatewaySettings, get_settings
 from services.gateway.metrics import MetricsMiddleware
@@ -32,6 +33,7 @@ TAGS = [
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    multipart.install()  # file names sent only as filename*=UTF-8''... (RFC 5987)
     resources = GatewayResources.from_settings(settings)
     configure_audit_file(settings.audit_log)
 

@@ -78,14 +78,25 @@ def _status_code_slug(status: int) -> str:
     return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
 
 
+RETRY_AFTER_S = "5"
+
+
 def error_response(request: Request, exc: CXRError) -> JSONResponse:
-    """The problem answer for a typed error; also used by middleware outside the handlers."""
+    """The problem answer for a typed error; also used by middleware outside the handlers.
+
+    A 5xx is the service's own failure: its message (storage paths, errno, addresses) goes to the
+    log, the client gets the error class's fixed message, and `Retry-After` when it is transient.
+    """
+    headers = dict(exc.headers()) if isinstance(exc, HTTPHeadersMixin) else {}
+    detail = exc.message
     if exc.http_status >= 500:
         log.warning("%s %s answered %s: %s", request.method, request.url.path, exc.http_status,
                     exc.message)
-    headers = exc.headers() if isinstance(exc, HTTPHeadersMixin) else None
+        detail = type(exc).default_message
+        if exc.transient:
+            headers.setdefault("Retry-After", RETRY_AFTER_S)
     extra = {"reasons": list(exc.reasons)} if isinstance(exc, NotChestRadiographError) else {}
-    return problem_response(request, exc.http_status, exc.code, exc.message, headers, **extra)
+    return problem_response(request, exc.http_status, exc.code, detail, headers or None, **extra)
 
 
 async def _cxr_error(request: Request, exc: Exception) -> JSONResponse:
@@ -122,7 +133,8 @@ def _invalid_multipart(request: Request, exc: MultiPartException) -> JSONRespons
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # The offending input is left out: it may be a whole upload or a key.
-    errors = [{"loc": [str(part) for part in err.get("loc", ())], "msg": str(err.get("msg", "")),
+    errors = [{"loc": [str(part) for part in err.get("loc", ())],
+               "msg": _plain_message(str(err.get("msg", ""))),
                "type": str(err.get("type", ""))} for err in exc.errors()]
     summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
     if any(e["loc"] == ["body", "file"] for e in errors):
@@ -130,6 +142,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
                     "before its closing boundary has no complete part)")
     return problem_response(request, 422, "invalid_request", f"The request is invalid: {summary}",
                             errors=errors)
+
+
+def _plain_message(message: str) -> str:
+    """A validation message without Python reprs (`<class 'str'>`, `<object at 0x...>`)."""
+    if "<class " in message or " object at 0x" in message:
+        return "has the wrong type (a file part needs a filename)"
+    return message
 
 
 async def _backend_down(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,7 @@ from services.gateway.api_models import Liveness, Readiness
 from services.gateway.deps import ResourcesDep
 from services.gateway.errors import NotReadyError
 from services.gateway.model_info import UPSTREAM_ERRORS
-from services.gateway.problems import problem_response, problem_responses
+from services.gateway.problems import RETRY_AFTER_S, problem_response, problem_responses
 from services.gateway.resources import GatewayResources
 
 log = logging.getLogger("cxr.gateway")
@@ -32,15 +32,15 @@ async def healthz() -> Liveness:
 async def readyz(request: Request, resources: ResourcesDep) -> Readiness | JSONResponse:
     """Redis answers, storage round-trips an object, the model server has a version AVAILABLE."""
     checks = {
-        "redis": await _check(_redis_ok(resources)),
-        "storage": await _check(run_in_threadpool(_storage_round_trip, resources)),
-        "model_server": await _check(_model_server_ok(resources)),
+        "redis": await _check("redis", _redis_ok(resources)),
+        "storage": await _check("storage", run_in_threadpool(_storage_round_trip, resources)),
+        "model_server": await _check("model_server", _model_server_ok(resources)),
     }
     failed = sorted(name for name, outcome in checks.items() if outcome != "ok")
     if failed:
         error = NotReadyError(f"Not ready: {', '.join(failed)} failed.")
         return problem_response(request, error.http_status, error.code, error.message,
-                                checks=checks)
+                                {"Retry-After": RETRY_AFTER_S}, checks=checks)
     return Readiness(status="ok", checks=checks)
 
 
@@ -54,12 +54,18 @@ async def metrics(resources: ResourcesDep) -> Response:
     return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _check(probe) -> str:
+async def _check(name: str, probe) -> str:
+    """"ok" or "failed"; why goes to the log only (paths, addresses and exception names are the
+    operator's, not every caller's)."""
     try:
         outcome = await probe
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported by name
-        return f"failed: {type(exc).__name__}: {exc}"[:300]
-    return "ok" if outcome is True else f"failed: {outcome}"
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+        log.warning("readiness check %s failed: %s: %s", name, type(exc).__name__, exc)
+        return "failed"
+    if outcome is True:
+        return "ok"
+    log.warning("readiness check %s failed: %s", name, outcome)
+    return "failed"
 
 
 async def _redis_ok(resources: GatewayResources) -> bool:
