@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.contract import ASSETS_EXTRA, DEFAULT_SITE, OPERATING_POINT_FILE, SITES_DIR
+from shared.schemas import UTCDateTime
 
 # Probabilities are clipped this far from 0 and 1 before taking their logit.
 LOGIT_EPS = 1e-6
@@ -71,7 +71,7 @@ class OperatingPoint(BaseModel):
     threshold: float = Field(ge=0.0, le=1.0)
     target_sensitivity: float = Field(gt=0.0, le=1.0)
     model_threshold: float = Field(ge=0.0, le=1.0)
-    fitted_at: datetime
+    fitted_at: UTCDateTime
     data_fingerprint: str
     n: int = Field(ge=1)
     n_pneumonia: int = Field(ge=0)
