@@ -136,7 +136,10 @@ def _clean(dataset: Dataset) -> None:
             else:  # U, and D / X/Z/U* on a UID: a consistent replacement
                 _replace_uids(element)
         else:
-            _ACTIONS.get(category, profile.replace)(dataset, (tag.group, tag.element))
+            try:
+                _ACTIONS.get(category, profile.replace)(dataset, (tag.group, tag.element))
+            except NotImplementedError:  # a VR the library has no dummy value for: remove it
+                del dataset[tag]
 
 
 def deidentify(dataset: Dataset) -> Dataset:

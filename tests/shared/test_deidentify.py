@@ -103,3 +103,11 @@ def test_patient_age_is_kept_and_ages_over_ninety_are_shown_as_ninety(age, store
     dataset = identified_chest_dx().dataset
     dataset.PatientAge = age
     assert deidentify(dataset).PatientAge == stored
+
+
+def test_an_attribute_of_a_vr_without_a_dummy_value_is_removed_not_a_crash():
+    dataset = identified_chest_dx().dataset
+    del dataset.InstitutionName
+    dataset.add_new(0x00080080, "OW", b"Qz\x00\x01")  # Institution Name (X/Z/D), written as OW
+    copy = deidentify(dataset)
+    assert 0x00080080 not in copy and copy.PatientIdentityRemoved == "YES"
