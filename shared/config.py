@@ -75,6 +75,11 @@ class SharedSettings(BaseSettings):
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     # DICOM received over C-STORE or STOW-RS is stored de-identified unless this is true.
     pacs_keep_identifiers: bool = False
+    # Re-identification keys (shared.reidentification): Fernet keys, comma-separated (empty: none
+    # kept), their own folder apart from the job storage, and how long a key stays readable.
+    reid_keys: SecretStr = SecretStr("")
+    reid_storage_root: str = "var/reidentification"
+    reid_retention_days: int = Field(default=30, ge=1)
 
     # Which site each API client and each calling DICOM AE title belongs to ("key:site,...");
     # the job carries its site and is answered at that site's operating point (docs/sites.md).

@@ -6,6 +6,8 @@ Run with `celery -A services.pacs.celery_app worker -Q pacs`. No result backend:
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from services.pacs.settings import get_settings
@@ -15,3 +17,7 @@ from shared.job_queue import REPORT_QUEUE, REPORT_TASK
 app = Celery("cxr-pacs", include=["services.pacs.tasks"])
 app.conf.update(reliable_queue_config(redis_url=get_settings().redis_url, queue=REPORT_QUEUE,
                                       task_name=REPORT_TASK))
+
+# highdicom logs, at INFO, the SOP Instance UID of the original instance each report copies its
+# patient module from: an identifier the sender needs but its log does not.
+logging.getLogger("highdicom").setLevel(logging.WARNING)

@@ -65,8 +65,8 @@ def store_handler(intake: DicomIntake):
         except Exception:
             log.exception("C-STORE from %s failed", calling)
             return PROCESSING_FAILURE
-        log.info("C-STORE %s from %s: %s job %s", received.sop_instance_uid, calling,
-                 received.disposition, received.job_id)
+        # The job id, not the SOP Instance UID: the audit line holds the UID, the log need not.
+        log.info("C-STORE from %s: %s job %s", calling, received.disposition, received.job_id)
         if received.disposition == Disposition.CONFLICT:
             return DUPLICATE_SOP_INSTANCE
         return SUCCESS

@@ -1,0 +1,81 @@
+"""Re-identification keys, kept apart from the de-identified data.
+
+For a DICOM job, the original Patient ID, Patient's Name, Accession Number and Study Instance UID,
+encrypted with Fernet (AES-128-CBC + HMAC-SHA256, `cryptography`) under `CXR_REID_KEYS`, in their
+own storage (`CXR_REID_STORAGE_ROOT`, never the job storage), one object per job. A key is
+readable for `CXR_REID_RETENTION_DAYS` after it was written (the token's own timestamp); after that
+`lookup` answers None and `purge_expired` deletes it. Several keys (comma-separated) allow
+rotation: the first encrypts, all decrypt. Nothing here is called by the intake yet: a sender
+that needs the identifiers (e.g. a PACS filing by Patient ID) calls `lookup(job_id)`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from pydicom.dataset import Dataset
+
+from shared.config import SharedSettings
+from shared.errors import ObjectNotFoundError
+from shared.storage import LocalStorage, Storage
+
+PREFIX = "reidentification/"
+FIELDS = ("PatientID", "PatientName", "AccessionNumber", "StudyInstanceUID")
+
+
+@dataclass(frozen=True)
+class ReidentificationKeys:
+    storage: Storage
+    fernet: MultiFernet
+    retention_s: int
+
+    @classmethod
+    def from_settings(cls, settings: SharedSettings) -> ReidentificationKeys | None:
+        """None when no key is set (then no re-identification key is kept at all)."""
+        keys = [key.strip() for key in settings.reid_keys.get_secret_value().split(",")
+                if key.strip()]
+        if not keys:
+            return None
+        return cls(LocalStorage(settings.reid_storage_root),
+                   MultiFernet([Fernet(key) for key in keys]),
+                   settings.reid_retention_days * 86400)
+
+    def record(self, job_id: str, original: Dataset) -> None:
+        """Keep `original`'s identifiers for `job_id`, encrypted."""
+        values = {field: str(original.get(field, "") or "") for field in FIELDS}
+        token = self.fernet.encrypt(json.dumps(values).encode())
+        self.storage.put(self._key(job_id), token, content_type="application/octet-stream")
+
+    def lookup(self, job_id: str) -> dict[str, str] | None:
+        """The original identifiers of `job_id`; None when unknown, expired or not decryptable."""
+        try:
+            token = self.storage.get(self._key(job_id))
+        except ObjectNotFoundError:
+            return None
+        try:
+            plain = self.fernet.decrypt(token, ttl=self.retention_s)
+        except InvalidToken:
+            return None
+        values: dict[str, str] = json.loads(plain)
+        return values
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete every key older than the retention limit (or unreadable); how many went."""
+        now = time.time() if now is None else now
+        removed = 0
+        for key in self.storage.list(PREFIX):
+            try:
+                written = self.fernet.extract_timestamp(self.storage.get(key))
+            except (InvalidToken, ObjectNotFoundError):
+                written = None
+            if written is None or now - written > self.retention_s:
+                self.storage.delete(key)
+                removed += 1
+        return removed
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"{PREFIX}{job_id}"

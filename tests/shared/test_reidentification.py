@@ -1,0 +1,60 @@
+"""Re-identification keys: encrypted at rest, readable back for the job, gone after retention."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from cryptography.fernet import Fernet
+
+from shared.config import SharedSettings
+from shared.reidentification import PREFIX, ReidentificationKeys
+from tests.shared.identified_dicom import identified_chest_dx
+
+
+def keys_in(folder, *keys: str, days: int = 30) -> ReidentificationKeys:
+    settings = SharedSettings(reid_keys=",".join(keys), reid_storage_root=str(folder),
+                              reid_retention_days=days)
+    made = ReidentificationKeys.from_settings(settings)
+    assert made is not None
+    return made
+
+
+def test_identifiers_are_stored_encrypted_and_read_back_for_the_job(tmp_path):
+    instance = identified_chest_dx()
+    store = keys_in(tmp_path, Fernet.generate_key().decode())
+
+    store.record("dicom-abc", instance.dataset)
+
+    stored = (tmp_path / PREFIX / "dicom-abc").read_bytes()
+    assert instance.found_in(stored) == []  # nothing readable at rest
+    original = instance.dataset
+    assert store.lookup("dicom-abc") == {
+        "PatientID": original.PatientID, "PatientName": str(original.PatientName),
+        "AccessionNumber": original.AccessionNumber,
+        "StudyInstanceUID": original.StudyInstanceUID}
+    assert store.lookup("dicom-unknown") is None
+
+
+def test_another_key_cannot_read_it_and_rotation_keeps_old_keys_readable(tmp_path):
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    keys_in(tmp_path, old).record("job", identified_chest_dx().dataset)
+    assert keys_in(tmp_path, new).lookup("job") is None
+    assert keys_in(tmp_path, new, old).lookup("job") is not None
+
+
+def test_keys_expire_after_the_retention_limit_and_are_purged(tmp_path):
+    store = keys_in(tmp_path, Fernet.generate_key().decode(), days=1)
+    store.record("job-old", identified_chest_dx().dataset)
+    store.record("job-new", identified_chest_dx().dataset)
+    now = time.time()
+    assert store.purge_expired(now=now) == 0
+    assert store.purge_expired(now=now + 2 * 86400) == 2
+    assert store.lookup("job-old") is None
+    assert not list((tmp_path / PREFIX).iterdir())
+
+
+def test_no_key_no_store_and_a_bad_key_is_refused(tmp_path):
+    assert ReidentificationKeys.from_settings(SharedSettings(reid_keys="")) is None
+    with pytest.raises(ValueError):
+        keys_in(tmp_path, "not-a-fernet-key")
