@@ -37,54 +37,77 @@ def require_real_secret(
 
 
 class SharedSettings(BaseSettings):
-    """What every service reads; the variable names are listed in docs/architecture.md."""
+    """What every service reads; the variables are listed in docs/settings.md."""
 
     model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore", case_sensitive=False)
 
-    env: Environment = "development"
-    data_dir: str = "../shared/data/chest_xray"
+    env: Environment = Field(default="development", description=(
+        "`production` refuses default secrets and a missing TLS certificate at start-up."))
+    data_dir: str = Field(default="../shared/data/chest_xray", description=(
+        "Training data set in the Kaggle layout (`train/`, `val/`, `test/`, each with `NORMAL/` "
+        "and `PNEUMONIA/`)."))
 
-    storage_backend: Literal["local", "s3"] = "local"
-    storage_root: str = "var/storage"
-    s3_bucket: str = ""
-    s3_prefix: str = ""
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
+    storage_backend: Literal["local", "s3"] = Field(default="local", description=(
+        "Where uploads, heatmaps and reports are kept: `local` (folder `CXR_STORAGE_ROOT`) or "
+        "`s3`."))
+    storage_root: str = Field(default="var/storage", description="Local storage folder.")
+    s3_bucket: str = Field(default="", description="S3 bucket of the `s3` storage backend.")
+    s3_prefix: str = Field(default="", description="Key prefix inside the S3 bucket.")
+    s3_endpoint_url: str | None = Field(default=None, description=(
+        "S3 endpoint; set it for MinIO or another S3-compatible store."))
+    s3_region: str | None = Field(default=None, description="S3 region.")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description=(
+        "Redis: the Celery broker and the job records."))
 
-    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(default=100_000_000, gt=0)
-    min_image_side: int = Field(default=64, ge=1)
-    # DICOM structure, checked on the encoded bytes before any parser builds a dataset: sequence
-    # nesting depth, data elements in all (items included), the largest element other than the
-    # pixel data, and the working memory that decoding the pixels would take (estimated from the
-    # header, refused before decoding).
-    max_dicom_depth: int = Field(default=12, ge=1)
-    max_dicom_elements: int = Field(default=10_000, ge=16)
-    max_dicom_element_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_decode_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
-    image_size: int = Field(default=224, ge=8)
-    # Longest side of the heatmap overlay PNG (the X-ray is scaled down to it, never up).
-    heatmap_max_side: int = Field(default=1024, ge=64)
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description=(
+        "Largest accepted upload."))
+    max_image_pixels: int = Field(default=100_000_000, gt=0, description=(
+        "Largest decoded image in pixels (refuses decompression bombs)."))
+    min_image_side: int = Field(default=64, ge=1, description=(
+        "Smallest accepted image side in pixels."))
+    max_dicom_depth: int = Field(default=12, ge=1, description=(
+        "Deepest sequence nesting in a DICOM instance, checked on the encoded bytes before any "
+        "parser builds a dataset."))
+    max_dicom_elements: int = Field(default=10_000, ge=16, description=(
+        "Most data elements in a DICOM instance, sequence items included."))
+    max_dicom_element_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description=(
+        "Largest DICOM data element other than the pixel data."))
+    max_decode_memory_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024, description=(
+        "Most working memory decoding one DICOM image may take, estimated from its header "
+        "(stored samples plus 17 bytes per pixel) and refused before decoding."))
+    image_size: int = Field(default=224, ge=8, description="Side of the model's square input.")
+    heatmap_max_side: int = Field(default=1024, ge=64, description=(
+        "Longest side of the heatmap overlay PNG (the X-ray is scaled down to it, never up)."))
 
-    model_name: str = MODEL_NAME
-    model_server_grpc: str = "127.0.0.1:8500"
-    model_server_rest: str = "http://127.0.0.1:8501"
-    model_base_path: str = "var/serving"
-    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
-    # DICOM received over C-STORE or STOW-RS is stored de-identified unless this is true.
-    pacs_keep_identifiers: bool = False
-    # Re-identification keys (shared.reidentification): Fernet keys, comma-separated (empty: none
-    # kept), their own folder apart from the job storage, and how long a key stays readable.
-    reid_keys: SecretStr = SecretStr("")
-    reid_storage_root: str = "var/reidentification"
-    reid_retention_days: int = Field(default=30, ge=1)
+    model_name: str = Field(default=MODEL_NAME, description="Name of the served model.")
+    model_server_grpc: str = Field(default="127.0.0.1:8500", description=(
+        "TF Serving gRPC target (`host:port`)."))
+    model_server_rest: str = Field(default="http://127.0.0.1:8501", description=(
+        "TF Serving REST base URL."))
+    model_base_path: str = Field(default="var/serving", description=(
+        "Serving model folder, `<base>/<model_name>/<version>/` plus `models.config`: a local "
+        "path or `s3://bucket/prefix`."))
+    mlflow_tracking_uri: str = Field(default="http://127.0.0.1:5000", description=(
+        "MLflow tracking server and model registry."))
+    pacs_keep_identifiers: bool = Field(default=False, description=(
+        "Store DICOM received by C-STORE or STOW-RS with its patient identifiers instead of "
+        "de-identified (a DICOM uploaded to `POST /v1/predictions` is always de-identified)."))
+    reid_keys: SecretStr = Field(default=SecretStr(""), description=(
+        "Fernet keys for the re-identification keys (`docs/privacy.md`), comma-separated: the "
+        "first encrypts, all decrypt; empty: no re-identification key is kept."))
+    reid_storage_root: str = Field(default="var/reidentification", description=(
+        "Where re-identification keys are kept, apart from the job storage."))
+    reid_retention_days: int = Field(default=30, ge=1, description=(
+        "Days a re-identification key stays readable after it was written; then it is purged."))
 
-    # Which site each API client and each calling DICOM AE title belongs to ("key:site,...");
-    # the job carries its site and is answered at that site's operating point (docs/sites.md).
-    site_clients: str = ""
-    site_ae_titles: str = ""
+    site_clients: str = Field(default="", description=(
+        "`client:site,client2:site2`: the site of each API client (gateway, STOW-RS); a job is "
+        "answered at its site's operating point, unlisted clients at `default` "
+        "(`docs/sites.md`)."))
+    site_ae_titles: str = Field(default="", description=(
+        "`AETITLE:site,...`: the site of each calling DICOM AE title (C-STORE SCP); unlisted "
+        "titles belong to `default`."))
 
     @field_validator("site_clients", "site_ae_titles")
     @classmethod

@@ -12,30 +12,38 @@ from shared.config import SharedSettings, require_real_secret
 class GatewaySettings(SharedSettings):
     """Knobs of the HTTP service; Redis, storage and limits come from `SharedSettings`."""
 
-    # "client:key,client2:key2"; only hashes are kept after start-up (services.gateway.auth).
-    api_keys: SecretStr = SecretStr("")
-    # Where a development gateway without keys writes its generated demo key.
-    demo_key_file: str = "var/demo-api-key"
-    rate_limit_per_minute: int = Field(default=120, ge=1)
-    max_wait_seconds: float = Field(default=30.0, ge=0.0, le=300.0)
-    # A `?wait=` request answers when the job's "finished" notice arrives (Redis pub/sub); it also
-    # re-reads the job this often, in case a notice is lost or pub/sub is unavailable.
-    wait_poll_seconds: float = Field(default=1.0, gt=0.0, le=60.0)
-    # How long an Idempotency-Key is remembered.
-    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    api_keys: SecretStr = Field(default=SecretStr(""), description=(
+        "`client:key,client2:key2`; only sha256 digests are kept after start-up. Empty: refused "
+        "in production; in development a demo key is generated into `CXR_DEMO_KEY_FILE`."))
+    demo_key_file: str = Field(default="var/demo-api-key", description=(
+        "Where a development gateway without keys writes its generated demo key."))
+    rate_limit_per_minute: int = Field(default=120, ge=1, description=(
+        "Requests per client per clock minute (counted in Redis, shared by replicas)."))
+    max_wait_seconds: float = Field(default=30.0, ge=0.0, le=300.0, description=(
+        "Cap on a request's `?wait=`."))
+    wait_poll_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description=(
+        "A `?wait=` request answers when the job's finished notice arrives (Redis pub/sub); it "
+        "also re-reads the job this often, in case a notice is lost or pub/sub is unavailable."))
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, description=(
+        "How long an `Idempotency-Key` is remembered."))
 
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = Field(default=8443, ge=0, le=65535)
-    # False serves plain HTTP, for a gateway behind a proxy that terminates TLS.
-    gateway_tls: bool = True
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    # Where a development gateway keeps its self-signed certificate.
-    tls_dir: str = "var/tls"
+    gateway_host: str = Field(default="127.0.0.1", description="Gateway listen address.")
+    gateway_port: int = Field(default=8443, ge=0, le=65535, description="Gateway listen port.")
+    gateway_tls: bool = Field(default=True, description=(
+        "`false` serves plain HTTP, for a gateway behind a proxy that terminates TLS."))
+    tls_cert: str | None = Field(default=None, description=(
+        "PEM certificate file; required in production while `CXR_GATEWAY_TLS` is on. In "
+        "development a self-signed localhost certificate is made in `CXR_TLS_DIR`."))
+    tls_key: str | None = Field(default=None, description=(
+        "PEM private key file of `CXR_TLS_CERT`."))
+    tls_dir: str = Field(default="var/tls", description=(
+        "Where a development gateway keeps its self-signed certificate."))
 
-    audit_log: str | None = None
-    # Seconds to wait for the model server and MLflow when answering /v1/models/current, /readyz.
-    upstream_timeout_seconds: float = Field(default=3.0, gt=0.0)
+    audit_log: str | None = Field(default=None, description=(
+        "Also append the audit lines (JSON, logger `cxr.audit`) to this file."))
+    upstream_timeout_seconds: float = Field(default=3.0, gt=0.0, description=(
+        "Seconds to wait for the model server and MLflow when answering `/v1/models/current` "
+        "and `/readyz`."))
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> GatewaySettings:

@@ -1,4 +1,4 @@
-"""The PACS service's settings (env prefix `CXR_`); names are listed in docs/pacs.md."""
+"""The PACS service's settings (env prefix `CXR_`); variables are listed in docs/settings.md."""
 
 from __future__ import annotations
 
@@ -19,21 +19,30 @@ def _ae_title(value: str) -> str:
 class PacsSettings(SharedSettings):
     """What `python -m services.pacs` and the `pacs` Celery queue read."""
 
-    pacs_ae_title: str = "CXR"
-    pacs_host: str = "0.0.0.0"
-    pacs_port: int = Field(default=11112, ge=1, le=65535)
-    # Comma list. Empty: every calling AE title is accepted in development/test; in production the
-    # service refuses to start (it would otherwise accept images from anyone on the network).
-    pacs_allowed_calling_ae_titles: str = ""
-    # Where reports go, as AET@host:port; empty: reports are not sent.
-    pacs_destination: str = ""
-    # CXR_AUDIT_LOG: audit lines (the gateway's format, client = calling AE title) also go here.
-    audit_log: str | None = None
-    pacs_manufacturer: str = "cxr-pneumonia"
-    pacs_network_timeout_s: float = Field(default=10.0, gt=0)
-    pacs_report_max_retries: int = Field(default=8, ge=0)
-    pacs_report_backoff_s: int = Field(default=2, ge=1)
-    pacs_report_backoff_max_s: int = Field(default=300, ge=1)
+    pacs_ae_title: str = Field(default="CXR", description=(
+        "Our AE title: called by senders, calling when we send reports."))
+    pacs_host: str = Field(default="0.0.0.0", description="C-STORE SCP listen address.")
+    pacs_port: int = Field(default=11112, ge=1, le=65535, description="C-STORE SCP listen port.")
+    pacs_allowed_calling_ae_titles: str = Field(default="", description=(
+        "Comma list of the AE titles allowed to send. Empty: every calling AE title is accepted "
+        "in development/test; in production the service refuses to start (it would otherwise "
+        "accept images from anyone on the network)."))
+    pacs_destination: str = Field(default="", description=(
+        "`AET@host:port` of the PACS receiving the SR and Secondary Capture; empty: reports are "
+        "not sent (`skipped`)."))
+    audit_log: str | None = Field(default=None, description=(
+        "Also append the audit lines (the gateway's format, client = calling AE title) to this "
+        "file."))
+    pacs_manufacturer: str = Field(default="cxr-pneumonia", description=(
+        "Manufacturer written into the SR and Secondary Capture."))
+    pacs_network_timeout_s: float = Field(default=10.0, gt=0, description=(
+        "ACSE, DIMSE and network timeouts."))
+    pacs_report_max_retries: int = Field(default=8, ge=0, description=(
+        "Retries of a report send that failed transiently."))
+    pacs_report_backoff_s: int = Field(default=2, ge=1, description=(
+        "Factor of the exponential backoff (full jitter) between report sends, in seconds."))
+    pacs_report_backoff_max_s: int = Field(default=300, ge=1, description=(
+        "Longest wait between report sends, in seconds."))
 
     @field_validator("pacs_ae_title")
     @classmethod

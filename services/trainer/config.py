@@ -28,36 +28,53 @@ class TrainerSettings(SharedSettings):
     """What the trainer reads on top of the shared settings; every field has a working default."""
 
     # --- training recipe (services.trainer.recipe.TrainConfig.from_settings) ---
-    target_sensitivity: float = Field(default=0.95, gt=0, le=1)
-    train_epochs: int = Field(default=20, ge=1)
-    train_batch_size: int = Field(default=32, ge=1)
-    train_folds: int = Field(default=1, ge=1)
-    train_seed: int = 0
-    train_image_cache_dir: str | None = "var/cache/images"
+    target_sensitivity: float = Field(default=0.95, gt=0, le=1, description=(
+        "The sensitivity the decision threshold is chosen to reach."))
+    train_epochs: int = Field(default=20, ge=1, description="Training epochs.")
+    train_batch_size: int = Field(default=32, ge=1, description="Training batch size.")
+    train_folds: int = Field(default=1, ge=1, description=(
+        "1: a single patient-level validation split; 2 or more: patient-level cross-validation, "
+        "one network per fold (`services/trainer/recipe.py`)."))
+    train_seed: int = Field(default=0, description="Random seed of the training run.")
+    train_image_cache_dir: str | None = Field(default="var/cache/images", description=(
+        "Cache of decoded, preprocessed training images; empty: no cache."))
 
     # --- MLflow tracking and registry ---
-    mlflow_experiment: str = "cxr-pneumonia"
-    registered_model_name: str = MODEL_NAME
+    mlflow_experiment: str = Field(default="cxr-pneumonia", description=(
+        "MLflow experiment of the retraining runs."))
+    registered_model_name: str = Field(default=MODEL_NAME, description=(
+        "Name of the model in the MLflow registry."))
 
     # --- promotion gate: absolute floors and the largest regression tolerated vs the champion ---
-    gate_min_sensitivity: float = Field(default=0.95, ge=0, le=1)
-    gate_min_specificity: float = Field(default=0.80, ge=0, le=1)
-    gate_min_auroc: float = Field(default=0.95, ge=0, le=1)
-    gate_max_auroc_drop: float = Field(default=0.01, ge=0, le=1)
-    gate_max_sensitivity_drop: float = Field(default=0.02, ge=0, le=1)
-    # The gate set: whole patients held out of every training run (see docs/training.md).
-    gate_fraction: float = Field(default=0.10, gt=0, lt=1)
-    gate_seed: int = 20240101
+    gate_min_sensitivity: float = Field(default=0.95, ge=0, le=1, description=(
+        "Promotion gate: floor of the sensitivity at the model's threshold on the gate set."))
+    gate_min_specificity: float = Field(default=0.80, ge=0, le=1, description=(
+        "Promotion gate: floor of the specificity at the model's threshold on the gate set."))
+    gate_min_auroc: float = Field(default=0.95, ge=0, le=1, description=(
+        "Promotion gate: floor of the AUROC on the gate set."))
+    gate_max_auroc_drop: float = Field(default=0.01, ge=0, le=1, description=(
+        "Promotion gate: largest AUROC loss tolerated against the champion."))
+    gate_max_sensitivity_drop: float = Field(default=0.02, ge=0, le=1, description=(
+        "Promotion gate: largest sensitivity loss tolerated against the champion."))
+    gate_fraction: float = Field(default=0.10, gt=0, lt=1, description=(
+        "Share of the images cut off as the gate set: whole patients held out of every training "
+        "run (`docs/training.md`)."))
+    gate_seed: int = Field(default=20240101, description=(
+        "Seed of the gate-set split; the same seed and data give the same patients."))
 
-    # --- sites (docs/sites.md): each site's acceptance set, "site:DIR,site2:DIR2" (a DIR holds
-    # NORMAL/ and PNEUMONIA/, or is a CSV of file,label[,patient]); a version is promoted only if
-    # at every listed site its cross-fitted figures meet these floors and lose no more than the
-    # allowed drop against the champion's on the same set ---
-    site_acceptance_sets: str = ""
-    site_min_sensitivity: float = Field(default=0.95, ge=0, le=1)
-    site_min_specificity: float = Field(default=0.85, ge=0, le=1)
-    site_max_sensitivity_drop: float = Field(default=0.02, ge=0, le=1)
-    site_max_specificity_drop: float = Field(default=0.03, ge=0, le=1)
+    # --- sites (docs/sites.md) ---
+    site_acceptance_sets: str = Field(default="", description=(
+        "`site:DIR,site2:DIR2`: each site's labelled acceptance set (a DIR holds `NORMAL/` and "
+        "`PNEUMONIA/`, or is a CSV of `file,label[,patient]`); a version is promoted only if its "
+        "cross-fitted figures pass the site floors and drops at every listed site."))
+    site_min_sensitivity: float = Field(default=0.95, ge=0, le=1, description=(
+        "Floor of a site's cross-fitted sensitivity."))
+    site_min_specificity: float = Field(default=0.85, ge=0, le=1, description=(
+        "Floor of a site's cross-fitted specificity."))
+    site_max_sensitivity_drop: float = Field(default=0.02, ge=0, le=1, description=(
+        "Largest sensitivity loss against the champion's on the same site's set."))
+    site_max_specificity_drop: float = Field(default=0.03, ge=0, le=1, description=(
+        "Largest specificity loss against the champion's on the same site's set."))
 
     @field_validator("site_acceptance_sets")
     @classmethod
@@ -71,18 +88,24 @@ class TrainerSettings(SharedSettings):
         return parse_site_sets(self.site_acceptance_sets)
 
     # --- scheduled retraining ---
-    retrain_cron: str = "0 3 * * 0"
-    # Longer than the longest retraining: a crashed run frees the lock after this many seconds.
-    retrain_lock_ttl_s: int = Field(default=12 * 3600, gt=0)
-    retrain_time_limit_s: int = Field(default=10 * 3600, gt=0)
+    retrain_cron: str = Field(default="0 3 * * 0", description=(
+        "Retraining schedule for Celery beat: a 5-field cron expression in UTC."))
+    retrain_lock_ttl_s: int = Field(default=12 * 3600, gt=0, description=(
+        "TTL of the retraining lock: longer than the longest retraining, so a crashed run frees "
+        "it; a second trigger while the lock is held is skipped."))
+    retrain_time_limit_s: int = Field(default=10 * 3600, gt=0, description=(
+        "Time limit of one retraining run."))
 
     # --- publishing to the serving folder ---
-    # Keep the previous champion loaded next to the new one, so a rollback is one config change.
-    serving_keep_previous: bool = True
-    # How long a publish waits for the model server (CXR_MODEL_SERVER_GRPC) to load the new
-    # version before moving the `stable` label onto it; 0 moves it at once.
-    publish_wait_for_load_s: float = Field(default=300, ge=0)
-    bundled_models_dir: str = "models"
+    serving_keep_previous: bool = Field(default=True, description=(
+        "Keep the previous champion loaded next to the new one, so a rollback is one config "
+        "change."))
+    publish_wait_for_load_s: float = Field(default=300, ge=0, description=(
+        "How long a publish waits for the model server (`CXR_MODEL_SERVER_GRPC`) to load the new "
+        "version before moving the `stable` label onto it; 0 moves it at once."))
+    bundled_models_dir: str = Field(default="models", description=(
+        "Folder of the bundled SavedModels (`<dir>/<model_name>/<version>/`) that `bootstrap` "
+        "registers and publishes when the registry has no champion."))
 
 
 @lru_cache

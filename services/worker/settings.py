@@ -11,34 +11,57 @@ from shared.contract import GRADCAM_SIGNATURE, SERVING_SIGNATURE, STABLE_LABEL
 
 
 class WorkerSettings(SharedSettings):
-    """What the worker reads on top of `SharedSettings`; names are in docs/architecture.md."""
+    """What the worker reads on top of `SharedSettings` (listed in docs/settings.md)."""
 
-    predict_timeout_s: float = Field(default=10.0, gt=0)
-    # The version label to ask for (TF Serving's `version_labels`); empty: the server's latest.
-    serving_version_label: str | None = STABLE_LABEL
-    # How long a site's operating point is used before its file is read again.
-    site_operating_point_refresh_s: float = Field(default=10.0, ge=0)
-    serving_signature: str = SERVING_SIGNATURE
-    gradcam_signature: str = GRADCAM_SIGNATURE
-    grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    predict_timeout_s: float = Field(default=10.0, gt=0, description=(
+        "Deadline of each gRPC call to the model server."))
+    serving_version_label: str | None = Field(default=STABLE_LABEL, description=(
+        "The version label to ask TF Serving for (the trainer's `models.config` puts `stable` "
+        "on the registry champion); empty: the server's latest version."))
+    site_operating_point_refresh_s: float = Field(default=10.0, ge=0, description=(
+        "How long a site's operating point (read beside the serving version under "
+        "`CXR_MODEL_BASE_PATH`) is used before its file is read again (`docs/sites.md`)."))
+    serving_signature: str = Field(default=SERVING_SIGNATURE, description=(
+        "Name of the model's prediction signature."))
+    gradcam_signature: str = Field(default=GRADCAM_SIGNATURE, description=(
+        "Name of the model's Grad-CAM signature."))
+    grpc_max_message_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description=(
+        "gRPC send and receive limit (gRPC's own default, 4 MB, is too small)."))
 
-    task_max_retries: int = Field(default=8, ge=0)
-    retry_backoff_s: int = Field(default=2, ge=1)
-    retry_backoff_max_s: int = Field(default=120, ge=1)
-    retry_jitter: bool = True
-    task_soft_time_limit_s: int = Field(default=120, gt=0)
-    task_time_limit_s: int = Field(default=180, gt=0)
-    broker_visibility_timeout_s: int = Field(default=600, gt=0)
-    job_lock_ttl_s: int | None = Field(default=None, gt=0)
+    task_max_retries: int = Field(default=8, ge=0, description=(
+        "Retries of transient errors (model server, storage, Redis) before the job goes to the "
+        "dead-letter list."))
+    retry_backoff_s: int = Field(default=2, ge=1, description=(
+        "Factor of the exponential backoff between retries, in seconds."))
+    retry_backoff_max_s: int = Field(default=120, ge=1, description=(
+        "Longest countdown before a retry, in seconds."))
+    retry_jitter: bool = Field(default=True, description=(
+        "Full jitter on the retry countdown."))
+    task_soft_time_limit_s: int = Field(default=120, gt=0, description=(
+        "Celery soft time limit of one task; must be below `CXR_TASK_TIME_LIMIT_S`."))
+    task_time_limit_s: int = Field(default=180, gt=0, description=(
+        "Celery hard time limit of one task: past it the process running it is killed."))
+    broker_visibility_timeout_s: int = Field(default=600, gt=0, description=(
+        "Redis delivers an unacknowledged message again after this long; it must exceed "
+        "`CXR_TASK_TIME_LIMIT_S` + `CXR_RETRY_BACKOFF_MAX_S`, or running and waiting tasks are "
+        "delivered twice."))
+    job_lock_ttl_s: int | None = Field(default=None, gt=0, description=(
+        "How long one delivery holds a job's lock, so two deliveries never run at once; unset: "
+        "the hard time limit plus 30 seconds."))
 
-    job_max_attempts: int = Field(default=12, ge=1)
-    # Pool processes; unset: two per CPU the process may use (a job mostly waits on gRPC and
-    # storage). Set it in containers, where the CPU count is the node's, not the CPU limit.
-    worker_concurrency: int | None = Field(default=None, ge=1)
+    job_max_attempts: int = Field(default=12, ge=1, description=(
+        "Starts of one job (retries and redeliveries) before the dead-letter list; must exceed "
+        "`CXR_TASK_MAX_RETRIES`."))
+    worker_concurrency: int | None = Field(default=None, ge=1, description=(
+        "Pool processes; unset: two per CPU the process may use (a job mostly waits on gRPC and "
+        "storage). Set it in containers, where the CPU count is the node's, not the CPU limit."))
 
-    dead_letter_key: str = "cxr:dead-letter"
-    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    worker_metrics_address: str = "0.0.0.0"
+    dead_letter_key: str = Field(default="cxr:dead-letter", description=(
+        "Redis list holding the dead letters."))
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535, description=(
+        "Port of the worker's Prometheus endpoint; unset: none is served."))
+    worker_metrics_address: str = Field(default="0.0.0.0", description=(
+        "Listen address of the Prometheus endpoint."))
 
     @model_validator(mode="after")
     def _check_time_limits(self) -> WorkerSettings:
