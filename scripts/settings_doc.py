@@ -55,10 +55,14 @@ def default_text(settings: type[BaseSettings], field_name: str) -> str:
     if field.default_factory is not None:
         return "(computed)"
     value = field.default
+    if hasattr(value, "get_secret_value"):
+        return "(a development default)" if value.get_secret_value() else ""
     if value is None or value == "":
         return ""
-    if hasattr(value, "get_secret_value"):
-        return "(a development default)"
+    if isinstance(value, Path):
+        # A path under the repository is shown relative to it, the same wherever it is checked out.
+        value = value.relative_to(ROOT) if value.is_relative_to(ROOT) else value
+        return f"`{value}`"
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return f"`{text}`"
 

@@ -30,3 +30,7 @@ def test_every_field_has_a_description(title, settings, parent):
                if not (settings.model_fields[name].description or "").strip()]
     assert not missing, f"{title}: no description for {missing}"
 
+
+
+def test_page_does_not_depend_on_where_the_repository_is():
+    assert str(settings_doc.ROOT) not in settings_doc.render()
