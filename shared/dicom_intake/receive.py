@@ -106,9 +106,9 @@ class DicomIntake:
                 entry.extra["duplicate" if same else "conflict"] = True
                 entry.status = 200 if same else 409
                 if not same:
-                    log.warning("instance %s from %s refused: the sender stored a different "
-                                "image under this SOP Instance UID before",
-                                uids["sop_instance_uid"], client)
+                    # The job id names the instance; the UID itself stays out of the log.
+                    log.warning("job %s from %s refused: the sender stored a different image "
+                                "under this SOP Instance UID before", job_id, client)
                 return Received(Disposition.DUPLICATE if same else Disposition.CONFLICT, job_id,
                                 uids["sop_class_uid"], uids["sop_instance_uid"],
                                 None if same else "sop_instance_uid_conflict")
