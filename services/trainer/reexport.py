@@ -58,9 +58,16 @@ def rebuild_members(model_dir: Path, info: dict) -> list[keras.Model]:
     loaded = tf.saved_model.load(str(model_dir))
     # Every network is tracked twice (itself and its Grad-CAM view); keep each variable once,
     # in the order the export tracked them: member by member.
-    # The scope screen's variables (if any) are not the pneumonia networks'.
-    variables = [v for v in {id(v): v for v in loaded.variables}.values()
-                 if not _plain(v.name).startswith(SCOPE_PREFIX)]
+    variables = list({id(v): v for v in loaded.variables}.values())
+    # A scope screen is tracked last: its variables (named with its prefix, plus its dropout's
+    # seed state) follow the pneumonia networks'.
+    first_scope = next((i for i, v in enumerate(variables)
+                        if _plain(v.name).startswith(SCOPE_PREFIX)), len(variables))
+    foreign = [v.name for v in variables[first_scope:] if not (
+        _plain(v.name).startswith(SCOPE_PREFIX) or "seed_generator" in v.name)]
+    if foreign:
+        raise ValueError(f"{model_dir}: variables {foreign} follow the scope screen's")
+    variables = variables[:first_scope]
     width = int(variables[0].shape[-1])  # the stem convolution's filters
     size = int(info["image_size"])
     count = int(info.get("ensemble_size", 1))

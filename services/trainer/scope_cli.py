@@ -23,7 +23,7 @@ def add_train_scope(subparsers: argparse._SubParsersAction) -> None:
                         "(default %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("out/scope"),
                         help="folder for the trained screen and report.json")
-    parser.add_argument("--steps", type=positive_int, default=1800, help="training steps")
+    parser.add_argument("--steps", type=positive_int, default=600, help="training steps")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synthetic-per-kind", type=positive_int, default=400,

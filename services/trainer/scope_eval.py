@@ -70,4 +70,6 @@ def evaluate_screen(screen: ScopeScreen, data: ScopeData,
     result["inverted_held_back"] = {"inverted_check": rate(scores[:, col[INVERTED]]
                                                            >= t[col[INVERTED]]),
                                     "any": rate(flagged(scores, t))}
+    flat = np.stack([np.full((56, 56, 1), value, np.float32) for value in (0, 128, 255)])
+    result["flat_fields"] = describe(screen.scores(flat), t)  # black, grey, white
     return result

@@ -45,7 +45,7 @@ STATS_FILE = "scope_stats.npz"
 INFO_FILE = "scope_info.json"
 
 
-def build_scope_net(width: int = 16, seed: int = 0) -> keras.Model:
+def build_scope_net(width: int = 12, seed: int = 0) -> keras.Model:
     """[N, 56, 56, 1] float pixels 0..255 -> embedding and the five heads' logits."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((SCOPE_SIZE, SCOPE_SIZE, 1), name="pooled")
@@ -59,9 +59,9 @@ def build_scope_net(width: int = 16, seed: int = 0) -> keras.Model:
 
     x = conv(x, width, "c1")
     x = layers.MaxPooling2D(2, name=f"{PREFIX}p1")(x)  # 28
-    x = conv(conv(x, 2 * width, "c2a"), 2 * width, "c2b")
+    x = conv(x, 2 * width, "c2")
     x = layers.MaxPooling2D(2, name=f"{PREFIX}p2")(x)  # 14
-    x = conv(conv(x, 4 * width, "c3a"), 4 * width, "c3b")
+    x = conv(x, 4 * width, "c3")
     x = layers.MaxPooling2D(2, name=f"{PREFIX}p3")(x)  # 7
     x = conv(x, 6 * width, "c4")
     embedding = layers.GlobalAveragePooling2D(name=PREFIX + EMBEDDING)(x)
@@ -133,10 +133,10 @@ def _orient(images: tf.Tensor, kinds: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, 
 
 @dataclass
 class ScopeTrainConfig:
-    steps: int = 1800
+    steps: int = 600
     batch_size: int = 64
     learning_rate: float = 2e-3
-    width: int = 16
+    width: int = 12
     seed: int = 0
     holdout: tuple[str, ...] = ()  # negative categories (or "lateral_cxr") left out of training
     false_flag_rate: float = 0.004  # per check, on held-back in-scope films
@@ -154,6 +154,7 @@ def _sampler(data: ScopeData, config: ScopeTrainConfig):
     pools = {PAEDIATRIC: [data.train_films], ADULT_FILM: [data.adult_train],
              LATERAL_FILM: [] if "lateral_cxr" in config.holdout else [data.lateral],
              NEGATIVE: negatives}
+    pools = {kind: [g for g in groups if len(g)] for kind, groups in pools.items()}
     mix = {k: v for k, v in BATCH_MIX.items() if pools[k]}
     total = sum(mix.values())
     counts = {k: int(round(config.batch_size * v / total)) for k, v in mix.items()}
