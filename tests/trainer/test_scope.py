@@ -148,3 +148,18 @@ def test_noise_is_further_from_the_training_films_than_a_chest_film(tiny_screen)
     noise = pool(synthesise("noise", 8, seed=11))
     assert np.median(screen.scores(noise)[:, atypical]) > np.median(
         screen.scores(films)[:, atypical])
+
+
+def test_the_bundle_command_adds_a_trained_screen_to_a_version(tiny_screen, tmp_path, capsys):
+    from services.trainer.cli import main
+
+    old = export_for_serving(build_cnn(width=4, seed=4), base_path=tmp_path / "old", version=1,
+                             threshold=0.5)
+    assert main(["bundle-scope", "--model", str(old), "--scope", str(tiny_screen),
+                 "--out-base", str(tmp_path / "new"), "--version", "2"]) == 0
+    assert "pneumonia outputs match" in capsys.readouterr().out
+    bundled = tmp_path / "new" / "cxr-pneumonia" / "2"
+    np.testing.assert_array_equal(_call(bundled, SERVING_SIGNATURE)[SCOPE_THRESHOLDS][0],
+                                  ScopeScreen.load(tiny_screen).thresholds)
+    assert main(["bundle-scope", "--model", str(tmp_path), "--scope", str(tiny_screen),
+                 "--out-base", str(tmp_path / "x"), "--version", "1"]) == 2
