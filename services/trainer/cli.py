@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services.trainer.registry_cli import REGISTRY_SUBCOMMANDS
+from services.trainer.scope_cli import SCOPE_SUBCOMMANDS
 from services.trainer.site_cli import SITE_SUBCOMMANDS
 from services.trainer.training_cli import TRAINING_SUBCOMMANDS
 from shared.errors import CXRError
@@ -66,6 +67,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_explore]
 SUBCOMMANDS += REGISTRY_SUBCOMMANDS
 SUBCOMMANDS += TRAINING_SUBCOMMANDS
 SUBCOMMANDS += SITE_SUBCOMMANDS
+SUBCOMMANDS += SCOPE_SUBCOMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:

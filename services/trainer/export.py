@@ -11,6 +11,10 @@ images [N, S, S, 1]:
   three outputs as `serving_default`, computed by the same forward pass: one call answers a job
   that wants the prediction and its explanation (clients check the outputs in the metadata).
 
+With a scope screen (`services.trainer.scope_model.ScopeScreen`), both signatures also answer
+`scope_scores` and `scope_thresholds` [N, len(SCOPE_CHECKS)] from the same input; an export
+without one answers the pneumonia outputs only, as older versions do.
+
 Warm-up requests for both signatures go to `assets.extra/tf_serving_warmup_requests`.
 """
 
@@ -21,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -38,18 +43,29 @@ from shared.contract import (
     MODEL_INFO_FILE,
     MODEL_NAME,
     PNEUMONIA_PROBABILITY,
+    SCOPE_CHECKS,
+    SCOPE_SCORES,
+    SCOPE_THRESHOLDS,
     SERVING_SIGNATURE,
     THRESHOLD,
     WARMUP_FILE,
     pneumonia_probability,
 )
 
+# `<version>/assets.extra/<SCOPE_DIR>/`: the screen inside a version (ScopeScreen.save layout).
+SCOPE_DIR = "scope"
+
+if TYPE_CHECKING:
+    from services.trainer.scope_model import ScopeScreen
+
 
 class _ServingFunctions:
     """The two signature functions over one model or an ensemble (probabilities averaged)."""
 
-    def __init__(self, models: Sequence[keras.Model], threshold: float, temperature: float) -> None:
+    def __init__(self, models: Sequence[keras.Model], threshold: float, temperature: float,
+                 scope: ScopeScreen | None = None) -> None:
         self.models = list(models)
+        self.scope = scope
         self.gradcam_models = [
             keras.Model(m.inputs, [m.get_layer(GRADCAM_LAYER).output, m.outputs[0]])
             for m in self.models
@@ -69,11 +85,19 @@ class _ServingFunctions:
             THRESHOLD: tf.fill(tf.shape(p), tf.constant(self.threshold, tf.float32)),
         }
 
+    def _scope(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        if self.scope is None:
+            return {}
+        scores = self.scope.scores_tf(pixels)
+        thresholds = tf.constant(self.scope.thresholds, tf.float32)[tf.newaxis, :]
+        return {SCOPE_SCORES: scores,
+                SCOPE_THRESHOLDS: tf.tile(thresholds, [tf.shape(scores)[0], 1])}
+
     def serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(image, tf.float32)
-        return self._prediction(
+        return {**self._prediction(
             [self._probabilities(m(pixels, training=False)) for m in self.models]
-        )
+        ), **self._scope(pixels)}
 
     def gradcam(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.cast(image, tf.float32)
@@ -92,7 +116,8 @@ class _ServingFunctions:
             cams.append(tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0])
         cam = tf.add_n(cams) / float(len(cams))
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-        return {**self._prediction(member_probs), HEATMAP: tf.math.divide_no_nan(cam, peak)}
+        return {**self._prediction(member_probs), HEATMAP: tf.math.divide_no_nan(cam, peak),
+                **self._scope(pixels)}
 
 
 def _write_warmup_requests(version_dir: Path, model_name: str, image_size: int) -> None:
@@ -121,8 +146,12 @@ def export_for_serving(
     temperature: float = 1.0,
     model_name: str = MODEL_NAME,
     extra_info: dict | None = None,
+    scope: ScopeScreen | None = None,
 ) -> Path:
-    """Write `<base_path>/<model_name>/<version>/`; the folder appears complete or not at all."""
+    """Write `<base_path>/<model_name>/<version>/`; the folder appears complete or not at all.
+
+    `scope` adds the screening outputs to both signatures (module docstring).
+    """
     if isinstance(models, keras.Model):
         models = [models]
     if not models:
@@ -130,10 +159,17 @@ def export_for_serving(
     if not 0.0 <= threshold <= 1.0 or temperature <= 0:
         raise ValueError(f"bad operating point: threshold={threshold}, temperature={temperature}")
     image_size = int(models[0].inputs[0].shape[1])
-    functions = _ServingFunctions(models, threshold, temperature)
+    if scope is not None and image_size != scope.input_size:
+        raise ValueError(f"the scope screen takes {scope.input_size}-pixel inputs, "
+                         f"the networks {image_size}")
+    if scope is not None and len(scope.thresholds) != len(SCOPE_CHECKS):
+        raise ValueError(f"the scope screen has {len(scope.thresholds)} thresholds, "
+                         f"not one per check of {SCOPE_CHECKS}")
+    functions = _ServingFunctions(models, threshold, temperature, scope)
 
     archive = keras.export.ExportArchive()
-    for model in [*functions.models, *functions.gradcam_models]:
+    tracked = [*functions.models, *functions.gradcam_models]
+    for model in tracked + ([scope.net] if scope is not None else []):
         archive.track(model)
     spec = [tf.TensorSpec([None, image_size, image_size, 1], tf.uint8, name=INPUT_NAME)]
     archive.add_endpoint(SERVING_SIGNATURE, functions.serve, input_signature=spec)
@@ -148,6 +184,8 @@ def export_for_serving(
     try:
         archive.write_out(str(staging), verbose=False)
         _write_warmup_requests(staging, model_name, image_size)
+        if scope is not None:  # the screen's own files, so the version can be written again
+            scope.save(staging / ASSETS_EXTRA / SCOPE_DIR)
         info = {
             "model_name": model_name,
             "version": int(version),
@@ -158,6 +196,11 @@ def export_for_serving(
             "ensemble_size": len(functions.models),
             **(extra_info or {}),
         }
+        if scope is not None:
+            info["scope"] = {"checks": list(SCOPE_CHECKS),
+                             "thresholds": [float(t) for t in scope.thresholds],
+                             **{k: v for k, v in scope.info.items()
+                                if k not in ("checks", "thresholds")}}
         (staging / ASSETS_EXTRA / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2))
         staging.rename(final)
     except BaseException:
@@ -174,9 +217,19 @@ def make_tiny_serving_model(
     threshold: float = 0.5,
     model_name: str = MODEL_NAME,
     image_size: int = 224,
+    scope: bool = False,
 ) -> Path:
-    """A small untrained model of the real family, exported for serving: for tests and benches."""
+    """A small untrained model of the real family, exported for serving: for tests and benches.
+
+    `scope=True` adds an untrained screening network (`tiny_scope_screen`), so the version also
+    answers SCOPE_SCORES and SCOPE_THRESHOLDS.
+    """
     model = build_cnn(image_size=image_size, width=4, dropout=0.0, seed=seed)
+    screen = None
+    if scope:
+        from services.trainer.scope_model import tiny_scope_screen
+
+        screen = tiny_scope_screen(seed=seed)
     return export_for_serving(
         model,
         base_path=base_path,
@@ -184,4 +237,5 @@ def make_tiny_serving_model(
         threshold=threshold,
         model_name=model_name,
         extra_info={"tiny_untrained": True, "seed": seed},
+        scope=screen,
     )

@@ -5,6 +5,11 @@ so the worker needs one call a job), a version exported before can be brought up
 training: the networks are rebuilt with `build_cnn`, given the SavedModel's variables, exported
 with `export_for_serving` at the version's own threshold and temperature, and the new folder is
 checked against the old one on the same images before it is kept.
+
+The same path adds a scope screen to a version (`bundle-scope`): the pneumonia networks are
+rebuilt as above and exported with the screen, and the pneumonia outputs must match the old
+folder's. A version that already holds a screen (`assets.extra/scope/`) keeps it when written
+again, unless another is given.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from services.trainer.export import export_for_serving
+from services.trainer.export import SCOPE_DIR, export_for_serving
 from services.trainer.model import build_cnn
+from services.trainer.scope_model import PREFIX as SCOPE_PREFIX
+from services.trainer.scope_model import ScopeScreen
 from shared.contract import (
     ASSETS_EXTRA,
     GRADCAM_SIGNATURE,
@@ -29,7 +36,7 @@ from shared.contract import (
 
 # Fields `export_for_serving` writes itself; the rest of model_info.json is carried over.
 _EXPORT_FIELDS = {"model_name", "version", "threshold", "temperature", "image_size",
-                  "class_names", "ensemble_size"}
+                  "class_names", "ensemble_size", "scope"}
 # The largest difference in any output allowed between the old and the new folder.
 PARITY_TOLERANCE = 1e-5
 
@@ -52,6 +59,15 @@ def rebuild_members(model_dir: Path, info: dict) -> list[keras.Model]:
     # Every network is tracked twice (itself and its Grad-CAM view); keep each variable once,
     # in the order the export tracked them: member by member.
     variables = list({id(v): v for v in loaded.variables}.values())
+    # A scope screen is tracked last: its variables (named with its prefix, plus its dropout's
+    # seed state) follow the pneumonia networks'.
+    first_scope = next((i for i, v in enumerate(variables)
+                        if _plain(v.name).startswith(SCOPE_PREFIX)), len(variables))
+    foreign = [v.name for v in variables[first_scope:] if not (
+        _plain(v.name).startswith(SCOPE_PREFIX) or "seed_generator" in v.name)]
+    if foreign:
+        raise ValueError(f"{model_dir}: variables {foreign} follow the scope screen's")
+    variables = variables[:first_scope]
     width = int(variables[0].shape[-1])  # the stem convolution's filters
     size = int(info["image_size"])
     count = int(info.get("ensemble_size", 1))
@@ -90,16 +106,23 @@ def max_output_difference(old_dir: Path, new_dir: Path, images: np.ndarray) -> f
     return worst
 
 
-def reexport(model_dir: Path, base_path: Path, version: int,
-             images: np.ndarray) -> tuple[Path, float]:
-    """Export `model_dir` again as `<base_path>/<name>/<version>/`; its outputs must match."""
+def reexport(model_dir: Path, base_path: Path, version: int, images: np.ndarray,
+             scope: ScopeScreen | None = None) -> tuple[Path, float]:
+    """Export `model_dir` again as `<base_path>/<name>/<version>/`; its outputs must match.
+
+    `scope` adds (or replaces) the scope screen; without it a screen the version holds is kept.
+    """
     info = read_model_info(model_dir)
+    scope_dir = model_dir / ASSETS_EXTRA / SCOPE_DIR
+    if scope is None and scope_dir.is_dir():
+        scope = ScopeScreen.load(scope_dir)
     members = rebuild_members(model_dir, info)
     extra = {key: value for key, value in info.items() if key not in _EXPORT_FIELDS}
     extra["reexported_from_version"] = int(info["version"])
     target = export_for_serving(
         members, base_path=base_path, version=version, threshold=float(info["threshold"]),
         temperature=float(info["temperature"]), model_name=info["model_name"], extra_info=extra,
+        scope=scope,
     )
     difference = max_output_difference(model_dir, target, images)
     if difference > PARITY_TOLERANCE:
