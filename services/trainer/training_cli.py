@@ -72,6 +72,8 @@ def recipe_overrides(pairs: list[str]) -> dict:
             overrides[name] = text.lower() in ("true", "1")
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             overrides[name] = type(default)(text)
+        elif default is None and str(fields[name].type).startswith("int"):
+            overrides[name] = int(text)  # int | None
         elif isinstance(default, str) or default is None:
             overrides[name] = text
         else:

@@ -113,6 +113,8 @@ def test_outer_band_share_by_hand():
 def test_recipe_overrides_parse_each_field_type():
     assert recipe_overrides(["equalize=true", "crop_area_min=0.4", "width=24"]) == {
         "equalize": True, "crop_area_min": 0.4, "width": 24}
+    assert recipe_overrides(["max_images=300", "ship=ensemble"]) == {
+        "max_images": 300, "ship": "ensemble"}
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         recipe_overrides(["no_such_field=1"])
     with pytest.raises(ValueError, match="true or false"):
