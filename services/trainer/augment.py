@@ -17,6 +17,16 @@ knob, the gastric bubble and the side markers sit on a known side of a chest fil
 film is an image the service never receives, and pneumonia is not equally common on both sides
 (right lower lobe most often) - a flip would teach the model to ignore real anatomy.
 
+Scale: a random crop of `crop_area` of the film (a share of its area, drawn per image, placed
+anywhere inside it) is stretched back to the full size, fused into the same warp. Films of a new
+period are framed differently (collimation, patient size, distance); crops teach the network that
+the lungs, not the framing, carry the label.
+
+Markers: with probability `erase_corners` each corner of the film is covered by a rectangle of the
+image's mean grey (`erase_size` of the side, drawn per corner). Laterality letters ("R"/"L"),
+rulers and shoulders sit there; erasing them on part of the films keeps the network from leaning
+on them.
+
 Random numbers come from stateless ops keyed by (seed, batch number): the same seed gives the same
 augmented stream, whatever the number of tf.data threads.
 """
@@ -42,6 +52,9 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.7, 1.45)
     blur_sigma: tuple[float, float] = (0.0, 1.5)  # pixels; drawn uniformly per image
     noise: float = 4.0  # largest sd of added Gaussian noise, in grey levels
+    crop_area: tuple[float, float] = (1.0, 1.0)  # share of the film's area kept by the crop
+    erase_corners: float = 0.0  # probability that a corner is covered
+    erase_size: tuple[float, float] = (0.1, 0.3)  # side of a covered corner, share of the side
 
 
 def _uniform(seed: tf.Tensor, shape, low: float, high: float) -> tf.Tensor:
@@ -54,11 +67,14 @@ def _log_uniform(seed: tf.Tensor, shape, bounds: tuple[float, float]) -> tf.Tens
 
 def affine_transforms(n: tf.Tensor, size: int, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
     """[n, 8] projective transforms (output pixel -> input pixel) about the image centre."""
-    seeds = tf.random.experimental.stateless_split(seed, 5)
+    seeds = tf.random.experimental.stateless_split(seed, 7)
     angle = _uniform(seeds[0], [n], -1.0, 1.0) * math.radians(config.rotation_deg)
     shear = _uniform(seeds[1], [n], -1.0, 1.0) * math.radians(config.shear_deg)
-    zoom = _log_uniform(seeds[2], [n], config.zoom)
-    shift = _uniform(seeds[3], [n, 2], -1.0, 1.0) * config.translation * size
+    crop = tf.sqrt(_uniform(seeds[4], [n], *config.crop_area))  # side of the crop / side
+    zoom = _log_uniform(seeds[2], [n], config.zoom) / crop
+    # the crop's centre lies anywhere that keeps the crop inside the film
+    slack = _uniform(seeds[5], [n, 2], -1.0, 1.0) * ((1.0 - crop) / 2.0 * size)[:, tf.newaxis]
+    shift = _uniform(seeds[3], [n, 2], -1.0, 1.0) * config.translation * size + slack
     cos, sin, tan = tf.cos(angle), tf.sin(angle), tf.tan(shear)
     # A = rotation @ shear / zoom: zoom > 1 samples a smaller input area, i.e. magnifies.
     a00, a01 = cos / zoom, (cos * tan - sin) / zoom
@@ -90,12 +106,30 @@ def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
     return tf.transpose(blurred, [3, 1, 2, 0])
 
 
+def corner_mask(n: tf.Tensor, size: int, config: AugmentConfig, seed: tf.Tensor) -> tf.Tensor:
+    """[n, S, S, 1]: 1 where a corner is covered, 0 elsewhere (each corner drawn on its own)."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    covered = tf.cast(_uniform(seeds[0], [n, 4], 0.0, 1.0) < config.erase_corners, tf.float32)
+    sides = tf.round(_uniform(seeds[1], [n, 4, 2], *config.erase_size) * size)  # height, width
+    coords = tf.range(size, dtype=tf.float32)
+    mask = tf.zeros([n, size, size])
+    for corner, (bottom, right) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        height, width = sides[:, corner, 0], sides[:, corner, 1]
+        rows = coords[tf.newaxis, :] >= size - height[:, tf.newaxis] if bottom else \
+            coords[tf.newaxis, :] < height[:, tf.newaxis]
+        cols = coords[tf.newaxis, :] >= size - width[:, tf.newaxis] if right else \
+            coords[tf.newaxis, :] < width[:, tf.newaxis]
+        inside = tf.cast(rows[:, :, tf.newaxis] & cols[:, tf.newaxis, :], tf.float32)
+        mask = tf.maximum(mask, inside * covered[:, corner, tf.newaxis, tf.newaxis])
+    return mask[..., tf.newaxis]
+
+
 def augment_batch(images: tf.Tensor, seed: tf.Tensor,
                   config: AugmentConfig = AugmentConfig()) -> tf.Tensor:
     """Augment float pixel values 0..255 shaped [N, S, S, 1]; returns the same shape and range."""
     images = tf.convert_to_tensor(images, tf.float32)
     n, size = tf.shape(images)[0], images.shape[1]
-    geometry_seed, *intensity_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 7))
+    geometry_seed, *intensity_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
     warped = tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=affine_transforms(n, size, config, geometry_seed),
         output_shape=tf.shape(images)[1:3], fill_value=0.0, interpolation="BILINEAR",
@@ -110,4 +144,8 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor,
     contrast = _log_uniform(intensity_seeds[1], [n, 1, 1, 1], config.contrast)
     x = (x - mean) * contrast + mean
     x = x + _uniform(intensity_seeds[2], [n, 1, 1, 1], -config.brightness, config.brightness)
-    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+    x = tf.clip_by_value(x, 0.0, 1.0) * 255.0
+    if config.erase_corners <= 0:
+        return x
+    mask = corner_mask(n, size, config, intensity_seeds[6])
+    return x * (1.0 - mask) + tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True) * mask

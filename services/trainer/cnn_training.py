@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from services.trainer.augment import augment_batch
+from services.trainer.augment import AugmentConfig, augment_batch
 from services.trainer.dataset import XrayRecord
 from services.trainer.model import build_cnn
 from shared.contract import UNKNOWN_SUBTYPE, pneumonia_probability
@@ -69,6 +69,19 @@ class FittedCnn:
     best_epoch: int
 
 
+def augment_config(config: TrainConfig) -> AugmentConfig:
+    """The augmentation ranges of a recipe: the defaults, widened or extended by its settings."""
+    base = AugmentConfig()
+    scale = config.intensity_scale
+
+    def widen(bounds: tuple[float, float]) -> tuple[float, float]:
+        return bounds[0] ** scale, bounds[1] ** scale  # log-symmetric ranges about 1
+
+    return AugmentConfig(
+        brightness=base.brightness * scale, contrast=widen(base.contrast), gamma=widen(base.gamma),
+        crop_area=(config.crop_area_min, 1.0), erase_corners=config.erase_corners)
+
+
 def _training_stream(images: np.ndarray, labels: np.ndarray,
                      config: TrainConfig) -> tf.data.Dataset:
     """An endless, reshuffled, augmented stream of (pixels, soft targets, weights) batches."""
@@ -78,12 +91,13 @@ def _training_stream(images: np.ndarray, labels: np.ndarray,
     batches = (data.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
                .repeat().batch(batch_size, drop_remainder=True).enumerate())
     seed = tf.constant(config.seed, tf.int64)
+    ranges = augment_config(config)
 
     def prepare(step, batch):
         x, y, w = batch
         x = tf.cast(x, tf.float32)
         if config.augment:
-            x = augment_batch(x, tf.stack([seed, step]))
+            x = augment_batch(x, tf.stack([seed, step]), ranges)
         return x, y, w
 
     return batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
@@ -109,7 +123,7 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
             *, epochs: int | None = None, seed_offset: int = 0) -> FittedCnn:
     """Train one network; with validation data, stop early on its loss and keep the best epoch."""
     model = build_cnn(image_size=config.image_size, width=config.width, dropout=config.dropout,
-                      seed=config.seed + seed_offset)
+                      seed=config.seed + seed_offset, equalize=config.equalize)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,

@@ -86,6 +86,23 @@ def subtype_auroc(subtypes: Sequence[str | None], class_probabilities) -> tuple[
     return _auroc(is_viral, score), int(known.sum())
 
 
+def outer_band_share(heatmaps: np.ndarray, band: float) -> np.ndarray:
+    """Per heatmap [N, H, W], the share of its mass within `band` (a share of the side) of the edge.
+
+    A heatmap spread evenly over the film gives the band's share of the area; one that stays on
+    the lungs gives less. An all-zero heatmap gives NaN.
+    """
+    heatmaps = np.asarray(heatmaps, dtype=np.float64)
+    height, width = heatmaps.shape[1:3]
+    rows = np.arange(height)[:, None]
+    cols = np.arange(width)[None, :]
+    depth = np.minimum(np.minimum(rows, height - 1 - rows), np.minimum(cols, width - 1 - cols))
+    outer = depth < band * min(height, width)
+    total = heatmaps.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return heatmaps[:, outer].sum(axis=1) / total
+
+
 def compute_metrics(y_true, p_pneumonia, threshold: float,
                     subtypes: Sequence[str | None] | None = None, *, class_probabilities=None,
                     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,

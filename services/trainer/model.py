@@ -18,6 +18,7 @@ statistics used at inference lagged the weights so far that a model with trainin
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from shared.contract import CLASS_NAMES
@@ -40,6 +41,29 @@ class PerImageStandardization(layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class HistogramEqualization(layers.Layer):
+    """Global histogram equalisation of each image's 256 grey levels, output 0..255.
+
+    Each pixel becomes (cdf(level) - cdf(darkest level)) / (pixels - cdf(darkest level)) * 255,
+    cdf counting the image's pixels at or below a level (inputs are rounded and clipped to
+    0..255). Every increasing grey-level mapping (brightness, contrast, gamma, a machine's look-up
+    table) gives the same output, so films from another period or machine reach the network with
+    the same grey-level distribution. A flat image gives zeros. No gradient flows to the input.
+    """
+
+    def call(self, inputs):
+        levels = tf.cast(tf.clip_by_value(tf.round(inputs), 0.0, 255.0), tf.int32)
+        flat = tf.reshape(levels, [tf.shape(inputs)[0], -1])
+        counts = tf.math.bincount(flat, minlength=256, maxlength=256, axis=-1)
+        cdf = tf.cast(tf.cumsum(counts, axis=-1), tf.float32)
+        darkest = tf.reduce_min(tf.where(counts > 0, cdf, tf.float32.max), axis=-1, keepdims=True)
+        pixels = tf.cast(tf.shape(flat)[1], tf.float32)
+        mapped = tf.gather(cdf, flat, batch_dims=1)
+        out = tf.math.divide_no_nan(mapped - darkest, pixels - darkest) * 255.0
+        return tf.reshape(out, tf.shape(inputs))
 
 
 BN_MOMENTUM = 0.9
@@ -67,14 +91,16 @@ def _stage(x, filters: int, name: str, *, pool: bool):
 
 
 def build_cnn(image_size: int = 224, width: int = 16, dropout: float = 0.3, seed: int = 0,
-              stages: int = 3) -> keras.Model:
+              stages: int = 3, equalize: bool = False) -> keras.Model:
     """Stem (stride-2 conv + pool, S/4) then `stages` residual stages of width 2w, 4w, 8w...
 
-    The last stage does not pool: its output (S/16 for 3 stages) is the Grad-CAM feature map.
+    `equalize` puts `HistogramEqualization` before the standardisation. The last stage does not
+    pool: its output (S/16 for 3 stages) is the Grad-CAM feature map.
     """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, 1), name="image")
-    x = PerImageStandardization(name="standardize")(inputs)
+    x = HistogramEqualization(name="equalize")(inputs) if equalize else inputs
+    x = PerImageStandardization(name="standardize")(x)
     x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = _batch_norm("stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)

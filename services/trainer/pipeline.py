@@ -91,7 +91,8 @@ def _export(outcome, base: Path, model_name: str) -> Path:
     # publish time (the SavedModel does not contain it).
     return export_for_serving(outcome.models, base_path=base, version=1,
                               threshold=outcome.threshold, temperature=outcome.temperature,
-                              model_name=model_name)
+                              model_name=model_name,
+                              extra_info={"equalize": bool(outcome.params.get("equalize"))})
 
 
 def _card(outcome, settings: TrainerSettings, version: int | None = None,

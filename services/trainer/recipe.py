@@ -86,6 +86,10 @@ class TrainConfig:
     label_smoothing: float = 0.05
     patience: int = 6
     augment: bool = True
+    equalize: bool = False  # histogram equalisation inside the model, before standardisation
+    crop_area_min: float = 1.0  # random crops keep this share of the film's area or more
+    erase_corners: float = 0.0  # probability that each corner is covered during training
+    intensity_scale: float = 1.0  # widens the brightness, contrast and gamma ranges
     baseline: bool = True
     cache_dir: str | None = None
     deterministic: bool = True
@@ -280,7 +284,7 @@ class FoldCheckpoint:
         if meta.get("key") != self.key:
             return None  # another data set or other settings: train again
         model = build_cnn(image_size=config.image_size, width=config.width,
-                          dropout=config.dropout, seed=config.seed)
+                          dropout=config.dropout, seed=config.seed, equalize=config.equalize)
         model.load_weights(self.folder / "model.weights.h5")
         return FittedCnn(model=model, history=meta["history"], best_epoch=meta["best_epoch"])
 

@@ -71,6 +71,7 @@ def rebuild_members(model_dir: Path, info: dict) -> list[keras.Model]:
     width = int(variables[0].shape[-1])  # the stem convolution's filters
     size = int(info["image_size"])
     count = int(info.get("ensemble_size", 1))
+    equalize = bool(info.get("equalize", False))  # histogram equalisation has no variables
     # A network trained with dropout also carries its dropout seed's state variable.
     candidates = {rate: len(build_cnn(image_size=size, width=width, dropout=rate).variables)
                   for rate in (0.3, 0.0)}
@@ -82,7 +83,7 @@ def rebuild_members(model_dir: Path, info: dict) -> list[keras.Model]:
     dropout, per_model = fitting[0], candidates[fitting[0]]
     members = []
     for index in range(count):
-        model = build_cnn(image_size=size, width=width, dropout=dropout)
+        model = build_cnn(image_size=size, width=width, dropout=dropout, equalize=equalize)
         for target, source in zip(model.variables,
                                   variables[index * per_model:(index + 1) * per_model],
                                   strict=True):

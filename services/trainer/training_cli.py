@@ -35,6 +35,14 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--target-sensitivity", type=float,
                         help="sensitivity the threshold must reach (CXR_TARGET_SENSITIVITY)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the HOG baseline")
+    parser.add_argument("--set", action="append", dest="recipe_settings", default=[],
+                        metavar="FIELD=VALUE",
+                        help="any other TrainConfig field, e.g. --set crop_area_min=0.5 "
+                        "(repeatable; docs/model.md lists them)")
+    parser.add_argument("--hold-out-gate", action="store_true",
+                        help="train without the promotion gate set (CXR_GATE_FRACTION, "
+                        "CXR_GATE_SEED), as retraining does; with --export-base, score the "
+                        "export on it and write gate.json to --out")
     parser.add_argument("--out", type=Path, default=Path("out/train"),
                         help="folder for outcome.json and figures (default %(default)s)")
     parser.add_argument("--export-base", type=Path,
@@ -43,9 +51,44 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_train)
 
 
+def recipe_overrides(pairs: list[str]) -> dict:
+    """`["field=value", ...]` -> TrainConfig overrides, each value parsed as its field's type."""
+    import dataclasses
+
+    from services.trainer.recipe import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig()
+    overrides = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(sorted(fields))}")
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--set {pair!r}: {name} is true or false")
+            overrides[name] = text.lower() in ("true", "1")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            overrides[name] = type(default)(text)
+        elif default is None and str(fields[name].type).startswith("int"):
+            overrides[name] = int(text)  # int | None
+        elif isinstance(default, str) or default is None:
+            overrides[name] = text
+        else:
+            raise ValueError(f"--set {pair!r}: {name} cannot be set from the command line")
+    return overrides
+
+
 def run_train(args: argparse.Namespace) -> int:
     if (args.export_base is None) != (args.version is None):
         print("error: --export-base and --version go together", file=sys.stderr)
+        return 2
+    try:
+        overrides = recipe_overrides(args.recipe_settings)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     from services.trainer.config import get_settings
     from services.trainer.export import export_for_serving
@@ -56,8 +99,16 @@ def run_train(args: argparse.Namespace) -> int:
         settings, data_dir=str(args.data), out_dir=str(args.out), epochs=args.epochs,
         folds=args.folds, ship=args.ship, batch_size=args.batch_size, seed=args.seed,
         max_images=args.max_images, target_sensitivity=args.target_sensitivity,
-        baseline=False if args.no_baseline else None, verbose=1)
-    outcome = run_training(config)
+        baseline=False if args.no_baseline else None, verbose=1,
+        **overrides)
+    records, gate_records = None, None
+    if args.hold_out_gate:
+        from services.trainer.gates import split_gate_set
+        from services.trainer.recipe import select_records
+
+        records, gate_records = split_gate_set(select_records(config), settings.gate_fraction,
+                                               settings.gate_seed)
+    outcome = run_training(config, records=records)
     print(json.dumps({
         "validation": {k: outcome.validation.get(k) for k in SUMMARY_KEYS},
         "baseline": {k: (outcome.baseline or {}).get(k) for k in SUMMARY_KEYS},
@@ -71,8 +122,23 @@ def run_train(args: argparse.Namespace) -> int:
             outcome.models, base_path=args.export_base, version=args.version,
             threshold=outcome.threshold, temperature=outcome.temperature,
             model_name=settings.model_name,
-            extra_info={"data_fingerprint": outcome.params["data_fingerprint"]})
+            extra_info={"data_fingerprint": outcome.params["data_fingerprint"],
+                        "equalize": config.equalize})
         print(f"exported {version_dir}")
+        if gate_records is not None:
+            _score_gate_set(gate_records, version_dir, settings, args.out / "gate.json")
+    return 0
+
+
+def _score_gate_set(gate_records, version_dir: Path, settings, target: Path) -> None:
+    from services.trainer.gates import GateSet
+
+    gate_set = GateSet.from_records(gate_records, settings.image_size,
+                                    settings.train_image_cache_dir)
+    metrics = gate_set.evaluate(version_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(metrics, indent=2))
+    print(json.dumps({"gate_set": {k: metrics.get(k) for k in SUMMARY_KEYS}}, indent=2))
     return 0
 
 
