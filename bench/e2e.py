@@ -350,8 +350,8 @@ def tls_trusting(cert: Path) -> ssl.SSLContext:
 
 
 @contextmanager
-def running_stack(folder: Path, all_services: bool,
-                  worker_concurrency: int | None = None) -> Iterator[Stack]:
+def running_stack(folder: Path, all_services: bool, worker_concurrency: int | None = None,
+                  model_dir: Path | None = None) -> Iterator[Stack]:
     """scripts/stack.py's `up` in `folder` on free ports; `down` afterwards, whatever happens."""
     api_key = secrets.token_urlsafe(24)
     redis_port, grpc_port, rest_port, mlflow_port = (free_port() for _ in range(4))
@@ -390,7 +390,8 @@ def running_stack(folder: Path, all_services: bool,
             from services.trainer.publish import publish_version
             from shared.storage import LocalStorage
 
-            publish_version(latest_bundled_model(), 1, storage=LocalStorage(folder / "serving"),
+            publish_version(model_dir or latest_bundled_model(), 1,
+                            storage=LocalStorage(folder / "serving"),
                             model_name=MODEL_NAME)
         stack.up(only=None if all_services else SERVING_SERVICES)
         cert = folder / "tls" / "localhost.crt"
@@ -566,16 +567,17 @@ def cpu_per_image(stack: Stack, target: HttpTarget, images: list[Image], batches
 def measure(args: argparse.Namespace) -> dict:
     images, source = bench_images(args.images)
     batches = model_inputs(images)
-    model_dir = latest_bundled_model()
+    model_dir = (args.model_dir or latest_bundled_model()).resolve()
     levels = [(c, args.requests if c == 1 else max(args.per_client * c, args.requests))
               for c in args.clients]
     result: dict = {"images": len(images), "image_source": source, "cpu_count": os.cpu_count(),
-                    "model_dir": str(model_dir.relative_to(ROOT)), "levels": levels,
+                    "model_dir": str(model_dir), "levels": levels,
                     "worker_concurrency": args.worker_concurrency or 2 * (os.cpu_count() or 1)}
     print(f"{len(images)} X-rays from {source}; levels (clients, requests): {levels}", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="cxr-bench-e2e-"))
     try:
-        with running_stack(folder, args.all_services, args.worker_concurrency) as stack:
+        with running_stack(folder, args.all_services, args.worker_concurrency,
+                           model_dir) as stack:
             cert, key = stack.cert_files
             pipeline = HttpTarget(stack.gateway_url, stack.tls,
                                   {"Authorization": f"Bearer {stack.api_key}"}, send_to_pipeline)
@@ -732,6 +734,8 @@ def main(argv: list[str] | None = None) -> None:
                              "runs, two per CPU)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also profile a 4-client pipeline run with py-spy into DIR")
+    parser.add_argument("--model-dir", type=Path, default=None, metavar="DIR",
+                        help="an exported version to serve (default: the bundled model)")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench" / "e2e.json")
     args = parser.parse_args(argv)
     if 1 not in args.clients:
