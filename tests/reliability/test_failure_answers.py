@@ -3,12 +3,10 @@ class, Python repr or Redis address in any 5xx, `/readyz` or 422 body; 503s carr
 
 from __future__ import annotations
 
-import io
 import re
+from pathlib import Path
 
 import httpx
-import numpy as np
-from PIL import Image
 
 from tests.reliability.corpus import upload
 from tests.support.gateway import start_gateway
@@ -19,9 +17,10 @@ INTERNALS = re.compile(r"Errno|\b[A-Z][A-Za-z]*(Error|Exception)\b|Traceback|/tm
 
 
 def jpeg() -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(np.full((128, 128), 90, np.uint8)).save(out, "JPEG")
-    return out.getvalue()
+    """A real film (a flat image would be refused by the scope screening before storage)."""
+    sample = sorted((Path(__file__).resolve().parents[2] / "data" / "sample" / "NORMAL")
+                    .glob("*.jpeg"))[0]
+    return sample.read_bytes()
 
 
 def assert_nothing_internal(response: httpx.Response, *secrets: str) -> None:

@@ -21,7 +21,7 @@ import pytest
 from shared.dicom_intake.receive import instance_job_id
 from shared.schemas import JobStatus
 from tests.pacs.conftest import PacsNode, start_node, stop_node
-from tests.pacs.peers import c_store
+from tests.pacs.peers import MODALITY_AE, c_store
 from tests.pacs.test_stow import CONTENT_TYPE, multipart
 from tests.shared.identified_dicom import IdentifiedInstance, identified_chest_dx
 from tests.shared.xray_files import dicom_bytes
@@ -128,7 +128,9 @@ def test_no_identifier_is_stored_logged_or_sent_on_any_intake_path(everything):
     for instance in c_stored:
         assert c_store(node.scp_port, instance.dataset) == 0x0000
 
-    pacs_jobs = [instance_job_id(i.dataset.SOPInstanceUID) for i in (*stowed, *c_stored)]
+    pacs_jobs = [*(instance_job_id(i.dataset.SOPInstanceUID, "alice", "stow-rs") for i in stowed),
+                 *(instance_job_id(i.dataset.SOPInstanceUID, MODALITY_AE, "c-store")
+                   for i in c_stored)]
     for job_id in (*upload_jobs, *pacs_jobs):
         _wait_succeeded(node, job_id)
     for job_id in pacs_jobs:

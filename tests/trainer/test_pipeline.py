@@ -77,7 +77,7 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
 
     site_runs = client.search_runs(
         [client.get_experiment_by_name("site-acceptance").experiment_id],
-        filter_string="tags.registry_version = '1'")
+        filter_string=f"tags.registry_version = '1' and tags.model_name = '{name}'")
     assert [r.info.run_id for r in site_runs] == [tags["site.sample.run_id"]]
 
     # The clinical gate passes but one site refuses (its floors cannot be met, cross-fitted):
