@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.gateway.uploads import sample_xray
+from tests.support.browser import chromium_page
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.model_server import ModelServer
 from tests.support.worker import CeleryWorker, start_celery_worker
@@ -143,21 +144,10 @@ def test_metrics_count_requests_by_route_template_and_jobs(stack):
     assert "cxr_gateway_request_duration_seconds_bucket" in text
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
 @pytest.fixture(scope="module")
 def browser_page(stack):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                             args=CHROMIUM_ARGS)
-        context = browser.new_context(ignore_https_errors=True)
-        yield context.new_page()
-        context.close()
-        browser.close()
+    with chromium_page() as page:
+        yield page
 
 
 def test_web_page_uploads_an_xray_and_shows_the_reading(stack, browser_page):

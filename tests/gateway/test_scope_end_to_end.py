@@ -31,6 +31,7 @@ from shared.contract import (
 from tests.gateway.uploads import sample_xray
 from tests.pacs.studies import chest_dx, photograph
 from tests.shared.xray_files import dicom_bytes
+from tests.support.browser import chromium_page
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.model_server import ModelServer
 from tests.support.scope_model import mark, start_scope_model_server
@@ -207,25 +208,13 @@ def test_the_reason_codes_are_an_enum_in_the_openapi_schema(stack):
     assert scope["reasons"]["items"] == {"$ref": "#/components/schemas/ScopeReason"}
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
 @pytest.fixture(scope="module")
 def browser_page(stack):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                             args=CHROMIUM_ARGS)
-        context = browser.new_context(ignore_https_errors=True)
-        page = context.new_page()
+    with chromium_page() as page:
         page.goto(f"{stack.gateway.url}/")
         page.get_by_label("Your API key").fill(stack.gateway.keys["carol"])
         page.get_by_role("button", name="Use this key").click()
         yield page
-        context.close()
-        browser.close()
 
 
 def analyse(page, path) -> None:
