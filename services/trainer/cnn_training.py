@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from services.trainer.augment import AugmentConfig, augment_batch
 from services.trainer.dataset import XrayRecord
-from services.trainer.model import build_cnn
+from services.trainer.model import build_network
 from shared.contract import UNKNOWN_SUBTYPE, pneumonia_probability
 
 if TYPE_CHECKING:
@@ -122,8 +122,9 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
             val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
             *, epochs: int | None = None, seed_offset: int = 0) -> FittedCnn:
     """Train one network; with validation data, stop early on its loss and keep the best epoch."""
-    model = build_cnn(image_size=config.image_size, width=config.width, dropout=config.dropout,
-                      seed=config.seed + seed_offset, equalize=config.equalize)
+    model = build_network(config.backbone, image_size=config.image_size, width=config.width,
+                          dropout=config.dropout, seed=config.seed + seed_offset,
+                          equalize=config.equalize, frozen_blocks=config.frozen_blocks)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,

@@ -1,8 +1,10 @@
-"""The custom CNN: a small residual separable-conv network for chest films, sized for a 2-core CPU.
+"""The networks: the custom CNN (a small residual separable-conv network for chest films, sized for
+a 2-core CPU) and EfficientNet-Lite0 started from ImageNet weights (`pretrained.py`).
 
-Contract with `export.py`: the model takes float pixel values 0..255 shaped [N, S, S, 1]
-(normalisation is inside), returns 3 logits (normal, bacterial, viral) and has a layer named
-`gradcam_target` whose output is the last convolutional feature map.
+Contract with `export.py`, both backbones: the model takes float pixel values 0..255 shaped
+[N, S, S, 1] (normalisation is inside), returns 3 logits (normal, bacterial, viral) and has a layer
+named `gradcam_target` whose output is the last convolutional feature map. `build_network` picks
+the backbone by name (`BACKBONES`); the name travels in the export's model_info.
 
 Cost: the stem is a stride-2 convolution followed by max pooling, so nothing after the first layer
 runs above S/4 (56 x 56 for 224 inputs); the stages are depthwise-separable convolutions with a
@@ -21,9 +23,13 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from services.trainer.pretrained import efficientnet_lite0_features, load_imagenet_weights
 from shared.contract import CLASS_NAMES
 
 GRADCAM_LAYER = "gradcam_target"
+CUSTOM = "custom"
+EFFICIENTNET_LITE0 = "efficientnet_lite0"
+BACKBONES = (CUSTOM, EFFICIENTNET_LITE0)
 
 
 @keras.saving.register_keras_serializable(package="cxr")
@@ -64,6 +70,16 @@ class HistogramEqualization(layers.Layer):
         mapped = tf.gather(cdf, flat, batch_dims=1)
         out = tf.math.divide_no_nan(mapped - darkest, pixels - darkest) * 255.0
         return tf.reshape(out, tf.shape(inputs))
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class GreyToImageNetRgb(layers.Layer):
+    """Grey 0..255 [N, S, S, 1] -> the three identical channels an ImageNet network expects."""
+
+    def call(self, inputs):
+        from services.trainer.pretrained import normalize
+
+        return normalize(ops.concatenate([inputs, inputs, inputs], axis=-1))
 
 
 BN_MOMENTUM = 0.9
@@ -112,3 +128,53 @@ def build_cnn(image_size: int = 224, width: int = 16, dropout: float = 0.3, seed
     x = layers.Dropout(dropout, name="dropout")(x)
     logits = layers.Dense(len(CLASS_NAMES), name="logits")(x)
     return keras.Model(inputs, logits, name="cxr_cnn")
+
+
+def build_pretrained(image_size: int = 224, dropout: float = 0.3, seed: int = 0,
+                     equalize: bool = False, imagenet: bool = True,
+                     frozen_blocks: int = 0) -> keras.Model:
+    """EfficientNet-Lite0 with ImageNet weights (`imagenet=False`: the same graph, untrained, for
+    rebuilding an export), a dropout and a 3-class head on its pooled 1280-channel map.
+
+    Its BatchNorm layers stay in inference mode (their ImageNet statistics are kept: batches of
+    32 grey films would give noisy estimates); `frozen_blocks` more leaves the stem and the first
+    blocks untrained, which also spares their backward pass.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = HistogramEqualization(name="equalize")(inputs) if equalize else inputs
+    x = GreyToImageNetRgb(name="grey_to_rgb")(x)
+    x, sources = efficientnet_lite0_features(x)
+    x = layers.Activation("linear", name=GRADCAM_LAYER)(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    logits = layers.Dense(len(CLASS_NAMES), name="logits")(x)
+    model = keras.Model(inputs, logits, name="cxr_efficientnet_lite0")
+    if imagenet:
+        load_imagenet_weights(model, sources)
+    frozen_prefixes = ("effl0_conv_stem", "effl0_bn0") + tuple(
+        f"effl0_blocks_{index}_" for index in range(frozen_blocks))
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization) or (
+                frozen_blocks and layer.name.startswith(frozen_prefixes)):
+            layer.trainable = False
+    return model
+
+
+def architecture_info(params) -> dict:
+    """What an export must record to rebuild its networks (`reexport`): from a run's params."""
+    return {"backbone": str(params.get("backbone") or CUSTOM),
+            "equalize": bool(params.get("equalize"))}
+
+
+def build_network(backbone: str = CUSTOM, *, image_size: int = 224, width: int = 16,
+                  dropout: float = 0.3, seed: int = 0, equalize: bool = False,
+                  imagenet: bool = True, frozen_blocks: int = 0) -> keras.Model:
+    """The network of a recipe, by backbone name."""
+    if backbone == CUSTOM:
+        return build_cnn(image_size=image_size, width=width, dropout=dropout, seed=seed,
+                         equalize=equalize)
+    if backbone == EFFICIENTNET_LITE0:
+        return build_pretrained(image_size=image_size, dropout=dropout, seed=seed,
+                                equalize=equalize, imagenet=imagenet, frozen_blocks=frozen_blocks)
+    raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")

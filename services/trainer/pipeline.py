@@ -86,13 +86,14 @@ def retrain(settings: TrainerSettings | None = None,
 
 def _export(outcome, base: Path, model_name: str) -> Path:
     from services.trainer.export import export_for_serving
+    from services.trainer.model import architecture_info
 
     # Version 1 of a scratch folder: the served version number is the MLflow one, given at
     # publish time (the SavedModel does not contain it).
     return export_for_serving(outcome.models, base_path=base, version=1,
                               threshold=outcome.threshold, temperature=outcome.temperature,
                               model_name=model_name,
-                              extra_info={"equalize": bool(outcome.params.get("equalize"))})
+                              extra_info=architecture_info(outcome.params))
 
 
 def _card(outcome, settings: TrainerSettings, version: int | None = None,

@@ -52,7 +52,7 @@ from services.trainer.dataset import (
 from services.trainer.evaluation import compute_metrics
 from services.trainer.figures import save_evaluation_figures, save_training_curves
 from services.trainer.hog import HOG_SIZE, fit_hog_baseline, hog_features, pneumonia_probability
-from services.trainer.model import build_cnn
+from services.trainer.model import build_network
 from services.trainer.thresholds import choose_threshold
 from shared.contract import UNKNOWN_SUBTYPE
 from shared.contract import pneumonia_probability as p_pneumonia_of
@@ -86,6 +86,8 @@ class TrainConfig:
     label_smoothing: float = 0.05
     patience: int = 6
     augment: bool = True
+    backbone: Literal["custom", "efficientnet_lite0"] = "custom"  # model.BACKBONES
+    frozen_blocks: int = 0  # pretrained backbone: the stem and this many first blocks stay fixed
     equalize: bool = False  # histogram equalisation inside the model, before standardisation
     crop_area_min: float = 1.0  # random crops keep this share of the film's area or more
     erase_corners: float = 0.0  # probability that each corner is covered during training
@@ -283,8 +285,9 @@ class FoldCheckpoint:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") != self.key:
             return None  # another data set or other settings: train again
-        model = build_cnn(image_size=config.image_size, width=config.width,
-                          dropout=config.dropout, seed=config.seed, equalize=config.equalize)
+        model = build_network(config.backbone, image_size=config.image_size, width=config.width,
+                              dropout=config.dropout, seed=config.seed, equalize=config.equalize,
+                              imagenet=False, frozen_blocks=config.frozen_blocks)
         model.load_weights(self.folder / "model.weights.h5")
         return FittedCnn(model=model, history=meta["history"], best_epoch=meta["best_epoch"])
 

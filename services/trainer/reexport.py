@@ -2,9 +2,10 @@
 
 When the serving contract gains something (the `gradcam` signature also answering the prediction,
 so the worker needs one call a job), a version exported before can be brought up to date without
-training: the networks are rebuilt with `build_cnn`, given the SavedModel's variables, exported
-with `export_for_serving` at the version's own threshold and temperature, and the new folder is
-checked against the old one on the same images before it is kept.
+training: the networks are rebuilt with `build_network` (the backbone named in model_info),
+given the SavedModel's variables, exported with `export_for_serving` at the version's own
+threshold and temperature, and the new folder is checked against the old one on the same images
+before it is kept.
 
 The same path adds a scope screen to a version (`bundle-scope`): the pneumonia networks are
 rebuilt as above and exported with the screen, and the pneumonia outputs must match the old
@@ -23,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from services.trainer.export import SCOPE_DIR, export_for_serving
-from services.trainer.model import build_cnn
+from services.trainer.model import CUSTOM, build_network
 from services.trainer.scope_model import PREFIX as SCOPE_PREFIX
 from services.trainer.scope_model import ScopeScreen
 from shared.contract import (
@@ -72,9 +73,14 @@ def rebuild_members(model_dir: Path, info: dict) -> list[keras.Model]:
     size = int(info["image_size"])
     count = int(info.get("ensemble_size", 1))
     equalize = bool(info.get("equalize", False))  # histogram equalisation has no variables
+    backbone = str(info.get("backbone", CUSTOM))
+
+    def build(dropout: float) -> keras.Model:
+        return build_network(backbone, image_size=size, width=width, dropout=dropout,
+                             equalize=equalize, imagenet=False)
+
     # A network trained with dropout also carries its dropout seed's state variable.
-    candidates = {rate: len(build_cnn(image_size=size, width=width, dropout=rate).variables)
-                  for rate in (0.3, 0.0)}
+    candidates = {rate: len(build(rate).variables) for rate in (0.3, 0.0)}
     fitting = [rate for rate, per in candidates.items() if per * count == len(variables)]
     if not fitting:
         raise ValueError(f"{model_dir} holds {len(variables)} variables; {count} network(s) of "
@@ -83,7 +89,7 @@ def rebuild_members(model_dir: Path, info: dict) -> list[keras.Model]:
     dropout, per_model = fitting[0], candidates[fitting[0]]
     members = []
     for index in range(count):
-        model = build_cnn(image_size=size, width=width, dropout=dropout, equalize=equalize)
+        model = build(dropout)
         for target, source in zip(model.variables,
                                   variables[index * per_model:(index + 1) * per_model],
                                   strict=True):

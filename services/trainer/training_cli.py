@@ -92,6 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     from services.trainer.config import get_settings
     from services.trainer.export import export_for_serving
+    from services.trainer.model import architecture_info
     from services.trainer.recipe import TrainConfig, run_training
 
     settings = get_settings()
@@ -123,7 +124,7 @@ def run_train(args: argparse.Namespace) -> int:
             threshold=outcome.threshold, temperature=outcome.temperature,
             model_name=settings.model_name,
             extra_info={"data_fingerprint": outcome.params["data_fingerprint"],
-                        "equalize": config.equalize})
+                        **architecture_info(outcome.params)})
         print(f"exported {version_dir}")
         if gate_records is not None:
             _score_gate_set(gate_records, version_dir, settings, args.out / "gate.json")

@@ -1,0 +1,110 @@
+"""The ImageNet backbone: the checkpoint reader, the Keras port's answers, the network on it."""
+
+import io
+import json
+import os
+import pickle
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from skimage import data, transform
+
+from services.trainer.export import export_for_serving
+from services.trainer.model import (
+    EFFICIENTNET_LITE0,
+    GRADCAM_LAYER,
+    architecture_info,
+    build_network,
+)
+from services.trainer.pretrained import (
+    FEATURE_CHANNELS,
+    build_imagenet_classifier,
+    imagenet_weights_path,
+    load_imagenet_weights,
+    normalize,
+)
+from services.trainer.reexport import reexport
+from services.trainer.torch_checkpoint import CheckpointError, load_state_dict
+
+# ImageNet class indices: 281-285 the domestic cats, 967 espresso, 968 cup
+CATS = set(range(281, 286))
+COFFEE = {967, 968}
+
+
+@pytest.fixture(scope="module")
+def state():
+    return load_state_dict(imagenet_weights_path())
+
+
+def test_the_shipped_checkpoint_reads_as_efficientnet_lite0(state):
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert state["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
+    assert state["_fc.weight"].shape == (1000, FEATURE_CHANNELS)
+    assert all(value.dtype == np.float32 for key, value in state.items()
+               if not key.endswith("num_batches_tracked"))
+    assert np.isfinite(state["_bn1.running_var"]).all() and (state["_bn1.running_var"] > 0).all()
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    buffer = io.BytesIO()
+    pickle.dump(0x1950A86A20F9469CFC6C, buffer)
+    pickle.dump(1001, buffer)
+    pickle.dump({}, buffer)
+    pickle.dump({"weight": Exploit()}, buffer)
+    path = tmp_path / "evil.pth"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match="unexpected object"):
+        load_state_dict(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        load_state_dict(path)
+
+
+def test_the_ported_network_names_imagenet_pictures(state):
+    """A wrong layout, padding or epsilon in the port turns these answers into noise."""
+    model, sources = build_imagenet_classifier()
+    load_imagenet_weights(model, sources, state)
+    pictures = [transform.resize(picture, (224, 224), preserve_range=True, anti_aliasing=True)
+                for picture in (data.chelsea(), data.coffee())]
+    logits = model.predict(normalize(np.stack(pictures).astype(np.float32)), verbose=0)
+    top3 = np.argsort(-logits, axis=1)[:, :3]
+    assert set(top3[0]) <= CATS
+    assert set(top3[1]) <= COFFEE | {925, 504}  # runners-up: consomme, coffee mug
+    assert top3[1][0] in COFFEE
+
+
+def test_the_pretrained_network_keeps_the_export_contract():
+    model = build_network(EFFICIENTNET_LITE0, image_size=64, dropout=0.0, frozen_blocks=2)
+    images = np.random.RandomState(0).randint(0, 256, (2, 64, 64, 1)).astype(np.float32)
+    assert model(images).shape == (2, 3)
+    assert model.get_layer(GRADCAM_LAYER).output.shape[-1] == FEATURE_CHANNELS
+    batch_norms = [layer for layer in model.layers
+                   if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norms and not any(layer.trainable for layer in batch_norms)
+    frozen = {layer.name for layer in model.layers if not layer.trainable and layer.weights}
+    assert "effl0_conv_stem" in frozen and "effl0_blocks_1_depthwise_conv" in frozen
+    assert "effl0_blocks_2_depthwise_conv" not in frozen and "logits" not in frozen
+    # the grey film reaches the ImageNet network as three identical, normalised channels
+    stem_input = keras.Model(model.inputs, model.get_layer("grey_to_rgb").output)(images).numpy()
+    assert np.allclose(stem_input[..., 0], stem_input[..., 2])
+    assert np.allclose(stem_input[..., 0], (images[..., 0] - 127.0) / 128.0)
+
+
+def test_a_pretrained_export_is_rebuilt_from_its_own_variables(tmp_path):
+    model = build_network(EFFICIENTNET_LITE0, image_size=64)
+    info = architecture_info({"backbone": EFFICIENTNET_LITE0, "equalize": False})
+    old = export_for_serving(model, base_path=tmp_path / "old", version=1, threshold=0.5,
+                             extra_info=info)
+    recorded = json.loads((old / "assets.extra" / "model_info.json").read_text())
+    assert recorded["backbone"] == EFFICIENTNET_LITE0
+    images = np.random.RandomState(3).randint(0, 256, (2, 64, 64, 1)).astype(np.uint8)
+    new, difference = reexport(old, tmp_path / "new", 2, images)
+    assert difference <= 1e-5
+    outputs = tf.saved_model.load(str(new)).signatures["gradcam"](image=tf.constant(images))
+    assert outputs["heatmap"].shape == (2, 64, 64)
