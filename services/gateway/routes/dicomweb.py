@@ -87,7 +87,7 @@ def _store_one(intake: DicomIntake, resources: GatewayResources, client: str, da
     responses={200: {"content": {"application/dicom+json": {}}},
                202: {"description": "some instances failed"},
                409: {"description": "no instance stored"},
-               **problem_responses(401, 413, 415, 429)},
+               **problem_responses(401, 408, 413, 415, 429)},
 )
 async def store_instances(request: Request, resources: ResourcesDep,
                           client: ClientDep) -> Response:
