@@ -61,7 +61,7 @@ class GatewayResources:
             jobs=JobStore(redis.Redis.from_url(settings.redis_url), storage),
             queue=JobQueue(settings),
             limiter=RateLimiter(async_redis, settings.rate_limit_per_minute),
-            idempotency=IdempotencyKeys(async_redis, settings.idempotency_ttl_seconds),
+            idempotency=IdempotencyKeys(async_redis, storage, settings.idempotency_ttl_seconds),
             metrics=GatewayMetrics(), limits=DecodeLimits.from_settings(settings),
             notices=JobNotices(async_redis),
         )
