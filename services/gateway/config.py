@@ -27,7 +27,7 @@ class GatewaySettings(SharedSettings):
     body_read_timeout_seconds: float = Field(default=120.0, gt=0.0, description=(
         "Seconds a request's whole body may take to arrive, counted from its headers; a body "
         "still arriving then (a client trickling bytes) is answered 408 and its connection "
-        "closed. The default lets a 50 MB upload arrive at about 4 Mbit/s."))
+        "closed. The default lets a 50 MB upload arrive at about 3.5 Mbit/s."))
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, description=(
         "How long an `Idempotency-Key` is remembered."))
 

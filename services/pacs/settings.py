@@ -40,8 +40,9 @@ class PacsSettings(SharedSettings):
         "timeout of an established association (aborted after this long without a message)."))
     pacs_scp_acse_timeout_s: float = Field(default=5.0, gt=0, description=(
         "Seconds the C-STORE SCP waits for a new connection's A-ASSOCIATE request (and for an "
-        "A-RELEASE answer); a connection that sends none in time is closed, so idle or "
-        "unauthenticated connections cannot hold the node's association slots."))
+        "A-RELEASE answer); a connection that sends none in time (nothing, or a request "
+        "trickling in) is closed a second later at the latest, so idle or unauthenticated "
+        "connections cannot hold the node's association slots."))
     pacs_scp_dimse_timeout_s: float = Field(default=30.0, gt=0, description=(
         "Seconds the C-STORE SCP waits for a DIMSE message it expects within an association."))
     pacs_scp_max_associations: int = Field(default=32, ge=1, description=(
