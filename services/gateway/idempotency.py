@@ -82,7 +82,10 @@ class IdempotencyKeys:
             existing = await self.existing(client, key, content_sha256)
             if existing is None:  # expired between the two calls: try once more
                 return await self.claim(client, key, content_sha256, job_id)
-            return Claim(existing, False)
+            if existing != job_id:
+                return Claim(existing, False)
+            # Our own SET landed and only its answer was lost (the command was retried on a new
+            # connection): the claim is this request's.
         try:
             durable = await run_in_threadpool(self._read_durable, client, key)
             if durable is not None:
