@@ -15,7 +15,7 @@ from services.gateway.metrics import MetricsMiddleware
 from services.gateway.problems import install_problem_handlers
 from services.gateway.resources import GatewayResources
 from services.gateway.routes import dicomweb, health, models, predictions, web
-from services.gateway.upload_limit import BodySizeLimitMiddleware
+from services.gateway.upload_limit import BodyReadTimeoutMiddleware, BodySizeLimitMiddleware
 from shared.audit import configure_audit_file
 
 DESCRIPTION = """Reads chest X-rays (JPEG, PNG, DICOM) and answers NORMAL or PNEUMONIA with a
@@ -50,6 +50,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # Added last = outermost: metrics also count what the access gate and size limit refuse.
     app.add_middleware(ApiAccessMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyReadTimeoutMiddleware, timeout_s=settings.body_read_timeout_seconds)
     app.add_middleware(MetricsMiddleware, metrics=resources.metrics)
     for module in (predictions, dicomweb, models, health, web):
         app.include_router(module.router)

@@ -24,6 +24,10 @@ class GatewaySettings(SharedSettings):
     wait_poll_seconds: float = Field(default=1.0, gt=0.0, le=60.0, description=(
         "A `?wait=` request answers when the job's finished notice arrives (Redis pub/sub); it "
         "also re-reads the job this often, in case a notice is lost or pub/sub is unavailable."))
+    body_read_timeout_seconds: float = Field(default=120.0, gt=0.0, description=(
+        "Seconds a request's whole body may take to arrive, counted from its headers; a body "
+        "still arriving then (a client trickling bytes) is answered 408 and its connection "
+        "closed. The default lets a 50 MB upload arrive at about 3.5 Mbit/s."))
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60, description=(
         "How long an `Idempotency-Key` is remembered."))
 

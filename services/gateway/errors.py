@@ -47,6 +47,17 @@ class UploadTooLargeError(CXRError):
         )
 
 
+class BodyReadTimeoutError(CXRError):
+    code = "request_body_timeout"
+    http_status = 408
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(
+            f"The request body did not arrive within {limit_s:g} seconds; "
+            "send it again over a faster connection."
+        )
+
+
 class MissingFileError(CXRError):
     code = "missing_file"
     http_status = 422

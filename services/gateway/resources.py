@@ -8,6 +8,9 @@ from pathlib import Path
 import httpx
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from services.gateway.auth import DEMO_CLIENT, ApiKeyRing, load_or_create_demo_key
 from services.gateway.config import GatewaySettings
@@ -33,6 +36,16 @@ def build_key_ring(settings: GatewaySettings) -> tuple[ApiKeyRing, str | None]:
     return ApiKeyRing.parse(f"{DEMO_CLIENT}:{demo_key}"), demo_key
 
 
+# A pooled connection that died with Redis (a restart) fails its next command; redis-py's clients
+# made by `from_url` do not retry it, so the first requests after a restart got 503. Each command
+# is retried on a fresh connection instead (up to 3 times, backoff up to 1 s).
+REDIS_RETRIES = 3
+
+
+def redis_backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(base=0.05, cap=1.0)
+
+
 @dataclass
 class GatewayResources:
     settings: GatewaySettings
@@ -54,14 +67,16 @@ class GatewayResources:
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> GatewayResources:
         keys, demo_key = build_key_ring(settings)
-        async_redis = redis.asyncio.Redis.from_url(settings.redis_url)
+        async_redis = redis.asyncio.Redis.from_url(
+            settings.redis_url, retry=AsyncRetry(redis_backoff(), REDIS_RETRIES))
         storage = get_storage(settings)
         resources = cls(
             settings=settings, keys=keys, demo_key=demo_key, redis=async_redis, storage=storage,
-            jobs=JobStore(redis.Redis.from_url(settings.redis_url), storage),
+            jobs=JobStore(redis.Redis.from_url(
+                settings.redis_url, retry=Retry(redis_backoff(), REDIS_RETRIES)), storage),
             queue=JobQueue(settings),
             limiter=RateLimiter(async_redis, settings.rate_limit_per_minute),
-            idempotency=IdempotencyKeys(async_redis, settings.idempotency_ttl_seconds),
+            idempotency=IdempotencyKeys(async_redis, storage, settings.idempotency_ttl_seconds),
             metrics=GatewayMetrics(), limits=DecodeLimits.from_settings(settings),
             notices=JobNotices(async_redis),
         )

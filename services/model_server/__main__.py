@@ -37,6 +37,12 @@ def _boolean(text: str) -> bool:
 
 def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.model_server", description=__doc__)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="listen address of the gRPC and REST ports (the APIs have no authentication: "
+        "loopback by default; 0.0.0.0 listens on every interface, as TF Serving does)",
+    )
     parser.add_argument("--port", type=int, default=8500, help="gRPC port")
     parser.add_argument("--rest_api_port", type=int, default=8501, help="REST port; 0 disables it")
     parser.add_argument("--model_name", default="default")
@@ -147,19 +153,20 @@ def serve(flags: argparse.Namespace) -> None:
         watcher = ConfigFileWatcher(flags.model_config_file, manager, config_text)
         _every(flags.model_config_file_poll_wait_seconds, stop, watcher.poll, "config-poll")
 
-    grpc_server = build_grpc_server(manager, flags.port, flags.grpc_max_message_bytes)
+    grpc_server = build_grpc_server(manager, flags.host, flags.port, flags.grpc_max_message_bytes)
     grpc_server.start()
-    log.info("Running gRPC ModelServer at 0.0.0.0:%d ...", flags.port)
+    log.info("Running gRPC ModelServer at %s:%d ...", flags.host, flags.port)
     rest_server = None
     if flags.rest_api_port:
         rest_server = build_rest_server(
             manager,
+            flags.host,
             flags.rest_api_port,
             flags.grpc_max_message_bytes,
             metrics_path(flags.monitoring_config_file),
         )
         threading.Thread(target=rest_server.serve_forever, name="rest", daemon=True).start()
-        log.info("Exporting HTTP/REST API at:localhost:%d ...", flags.rest_api_port)
+        log.info("Exporting HTTP/REST API at:%s:%d ...", flags.host, flags.rest_api_port)
 
     def on_signal(signum, _frame) -> None:
         log.info("Received signal %d: shutting down", signum)

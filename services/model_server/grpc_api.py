@@ -110,7 +110,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def build_grpc_server(
-    manager: ModelManager, port: int, max_message_bytes: int, max_workers: int = 16
+    manager: ModelManager, host: str, port: int, max_message_bytes: int, max_workers: int = 16
 ) -> grpc.Server:
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -121,6 +121,7 @@ def build_grpc_server(
         PredictionServicer(manager), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
-    if server.add_insecure_port(f"0.0.0.0:{port}") == 0:
-        raise OSError(f"cannot listen for gRPC on port {port}")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
     return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
@@ -225,14 +226,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
 
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def build_rest_server(
-    manager: ModelManager, port: int, max_body_bytes: int, metrics_path: str | None
+    manager: ModelManager, host: str, port: int, max_body_bytes: int, metrics_path: str | None
 ) -> ThreadingHTTPServer:
     attributes = {
         "api": RestApi(manager),
         "max_body_bytes": max_body_bytes,
         "metrics_path": metrics_path,
     }
-    server = ThreadingHTTPServer(("0.0.0.0", port), type("RestHandler", (_Handler,), attributes))
+    server_class = _IPv6HTTPServer if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), type("RestHandler", (_Handler,), attributes))
     server.daemon_threads = True
     return server

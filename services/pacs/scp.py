@@ -17,12 +17,18 @@ Status codes answered to the sender:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import threading
+from collections import Counter
+from typing import Any
 
 import redis
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from services.pacs.settings import PacsSettings
 from shared.dicom_intake.receive import DicomIntake, Disposition, read_instance
@@ -33,6 +39,9 @@ log = logging.getLogger("cxr.pacs")
 
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE = 0x0110, 0x0111
+# After the ACSE timeout, how long pynetdicom gets to close a connection without an association
+# itself before the socket is shut down under it.
+ACSE_GRACE_S = 1.0
 
 
 def build_ae(settings: PacsSettings) -> AE:
@@ -40,6 +49,9 @@ def build_ae(settings: PacsSettings) -> AE:
     # An empty list means "accept any"; settings refuse that in production.
     ae.require_calling_aet = settings.allowed_calling_ae_titles
     ae.network_timeout = settings.pacs_network_timeout_s
+    ae.acse_timeout = settings.pacs_scp_acse_timeout_s
+    ae.dimse_timeout = settings.pacs_scp_dimse_timeout_s
+    ae.maximum_associations = settings.pacs_scp_max_associations
     for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
@@ -74,13 +86,89 @@ def store_handler(intake: DicomIntake):
     return handle_store
 
 
-def start_scp(settings: PacsSettings, intake: DicomIntake, *,
-              block: bool = False) -> ThreadedAssociationServer | None:
-    """Listen on CXR_PACS_HOST:CXR_PACS_PORT; with block=True, serve until interrupted."""
+class _WholeAssociationHandler(RequestHandler):
+    """pynetdicom's handler, returning only once the association it started has ended, so that
+    its connection stays counted against its address for as long as it is open.
+
+    pynetdicom reads a PDU with blocking `recv` calls on a socket without a timeout: a peer that
+    sends the first bytes of a PDU and then nothing holds the connection (and its association
+    slot) forever, its ACSE timeout notwithstanding. So each read gets the network timeout, and
+    a connection with no association once the ACSE timeout has passed is shut down here, which
+    ends a read still waiting on a trickling peer.
+    """
+
+    association: Association | None = None
+
+    def _create_association(self) -> Association:
+        self.association = super()._create_association()
+        return self.association
+
+    def handle(self) -> None:
+        ae = self.server.ae
+        self.request.settimeout(ae.network_timeout)
+        super().handle()
+        association = self.association
+        if association is None:
+            return
+        association.join((ae.acse_timeout or 0) + ACSE_GRACE_S)
+        if association.is_alive() and not association.is_established:
+            with contextlib.suppress(OSError):
+                self.request.shutdown(socket.SHUT_RDWR)
+        association.join()
+
+
+class BoundedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded association server with a limit on the connections one sender
+    address holds open at once; a connection over it is closed before anything is read."""
+
+    daemon_threads = True
+    block_on_close = False  # stopping never waits for idle peers: their timeouts end them
+
+    def __init__(self, *args: Any, max_per_address: int, **kwargs: Any) -> None:
+        self.max_per_address = max_per_address
+        self._open: Counter[str] = Counter()
+        self._open_lock = threading.Lock()
+        super().__init__(*args, request_handler=_WholeAssociationHandler, **kwargs)
+
+    def open_connections(self, address: str) -> int:
+        with self._open_lock:
+            return self._open[address]
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        address = str(client_address[0])
+        with self._open_lock:
+            if self._open[address] >= self.max_per_address:
+                refused = True
+            else:
+                self._open[address] += 1
+                refused = False
+        if refused:
+            log.warning("DICOM connection from %s closed: it already holds %d open connections "
+                        "(CXR_PACS_SCP_MAX_CONNECTIONS_PER_ADDRESS)", address, self.max_per_address)
+        return not refused
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            address = str(client_address[0])
+            with self._open_lock:
+                self._open[address] -= 1
+                if self._open[address] <= 0:
+                    del self._open[address]
+
+
+def start_scp(settings: PacsSettings, intake: DicomIntake) -> BoundedAssociationServer:
+    """Listen on CXR_PACS_HOST:CXR_PACS_PORT in a thread; `shutdown()` the server to stop."""
     ae = build_ae(settings)
     handlers = [(evt.EVT_C_STORE, store_handler(intake)),
                 (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+    server = ae.make_server((settings.pacs_host, settings.pacs_port), evt_handlers=handlers,
+                            server_class=BoundedAssociationServer,
+                            max_per_address=settings.pacs_scp_max_connections_per_address)
+    # As `AE.start_server` does: the AE knows its servers (`server.shutdown()` removes it).
+    ae._servers.append(server)  # noqa: SLF001 - pynetdicom has no public way to add one
     log.info("DICOM SCP %s listening on %s:%s", settings.pacs_ae_title, settings.pacs_host,
              settings.pacs_port)
-    return ae.start_server((settings.pacs_host, settings.pacs_port), block=block,
-                           evt_handlers=handlers)
+    threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()
+    return server

@@ -36,7 +36,21 @@ class PacsSettings(SharedSettings):
     pacs_manufacturer: str = Field(default="cxr-pneumonia", description=(
         "Manufacturer written into the SR and Secondary Capture."))
     pacs_network_timeout_s: float = Field(default=10.0, gt=0, description=(
-        "ACSE, DIMSE and network timeouts."))
+        "The report sender's ACSE, DIMSE and network timeouts; on the C-STORE SCP, the idle "
+        "timeout of an established association (aborted after this long without a message)."))
+    pacs_scp_acse_timeout_s: float = Field(default=5.0, gt=0, description=(
+        "Seconds the C-STORE SCP waits for a new connection's A-ASSOCIATE request (and for an "
+        "A-RELEASE answer); a connection that sends none in time (nothing, or a request "
+        "trickling in) is closed a second later at the latest, so idle or unauthenticated "
+        "connections cannot hold the node's association slots."))
+    pacs_scp_dimse_timeout_s: float = Field(default=30.0, gt=0, description=(
+        "Seconds the C-STORE SCP waits for a DIMSE message it expects within an association."))
+    pacs_scp_max_associations: int = Field(default=32, ge=1, description=(
+        "Associations (open connections) the C-STORE SCP serves at once; more are rejected "
+        "(A-ASSOCIATE-RJ, local limit exceeded)."))
+    pacs_scp_max_connections_per_address: int = Field(default=4, ge=1, description=(
+        "Connections one sender address may hold open to the C-STORE SCP at once; a further "
+        "connection from that address is closed at once, so one host cannot take every slot."))
     pacs_report_max_retries: int = Field(default=8, ge=0, description=(
         "Retries of a report send that failed transiently."))
     pacs_report_backoff_s: int = Field(default=2, ge=1, description=(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import ClientDep, ResourcesDep
@@ -18,6 +19,8 @@ from services.gateway.stow import (
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     SOP_CLASS_NOT_SUPPORTED,
+    STUDY_MISMATCH,
+    UID_PATTERN,
     StowResponse,
     dicom_parts,
 )
@@ -38,16 +41,21 @@ def _intake(resources: GatewayResources) -> DicomIntake:
 
 
 def _store_all(resources: GatewayResources, client: str, parts: list[bytes],
-               predictions_url: str) -> StowResponse:
+               predictions_url: str, study: str | None) -> StowResponse:
     intake, response = _intake(resources), StowResponse()
     for data in parts:
-        _store_one(intake, resources, client, data, response, predictions_url)
+        _store_one(intake, resources, client, data, response, predictions_url, study)
     return response
 
 
 def _store_one(intake: DicomIntake, resources: GatewayResources, client: str, data: bytes,
-               response: StowResponse, predictions_url: str) -> None:
-    """One part: stored (Referenced SOP Sequence) or a failure entry; never an exception."""
+               response: StowResponse, predictions_url: str, study: str | None) -> None:
+    """One part: stored (Referenced SOP Sequence) or a failure entry; never an exception.
+
+    With `study` (the request path's), a part of another study is refused: the job's SR and
+    heatmap go to the study the instance itself names, so a path naming another study would
+    mislead the client about where they go.
+    """
     sop_class: str | None = None
     sop_instance: str | None = None
     try:
@@ -56,6 +64,12 @@ def _store_one(intake: DicomIntake, resources: GatewayResources, client: str, da
         sop_instance = str(dataset.get("SOPInstanceUID", "")) or None
         if sop_class not in ACCEPTED_SOP_CLASSES:
             response.failure(sop_class, sop_instance, SOP_CLASS_NOT_SUPPORTED)
+            return
+        if study is not None and str(dataset.get("StudyInstanceUID", "")) != study:
+            log.warning("STOW-RS part from %s refused: not of the study the path names", client)
+            response.failure(sop_class, sop_instance, STUDY_MISMATCH, comment=(
+                "The instance's Study Instance UID is not the study of the request path; "
+                "store it under its own study (or POST /dicomweb/studies)."))
             return
         received = intake.receive(dataset, client=client, route="stow-rs")
     except NotChestRadiographError as exc:
@@ -82,18 +96,35 @@ def _store_one(intake: DicomIntake, resources: GatewayResources, client: str, da
             response.stored(received.sop_class_uid, received.sop_instance_uid, url)
 
 
-@router.post(
-    "/studies", summary="Store DICOM instances (STOW-RS)", response_class=Response,
-    responses={200: {"content": {"application/dicom+json": {}}},
-               202: {"description": "some instances failed"},
-               409: {"description": "no instance stored"},
-               **problem_responses(401, 413, 415, 429)},
-)
+STOW_RESPONSES = {200: {"content": {"application/dicom+json": {}}},
+                  202: {"description": "some instances failed"},
+                  409: {"description": "no instance stored"},
+                  **problem_responses(401, 408, 413, 415, 422, 429)}
+StudyPath = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description=(
+    "The Study Instance UID every instance of the request must have."))]
+
+
+@router.post("/studies", summary="Store DICOM instances (STOW-RS)", response_class=Response,
+             responses=STOW_RESPONSES)
 async def store_instances(request: Request, resources: ResourcesDep,
                           client: ClientDep) -> Response:
     """Each `application/dicom` part becomes a prediction job, de-identified, like C-STORE."""
+    return await _store(request, resources, client, None)
+
+
+@router.post("/studies/{study}", summary="Store DICOM instances of one study (STOW-RS)",
+             response_class=Response, responses=STOW_RESPONSES)
+async def store_study_instances(request: Request, resources: ResourcesDep, client: ClientDep,
+                                study: StudyPath) -> Response:
+    """As `POST /dicomweb/studies`; a part of another study is refused (Failure Reason 0xC409)."""
+    return await _store(request, resources, client, study)
+
+
+async def _store(request: Request, resources: GatewayResources, client: str,
+                 study: str | None) -> Response:
     parts = dicom_parts(request.headers.get("content-type", ""), await request.body())
     predictions_url = str(request.base_url).rstrip("/") + "/v1/predictions"
-    response = await run_in_threadpool(_store_all, resources, client, parts, predictions_url)
+    response = await run_in_threadpool(_store_all, resources, client, parts, predictions_url,
+                                       study)
     return Response(json.dumps(response.to_json()), status_code=response.http_status,
                     media_type="application/dicom+json")

@@ -59,7 +59,7 @@ def _view(response: Response, record: JobRecord) -> JobView:
     "", status_code=202, response_model=JobView, summary="Upload an X-ray for prediction",
     responses={200: {"model": JobView,
                      "description": "With `wait`: the job finished in time; its result or failure"},
-               **problem_responses(400, 401, 409, 413, 415, 422, 429, 503)},
+               **problem_responses(400, 401, 408, 409, 413, 415, 422, 429, 503)},
 )
 async def create_prediction(
     request: Request,
