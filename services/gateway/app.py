@@ -16,7 +16,7 @@ from services.gateway.problems import install_problem_handlers
 from services.gateway.resources import GatewayResources
 from services.gateway.routes import dicomweb, health, models, predictions, web
 from services.gateway.upload_limit import BodySizeLimitMiddleware
-from shared.audit import configure_audit_file
+from shared.audit import configure_audit
 
 DESCRIPTION = """Reads chest X-rays (JPEG, PNG, DICOM) and answers NORMAL or PNEUMONIA with a
 calibrated probability, the decision threshold, the model version and a Grad-CAM heatmap.
@@ -35,7 +35,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or get_settings()
     multipart.install()  # file names sent only as filename*=UTF-8''... (RFC 5987)
     resources = GatewayResources.from_settings(settings)
-    configure_audit_file(settings.audit_log)
+    configure_audit(settings.audit_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

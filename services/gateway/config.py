@@ -39,8 +39,6 @@ class GatewaySettings(SharedSettings):
     tls_dir: str = Field(default="var/tls", description=(
         "Where a development gateway keeps its self-signed certificate."))
 
-    audit_log: str | None = Field(default=None, description=(
-        "Also append the audit lines (JSON, logger `cxr.audit`) to this file."))
     upstream_timeout_seconds: float = Field(default=3.0, gt=0.0, description=(
         "Seconds to wait for the model server and MLflow when answering `/v1/models/current` "
         "and `/readyz`."))
