@@ -166,6 +166,7 @@ def _as_utc(moment: datetime | None) -> datetime | None:
     responses=problem_responses(401, 422, 429, 503),
 )
 async def list_predictions(
+    response: Response,
     resources: ResourcesDep,
     client: ClientDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
@@ -185,6 +186,7 @@ async def list_predictions(
             lambda: resources.jobs.list_for_client(
                 client, limit=limit, cursor=cursor, status=status,
                 created_after=_as_utc(created_after), created_before=_as_utc(created_before)))
+        response.headers.update(NO_STORE)
         return JobList(items=[JobView.from_record(record) for record in page.records],
                        next_cursor=page.next_cursor)
 
