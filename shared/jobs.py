@@ -311,7 +311,8 @@ class JobStore:
 
         Reads the records the open-jobs index names, and removes the markers of jobs that turn
         out to be finished. `scan_all` reads every record instead (for records written before the
-        index existed) and marks the unfinished ones open.
+        indexes existed), marks the unfinished ones open and gives every record its client-index
+        marker (so older jobs are listed, deleted and purged like new ones).
         """
         if scan_all:
             keys = [key for key in self._storage.list("jobs/") if key.endswith(".json")]
@@ -326,6 +327,8 @@ class JobStore:
                 continue  # a marker whose job is still being created, or never was
             if record is None:
                 continue
+            if scan_all and not self._storage.exists(client_index_key(record)):
+                self._storage.put(client_index_key(record), b"")
             if record.status.finished:
                 if not scan_all:
                     self._storage.delete(open_marker_key(record.job_id))

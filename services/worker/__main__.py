@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scan-all",
         action="store_true",
         help="read every job record in storage, not only the open-jobs index (once, for records "
-             "kept before the index existed); with --every, only the first pass scans all",
+             "kept before the indexes existed: also writes their client-index markers); with "
+             "--every, only the first pass scans all",
     )
     run.add_argument(
         "--every",

@@ -371,3 +371,14 @@ def test_index_entries_before_a_time_are_the_old_ones_of_every_client(store):
     assert [(e.client, e.job_id) for e in old] == [("clinic-b", "clinic-b-00"),
                                                    ("clinic-b", "clinic-b-01")]
     assert len(store.index_entries()) == 5
+
+
+def test_a_full_scan_gives_records_kept_before_the_client_index_their_markers(store, storage):
+    old = _jobs_of(store, "clinic-a", 2)
+    store.mark_failed(old[0].job_id, Failure(code="x", message="y"))
+    for record in old:  # as kept before the index existed
+        storage.delete(client_index_key(record))
+    assert store.list_for_client("clinic-a", limit=5).records == []
+    store.list_unfinished(scan_all=True)
+    listed = store.list_for_client("clinic-a", limit=5).records
+    assert [r.job_id for r in listed] == ["clinic-a-01", "clinic-a-00"]
