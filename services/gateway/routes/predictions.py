@@ -258,7 +258,6 @@ async def get_heatmap(resources: ResourcesDep, client: ClientDep, job_id: JobIdP
         return Response(png, media_type="image/png", headers=NO_STORE)
 
 
-
 @router.delete(
     "/{job_id}", status_code=204, response_class=Response,
     summary="Delete a job: its upload, result, heatmap and record",
