@@ -44,7 +44,8 @@ def configure_audit(destination: str = AUDIT_STDOUT) -> None:
         old.close()
     handler: logging.Handler
     if destination.strip().lower() == AUDIT_STDOUT:
-        handler = logging.StreamHandler(sys.stdout)
+        # The process's real stdout, also where Celery redirects `sys.stdout` into its log.
+        handler = logging.StreamHandler(sys.__stdout__ or sys.stdout)
     else:
         Path(destination).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(destination, encoding="utf-8")

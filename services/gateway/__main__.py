@@ -36,11 +36,13 @@ def serve() -> int:
     scheme = "https" if tls else "http"
     loopback_or_any = settings.gateway_host in ("127.0.0.1", "0.0.0.0")
     host = "localhost" if loopback_or_any else settings.gateway_host
-    print(f"cxr-pneumonia gateway on {scheme}://{host}:{settings.gateway_port}/", flush=True)
+    # stderr: stdout carries only the audit trail when CXR_AUDIT_LOG=stdout.
+    print(f"cxr-pneumonia gateway on {scheme}://{host}:{settings.gateway_port}/",
+          file=sys.stderr, flush=True)
     demo_key = app.state.resources.demo_key
     if demo_key:
         print(f"Development API key (client 'demo'): {demo_key}  "
-              f"(also in {settings.demo_key_file})", flush=True)
+              f"(also in {settings.demo_key_file})", file=sys.stderr, flush=True)
     uvicorn.run(
         app, host=settings.gateway_host, port=settings.gateway_port,
         ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None,
