@@ -82,6 +82,8 @@ def local_environment() -> dict[str, str]:
         "CXR_PACS_HOST": "127.0.0.1",
         "CXR_PACS_PORT": str(PACS_PORT),
         "CXR_PACS_DESTINATION": SETTINGS.pacs_destination,
+        # One audit file for the gateway, DICOM node and worker (`audit-export` reads it).
+        "CXR_AUDIT_LOG": str(LOG_DIR / "audit.log"),
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}",
         "PYTHONPATH": str(ROOT),
         "TF_CPP_MIN_LOG_LEVEL": "2",

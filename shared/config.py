@@ -101,6 +101,16 @@ class SharedSettings(BaseSettings):
     reid_retention_days: int = Field(default=30, ge=1, description=(
         "Days a re-identification key stays readable after it was written; then it is purged."))
 
+    audit_log: str = Field(default="stdout", description=(
+        "Where the audit trail goes (one JSON line per event, `docs/privacy.md`): `stdout`, or "
+        "a file path, appended to. Never mixed into the service's own log."))
+    retention_days: int = Field(default=0, ge=0, description=(
+        "Days a prediction job (upload, result, heatmap, record) is kept after it was created; "
+        "older jobs are deleted by the scheduled purge. 0: kept until deleted."))
+    retention_purge_cron: str = Field(default="30 2 * * *", description=(
+        "When Celery beat sends the retention purge (`cxr.purge`, run by the inference worker): "
+        "a 5-field cron expression in UTC."))
+
     site_clients: str = Field(default="", description=(
         "`client:site,client2:site2`: the site of each API client (gateway, STOW-RS); a job is "
         "answered at its site's operating point, unlisted clients at `default` "

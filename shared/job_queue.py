@@ -41,6 +41,9 @@ class JobQueue:
         self.celery.close()
 
 
+# The retention purge (shared/retention.py): sent by Celery beat, run by the inference worker.
+PURGE_TASK = "cxr.purge"
+
 # Scheduled and requested retraining (services/trainer/celery_app.py).
 TRAINING_QUEUE = "training"
 RETRAIN_TASK = "cxr.retrain"

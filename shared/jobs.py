@@ -10,6 +10,13 @@ written before the job's record and removed once it has finished, so that findin
 (the reconciler, after Redis lost its data) lists the few open markers instead of reading every
 record ever kept. A marker left by a crash after the finish is removed by the next such listing.
 
+A third, durable index lists each client's jobs by creation time: an empty marker
+`jobs-by-client/c-{client}/{created}-{job_id}` (client name percent-encoded, `created` as
+`YYYYMMDDTHHMMSSffffffZ`, so names sort by time). `GET /v1/predictions` pages through one client's
+markers newest first, and the retention purge finds old jobs by the time in their names, both
+without reading every record. `delete` removes the marker last: a delete cut short is finished
+by the next delete or purge that finds it.
+
 When a job finishes, its status is published on the Redis channel `cxr:job-finished:{job_id}` in
 the same transaction that stores the record, so a client waiting on the job (the gateway's
 `?wait=`) can answer at once instead of polling. The message is only a wake-up call: subscribers
@@ -21,7 +28,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote, unquote
 
 import redis
 from pydantic import ValidationError
@@ -61,6 +71,75 @@ def open_marker_key(job_id: str) -> str:
     return f"{OPEN_PREFIX}{job_id}"
 
 
+def result_key(job_id: str) -> str:
+    """The result JSON the worker writes beside the record."""
+    return f"results/{job_id}.json"
+
+
+def heatmap_key(job_id: str) -> str:
+    """The overlay PNG, drawn on first read from the upload and the attention map."""
+    return f"heatmaps/{job_id}.png"
+
+
+def attention_key(job_id: str) -> str:
+    """The Grad-CAM map as uint8 `.npy` at the model's resolution (shared.heatmap)."""
+    return f"heatmaps/{job_id}.attention.npy"
+
+
+CLIENT_INDEX_PREFIX = "jobs-by-client/"
+_STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
+# The name of one client-index marker: creation stamp, then the job id. Also the list cursor.
+INDEX_ENTRY_PATTERN = r"^\d{8}T\d{12}Z-[A-Za-z0-9_.-]{1,128}$"
+_INDEX_ENTRY = re.compile(INDEX_ENTRY_PATTERN)
+
+
+def index_stamp(moment: datetime) -> str:
+    """`moment` (timezone-aware) as the sortable UTC stamp of the client index."""
+    return moment.astimezone(UTC).strftime(_STAMP_FORMAT)
+
+
+def client_index_prefix(client: str) -> str:
+    """The folder of `client`'s index markers; any client name (AE titles too) is a safe key."""
+    return f"{CLIENT_INDEX_PREFIX}c-{quote(client, safe='')}/"
+
+
+def client_index_key(record: JobRecord) -> str:
+    stamp = index_stamp(record.created_at)
+    return f"{client_index_prefix(record.client_id)}{stamp}-{record.job_id}"
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One client-index marker: whose job, when it was created, and its storage key."""
+
+    key: str
+    client: str
+    created_at: datetime
+    job_id: str
+
+    @property
+    def name(self) -> str:
+        """`{created}-{job_id}`: sorts by creation time; the cursor of a job list."""
+        return self.key.rsplit("/", 1)[-1]
+
+    @classmethod
+    def parse(cls, key: str) -> IndexEntry | None:
+        folder, _, name = key.removeprefix(CLIENT_INDEX_PREFIX).rpartition("/")
+        if not folder.startswith("c-") or "/" in folder or not _INDEX_ENTRY.match(name):
+            return None
+        stamp, _, job_id = name.partition("-")
+        created = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
+        return cls(key, unquote(folder[2:]), created, job_id)
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a client's jobs, newest first; `next_cursor` is None on the last page."""
+
+    records: list[JobRecord]
+    next_cursor: str | None
+
+
 def finished_channel(job_id: str) -> str:
     """The Redis pub/sub channel that hears the job's final status once it has finished."""
     return f"cxr:job-finished:{job_id}"
@@ -87,17 +166,24 @@ class JobStore:
         if not self._redis.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl,
                                nx=True):
             raise JobExistsError(f"A prediction job with id {record.job_id} already exists.")
+        index_key = client_index_key(record)
         try:
-            pending = _BESIDE.submit(alongside) if alongside is not None else None
+            pending: list[Future[object]] = [_BESIDE.submit(self._storage.put, index_key, b"")]
+            if alongside is not None:
+                pending.append(_BESIDE.submit(alongside))
             try:
                 if not record.status.finished:
                     self._storage.put(open_marker_key(record.job_id), b"")  # before the record
             finally:
-                if pending is not None:
-                    pending.result()  # its error, if any, is the caller's
+                for write in pending:
+                    write.result()  # its error, if any, is the caller's
             self._write_durable(record)
         except BaseException:
             self._redis.delete(redis_key(record.job_id))  # no half-created job: the id stays free
+            try:
+                self._storage.delete(index_key)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                log.warning("index marker of job %s left behind", record.job_id)
             raise
         return record
 
@@ -160,12 +246,73 @@ class JobStore:
             job_id, lambda record: record.model_copy(update={"extra": {**record.extra, key: value}})
         )
 
+    def list_for_client(self, client: str, *, limit: int, cursor: str | None = None,
+                        status: JobStatus | None = None,
+                        created_after: datetime | None = None,
+                        created_before: datetime | None = None) -> JobPage:
+        """`client`'s jobs newest first, at most `limit`, after `cursor` (a previous page's
+        `next_cursor`), created in [`created_after`, `created_before`) and of `status`.
+
+        Lists the client's index markers (names only), then reads records until the page is full;
+        a marker whose record is gone (a delete in progress) is skipped.
+        """
+        low = index_stamp(created_after) if created_after else ""
+        high = index_stamp(created_before) if created_before else None
+        names = [key.rsplit("/", 1)[-1] for key in self._storage.list(client_index_prefix(client))]
+        records: list[JobRecord] = []
+        last_name = None
+        for name in sorted(names, reverse=True):
+            if cursor is not None and name >= cursor:
+                continue
+            stamp, _, job_id = name.partition("-")
+            if high is not None and stamp >= high:
+                continue
+            if stamp < low:
+                break
+            if len(records) == limit:
+                return JobPage(records, last_name)
+            record = self.get(job_id)
+            last_name = name
+            if record is None or record.client_id != client:
+                continue
+            if status is None or record.status == status:
+                records.append(record)
+        return JobPage(records, None)
+
+    def index_entries(self, created_before: datetime | None = None) -> list[IndexEntry]:
+        """Every client-index marker (of every client), oldest first; only those created before
+        `created_before` when given."""
+        high = index_stamp(created_before) if created_before else None
+        entries = [entry for key in self._storage.list(CLIENT_INDEX_PREFIX)
+                   if (entry := IndexEntry.parse(key)) is not None
+                   and (high is None or entry.name < high)]
+        return sorted(entries, key=lambda entry: entry.name)
+
+    def delete(self, job_id: str, index_key: str | None = None) -> None:
+        """Forget the job: its durable record, Redis copy, open-jobs marker and index marker.
+
+        `index_key`: the marker to remove when the record is already gone. Its blobs (upload,
+        result, heatmap) are the caller's: `shared.retention.erase_job` removes them first.
+        """
+        record = self._read_durable(job_id) if _JOB_ID.match(job_id) else None
+        if record is None:
+            raw = self._redis.get(redis_key(job_id)) if _JOB_ID.match(job_id) else None
+            record = JobRecord.model_validate_json(raw) if raw is not None else None
+        self._storage.delete(storage_key(job_id))
+        self._redis.delete(redis_key(job_id))
+        self._storage.delete(open_marker_key(job_id))
+        if record is not None:
+            self._storage.delete(client_index_key(record))
+        if index_key is not None:
+            self._storage.delete(index_key)
+
     def list_unfinished(self, *, scan_all: bool = False) -> list[JobRecord]:
         """Queued and running jobs from the durable copy, oldest first (for re-queueing).
 
         Reads the records the open-jobs index names, and removes the markers of jobs that turn
         out to be finished. `scan_all` reads every record instead (for records written before the
-        index existed) and marks the unfinished ones open.
+        indexes existed), marks the unfinished ones open and gives every record its client-index
+        marker (so older jobs are listed, deleted and purged like new ones).
         """
         if scan_all:
             keys = [key for key in self._storage.list("jobs/") if key.endswith(".json")]
@@ -180,6 +327,8 @@ class JobStore:
                 continue  # a marker whose job is still being created, or never was
             if record is None:
                 continue
+            if scan_all and not self._storage.exists(client_index_key(record)):
+                self._storage.put(client_index_key(record), b"")
             if record.status.finished:
                 if not scan_all:
                     self._storage.delete(open_marker_key(record.job_id))

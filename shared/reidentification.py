@@ -62,6 +62,10 @@ class ReidentificationKeys:
         values: dict[str, str] = json.loads(plain)
         return values
 
+    def forget(self, job_id: str) -> None:
+        """Delete the key of `job_id` (the job itself is being deleted); none is no error."""
+        self.storage.delete(self._key(job_id))
+
     def purge_expired(self, now: float | None = None) -> int:
         """Delete every key older than the retention limit (or unreadable); how many went."""
         now = time.time() if now is None else now

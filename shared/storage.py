@@ -131,7 +131,8 @@ class LocalStorage(Storage):
     def list(self, prefix: str = "") -> list[str]:
         _validate_prefix(prefix)
         # Walk only the deepest folder the prefix names, not the whole store.
-        folder = (self.root / prefix) if prefix.endswith("/") else (self.root / prefix).parent
+        folder = (self.root / prefix) if prefix.endswith("/") or not prefix else (
+            self.root / prefix).parent
         if not folder.is_dir():
             return []
         keys: list[str] = []

@@ -43,6 +43,14 @@ class JobView(BaseModel):
                    links=links)
 
 
+class JobList(BaseModel):
+    """One page of the calling client's jobs, newest first."""
+
+    items: list[JobView]
+    next_cursor: str | None = Field(description=(
+        "Pass as `cursor` for the next (older) page; null on the last page."))
+
+
 def job_links(job_id: str) -> JobLinks:
     return JobLinks(self=f"/v1/predictions/{job_id}", heatmap=f"/v1/predictions/{job_id}/heatmap")
 

@@ -43,8 +43,13 @@ class GatewaySettings(SharedSettings):
     tls_dir: str = Field(default="var/tls", description=(
         "Where a development gateway keeps its self-signed certificate."))
 
-    audit_log: str | None = Field(default=None, description=(
-        "Also append the audit lines (JSON, logger `cxr.audit`) to this file."))
+    gateway_metrics_port: int = Field(default=9102, ge=0, le=65535, description=(
+        "Port of the gateway's internal Prometheus endpoint (plain HTTP `GET /metrics`, for the "
+        "scraper only); the public port serves no metrics. 0: no metrics are served."))
+    gateway_metrics_host: str = Field(default="127.0.0.1", description=(
+        "Listen address of the internal metrics endpoint: `0.0.0.0` in a container, where the "
+        "port is not published (compose) and a network policy admits only Prometheus "
+        "(Kubernetes)."))
     upstream_timeout_seconds: float = Field(default=3.0, gt=0.0, description=(
         "Seconds to wait for the model server and MLflow when answering `/v1/models/current` "
         "and `/readyz`."))

@@ -42,8 +42,11 @@ class RedactQueryFilter(logging.Filter):
 
 
 def log_config() -> dict[str, Any]:
-    """uvicorn's logging configuration with the filter on the access log's handler."""
+    """uvicorn's logging configuration with the filter on the access log's handler, which writes
+    to stderr."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     config.setdefault("filters", {})["redact_query"] = {"()": RedactQueryFilter}
     config["handlers"]["access"]["filters"] = ["redact_query"]
+    # stderr, like the service log: stdout is left to the audit trail (CXR_AUDIT_LOG=stdout).
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     return config

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from services.gateway.errors import HTTPHeadersMixin
+from shared.audit import AuditEntry
 from shared.errors import CXRError, NotChestRadiographError
 from shared.schemas import ScopeReason
 
@@ -79,6 +80,18 @@ def _status_code_slug(status: int) -> str:
 
 
 RETRY_AFTER_S = "5"
+# Refusals of the caller itself (key, permission, rate): each one is an audit line.
+AUDITED_REFUSALS = frozenset({401, 403, 429})
+
+
+def audit_refusal(request: Request, status: int, code: str) -> None:
+    """One audit line for a refused request: who (when known), what, and from where (the
+    address comes from the access gate); never the key that was sent."""
+    if status not in AUDITED_REFUSALS:
+        return
+    client = getattr(request.state, "client", None)
+    AuditEntry(client, "refused", status=status,
+               extra={"code": code, "method": request.method, "path": request.url.path}).emit()
 
 
 def error_response(request: Request, exc: CXRError) -> JSONResponse:
@@ -96,6 +109,7 @@ def error_response(request: Request, exc: CXRError) -> JSONResponse:
         if exc.transient:
             headers.setdefault("Retry-After", RETRY_AFTER_S)
     extra = {"reasons": list(exc.reasons)} if isinstance(exc, NotChestRadiographError) else {}
+    audit_refusal(request, exc.http_status, exc.code)
     return problem_response(request, exc.http_status, exc.code, detail, headers or None, **extra)
 
 
@@ -115,8 +129,9 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).description
     if isinstance(exc.__context__, MultiPartException):  # Starlette's 400 for a broken form
         return _invalid_multipart(request, exc.__context__)
-    return problem_response(request, exc.status_code, _status_code_slug(exc.status_code), detail,
-                            exc.headers)
+    code = _status_code_slug(exc.status_code)
+    audit_refusal(request, exc.status_code, code)
+    return problem_response(request, exc.status_code, code, detail, exc.headers)
 
 
 def _invalid_multipart(request: Request, exc: MultiPartException) -> JSONResponse:

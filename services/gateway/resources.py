@@ -22,6 +22,7 @@ from services.gateway.ratelimit import RateLimiter
 from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore
+from shared.reidentification import ReidentificationKeys
 from shared.storage import Storage, get_storage
 
 
@@ -60,6 +61,8 @@ class GatewayResources:
     metrics: GatewayMetrics
     limits: DecodeLimits
     notices: JobNotices
+    # Deleting a job also deletes its re-identification key, where those are kept.
+    reid: ReidentificationKeys | None = None
     http: httpx.AsyncClient = field(init=False)
     serving: ServingClient = field(init=False)
     registry: RegistryClient = field(init=False)
@@ -79,6 +82,7 @@ class GatewayResources:
             idempotency=IdempotencyKeys(async_redis, storage, settings.idempotency_ttl_seconds),
             metrics=GatewayMetrics(), limits=DecodeLimits.from_settings(settings),
             notices=JobNotices(async_redis),
+            reid=ReidentificationKeys.from_settings(settings),
         )
         resources.metrics.watch_notices(resources.notices)
         resources.open_http()

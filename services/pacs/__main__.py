@@ -10,7 +10,7 @@ import redis
 
 from services.pacs.scp import start_scp
 from services.pacs.settings import get_settings
-from shared.audit import configure_audit_file
+from shared.audit import configure_audit
 from shared.dicom_intake.receive import DicomIntake
 from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
@@ -21,7 +21,7 @@ from shared.storage import get_storage
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
-    configure_audit_file(settings.audit_log)
+    configure_audit(settings.audit_log)
     storage = get_storage(settings)
     intake = DicomIntake(storage=storage,
                          jobs=JobStore(redis.Redis.from_url(settings.redis_url), storage),

@@ -31,6 +31,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from services.pacs.settings import PacsSettings
+from shared.audit import caller_address
 from shared.dicom_intake.receive import DicomIntake, Disposition, read_instance
 from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
 from shared.errors import CXRError, ImageError
@@ -61,6 +62,7 @@ def build_ae(settings: PacsSettings) -> AE:
 def store_handler(intake: DicomIntake):
     def handle_store(event: evt.Event) -> int:
         calling = event.assoc.requestor.ae_title
+        caller_address.set(event.assoc.requestor.address or None)  # for the audit line
         try:
             # The bytes as sent, checked before pydicom parses them (never `event.dataset`).
             dataset = read_instance(event.encoded_dataset(include_meta=True), intake.limits)

@@ -30,9 +30,6 @@ class PacsSettings(SharedSettings):
     pacs_destination: str = Field(default="", description=(
         "`AET@host:port` of the PACS receiving the SR and Secondary Capture; empty: reports are "
         "not sent (`skipped`)."))
-    audit_log: str | None = Field(default=None, description=(
-        "Also append the audit lines (the gateway's format, client = calling AE title) to this "
-        "file."))
     pacs_manufacturer: str = Field(default="cxr-pneumonia", description=(
         "Manufacturer written into the SR and Secondary Capture."))
     pacs_network_timeout_s: float = Field(default=10.0, gt=0, description=(

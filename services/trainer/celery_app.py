@@ -1,5 +1,9 @@
 """The trainer's Celery app on Redis: queue `training`, task `cxr.retrain`, weekly beat schedule.
 
+Its beat is the project's one scheduler: it also sends the retention purge (`cxr.purge`) to the
+inference workers' queue on `CXR_RETENTION_PURGE_CRON` (a worker with `CXR_RETENTION_DAYS=0` keeps
+everything and the purge does nothing).
+
 Run one beat only (`celery -A services.trainer.celery_app beat`) and a worker on the queue
 (`celery -A services.trainer.celery_app worker -Q training --concurrency 1`). Importing this module
 is cheap: TensorFlow and MLflow load only when the task runs.
@@ -12,24 +16,26 @@ from celery.schedules import crontab
 
 from services.trainer.config import TrainerSettings, get_settings
 from shared.celery_config import reliable_queue_config
+from shared.job_queue import INFERENCE_QUEUE, PURGE_TASK
 from shared.job_queue import RETRAIN_TASK as TASK_NAME
 from shared.job_queue import TRAINING_QUEUE as QUEUE
 
 SCHEDULE_ENTRY = "scheduled-retrain"
+PURGE_SCHEDULE_ENTRY = "scheduled-retention-purge"
 # Redis redelivers an unacked (acks_late) message after this; it must outlast the lock, so a
 # redelivery of a still-running retraining finds the lock taken, or of a dead one finds it free.
 VISIBILITY_MARGIN_S = 3600
 
 
-def parse_cron(expression: str) -> crontab:
+def parse_cron(expression: str, name: str = "CXR_RETRAIN_CRON") -> crontab:
     """`"minute hour day-of-month month day-of-week"` (5-field cron) as a Celery crontab."""
     if len(expression.split()) != 5:
-        raise ValueError(f"CXR_RETRAIN_CRON must have 5 fields "
+        raise ValueError(f"{name} must have 5 fields "
                          f"(minute hour day-of-month month day-of-week), got {expression!r}")
     try:
         return crontab.from_string(expression)
     except ValueError as err:
-        raise ValueError(f"CXR_RETRAIN_CRON {expression!r} is not a valid schedule: {err}") from err
+        raise ValueError(f"{name} {expression!r} is not a valid schedule: {err}") from err
 
 
 def celery_config(settings: TrainerSettings) -> dict[str, object]:
@@ -42,6 +48,10 @@ def celery_config(settings: TrainerSettings) -> dict[str, object]:
         "beat_schedule": {
             SCHEDULE_ENTRY: {"task": TASK_NAME, "schedule": parse_cron(settings.retrain_cron),
                              "options": {"queue": QUEUE}},
+            PURGE_SCHEDULE_ENTRY: {
+                "task": PURGE_TASK,
+                "schedule": parse_cron(settings.retention_purge_cron, "CXR_RETENTION_PURGE_CRON"),
+                "options": {"queue": INFERENCE_QUEUE}},
         },
         "timezone": "UTC",
     }

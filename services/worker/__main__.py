@@ -1,4 +1,5 @@
-"""Operator commands: `python -m services.worker {reconcile,dead-letters,requeue-dead-letters}`.
+"""Operator commands: `python -m services.worker COMMAND`: `reconcile`, `dead-letters`,
+`requeue-dead-letters`, `purge`.
 
 The worker itself runs as `celery -A services.worker.celery_app worker -Q inference`.
 
@@ -6,6 +7,9 @@ The worker itself runs as `celery -A services.worker.celery_app worker -Q infere
 1 when Redis, the broker or storage was unreachable (one line on stderr; the pass is safe to run
 again), 2 on bad arguments. `reconcile --every SECONDS` repeats the pass until SIGTERM or SIGINT,
 then exits 0; a failed pass is logged and tried again at the next tick.
+
+`purge` runs one retention pass now (what Celery beat sends as `cxr.purge`): every job created
+more than `CXR_RETENTION_DAYS` days ago is erased; it prints `{"purged": [job ids]}`.
 """
 
 from __future__ import annotations
@@ -70,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scan-all",
         action="store_true",
         help="read every job record in storage, not only the open-jobs index (once, for records "
-             "kept before the index existed); with --every, only the first pass scans all",
+             "kept before the indexes existed: also writes their client-index markers); with "
+             "--every, only the first pass scans all",
     )
     run.add_argument(
         "--every",
@@ -88,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("dead-letters", help="print the dead-letter list as JSON lines")
     requeue = commands.add_parser("requeue-dead-letters", help="send dead-lettered jobs again")
     requeue.add_argument("--job-id", help="only this job (default: every entry)")
+    commands.add_parser("purge", help="erase the jobs older than CXR_RETENTION_DAYS now")
     return parser
 
 
@@ -128,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = redis.Redis.from_url(settings.redis_url,
                                   socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
                                   socket_timeout=REDIS_SOCKET_TIMEOUT_S)
-    jobs = JobStore(client, get_storage(settings))
+    storage = get_storage(settings)
+    jobs = JobStore(client, storage)
     if args.command == "reconcile":
         if args.every is not None:
             return reconcile_forever(jobs, client, args)
@@ -140,6 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_UNAVAILABLE
         log.info("reconcile pass: %s", result.summary())
         job_ids = result.requeued
+    elif args.command == "purge":
+        from services.worker.retention import run_purge
+
+        result = run_purge(settings, storage, jobs)
+        print(json.dumps({"purged": result.purged}))
+        return EXIT_OK
     elif args.command == "dead-letters":
         for entry in dead_letter.entries(client, settings.dead_letter_key):
             print(json.dumps(asdict(entry), sort_keys=True))

@@ -34,5 +34,6 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
     }
 
 
-app = Celery("cxr-worker", include=["services.worker.tasks", "services.worker.lifecycle"])
+app = Celery("cxr-worker", include=["services.worker.tasks", "services.worker.retention",
+                                  "services.worker.lifecycle"])
 app.conf.update(celery_config(get_settings()))

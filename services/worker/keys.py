@@ -1,18 +1,12 @@
-"""Storage and Redis keys the worker writes (layout in docs/architecture.md, "Storage")."""
+"""Storage and Redis keys the worker writes (layout in docs/architecture.md, "Storage").
 
+The storage keys of a job's files live in `shared.jobs`, beside the record's, so the delete and
+the retention purge (`shared.retention`) remove exactly what the worker writes.
+"""
 
-def result_key(job_id: str) -> str:
-    return f"results/{job_id}.json"
+from shared.jobs import attention_key, heatmap_key, result_key
 
-
-def heatmap_key(job_id: str) -> str:
-    """The overlay PNG, drawn on first read from the upload and the attention map."""
-    return f"heatmaps/{job_id}.png"
-
-
-def attention_key(job_id: str) -> str:
-    """The Grad-CAM map as uint8 `.npy` at the model's resolution (shared.heatmap)."""
-    return f"heatmaps/{job_id}.attention.npy"
+__all__ = ["attention_key", "heatmap_key", "job_lock_key", "result_key"]
 
 
 def job_lock_key(job_id: str) -> str:

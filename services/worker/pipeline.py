@@ -29,7 +29,7 @@ from services.worker.serving_client import ServingClient
 from services.worker.settings import WorkerSettings
 from services.worker.sites import OperatingPoints, apply_operating_point
 from shared.contract import HEATMAP
-from shared.errors import CXRError, NotChestRadiographError
+from shared.errors import CXRError, JobNotFoundError, NotChestRadiographError
 from shared.heatmap import encode_attention
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
 from shared.jobs import JobStore
@@ -163,8 +163,14 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
         finally:
             attention_written.result()
         # The overlay itself is drawn when first read (shared.heatmap.heatmap_png).
-        deps.jobs.mark_succeeded(job_id, result, heatmap_key=heatmap_key(job_id),
-                                 attention_key=attention_key(job_id))
+        try:
+            deps.jobs.mark_succeeded(job_id, result, heatmap_key=heatmap_key(job_id),
+                                     attention_key=attention_key(job_id))
+        except JobNotFoundError:
+            # Erased (retention purge) while it ran: leave nothing of it behind.
+            for key in (result_key(job_id), attention_key(job_id)):
+                deps.storage.delete(key)
+            raise
         scope.count(result.scope.reasons if result.scope else ())
         return Outcome.SUCCEEDED
 

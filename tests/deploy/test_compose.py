@@ -119,7 +119,7 @@ def test_prometheus_scrapes_ports_the_services_listen_on(compose):
     prometheus = yaml.safe_load((REPO_ROOT / "infra" / "prometheus" / "prometheus.yml").read_text())
     services = compose["services"]
     listening = {
-        "gateway": int(services["gateway"]["environment"]["CXR_GATEWAY_PORT"]),
+        "gateway": int(services["gateway"]["environment"]["CXR_GATEWAY_METRICS_PORT"]),
         "worker": int(services["worker"]["environment"]["CXR_WORKER_METRICS_PORT"]),
         "tf-serving": int(from_compose(compose).flag("rest_api_port")),
     }
@@ -134,4 +134,9 @@ def test_prometheus_scrapes_ports_the_services_listen_on(compose):
                 scraped[name] = dns["port"]
     assert {host: scraped.get(host) for host in listening} == listening
     gateway_job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "gateway")
-    assert gateway_job["scheme"] == "https"  # the gateway serves TLS only
+    # the internal metrics port is plain HTTP and not published; the public port has no metrics
+    assert gateway_job.get("scheme", "http") == "http"
+    gateway = services["gateway"]
+    assert gateway["environment"]["CXR_GATEWAY_METRICS_HOST"] == "0.0.0.0"
+    published = {str(port).rsplit(":", 1)[-1] for port in gateway.get("ports", [])}
+    assert gateway["environment"]["CXR_GATEWAY_METRICS_PORT"] not in published

@@ -22,7 +22,7 @@ def app(name: str) -> Peer:
 
 NEEDED = [
     (INGRESS_CONTROLLER, app("gateway"), 8443),
-    (PROMETHEUS, app("gateway"), 8443),
+    (PROMETHEUS, app("gateway"), 9102),  # the gateway's internal metrics port
     (app("worker"), app("tf-serving"), 8500),
     (app("trainer-worker"), app("tf-serving"), 8500),  # publish waits for the new version
     (app("trainer-bootstrap"), app("tf-serving"), 8500),
@@ -51,6 +51,8 @@ NEEDED_IN_DEV = [
     (app("pacs-sender"), app("minio"), 9000),
 ]
 REFUSED = [
+    (INGRESS_CONTROLLER, app("gateway"), 9102),  # metrics never through the ingress
+    (PROMETHEUS, app("gateway"), 8443),  # nor on the public port
     (INGRESS_CONTROLLER, app("tf-serving"), 8500),
     (INGRESS_CONTROLLER, app("mlflow"), 5000),
     (app("beat"), app("tf-serving"), 8500),
@@ -122,7 +124,7 @@ def test_dev_lets_every_pod_given_a_services_credentials_reach_it(rendered, secr
         assert reachable == (name in holders), f"{name} -> {service}:{port}"
 
 
-def test_only_the_gateway_is_reachable_from_the_ingress_controller(overlay_objects):
+def test_only_the_gateways_public_port_is_reachable_from_the_ingress_controller(overlay_objects):
     for owner, pod in pod_specs(overlay_objects):
         labels = pod_template(owner)["metadata"]["labels"]
         target = Peer(labels, owner["metadata"]["namespace"])
@@ -130,7 +132,8 @@ def test_only_the_gateway_is_reachable_from_the_ingress_controller(overlay_objec
             for port in container.get("ports", []):
                 reachable = ingress_allowed(policies(overlay_objects), INGRESS_CONTROLLER, target,
                                             port["containerPort"])
-                assert reachable == (labels["app.kubernetes.io/name"] == "gateway"), \
+                public = labels["app.kubernetes.io/name"] == "gateway" and port["name"] == "https"
+                assert reachable == public, \
                     f"{owner['metadata']['name']}:{port['containerPort']}"
 
 

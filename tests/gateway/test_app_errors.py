@@ -7,6 +7,7 @@ import json
 import logging
 
 import httpx
+from fastapi import HTTPException
 
 from services.gateway.app import create_app
 from services.gateway.config import GatewaySettings
@@ -65,3 +66,19 @@ def test_reads_are_audited_with_client_action_job_and_status(tmp_path, redis_url
     entry = next(e for e in lines if e["job_id"] == "job-1")
     assert entry["client"] == "alice" and entry["action"] == "read_result"
     assert entry["status"] == 404 and entry["code"] == "job_not_found" and entry["time"]
+
+
+def test_a_forbidden_answer_from_any_route_is_an_audited_refusal(tmp_path, redis_url):
+    app = create_app(_settings(tmp_path, redis_url))
+
+    @app.get("/v1/forbidden")
+    async def forbidden() -> None:
+        raise HTTPException(status_code=403, detail="not for this client")
+
+    response = _get(app, "/v1/forbidden", headers={"Authorization": "Bearer k-1"})
+    assert response.status_code == 403 and response.json()["code"] == "forbidden"
+    lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    (refused,) = [e for e in lines if e["action"] == "refused"]
+    assert (refused["client"], refused["status"], refused["code"], refused["path"]) == (
+        "alice", 403, "forbidden", "/v1/forbidden")
+    assert "k-1" not in (tmp_path / "audit.log").read_text()

@@ -134,7 +134,7 @@ def test_current_model_and_readiness_come_from_the_model_server(stack):
 def test_metrics_count_requests_by_route_template_and_jobs(stack):
     with stack.gateway.client("alice", timeout=60) as http:
         predict(http, sample_xray("NORMAL"))
-        text = http.get("/metrics").text
+        text = stack.gateway.metrics_text()
     assert 'route="/v1/predictions/{job_id}"' in text
     assert 'cxr_gateway_requests_total{method="POST",route="/v1/predictions",status="202"}' in text
     created = [line for line in text.splitlines()

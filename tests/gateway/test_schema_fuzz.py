@@ -39,7 +39,9 @@ def test_schema_lists_every_route(api_operations):
     labels = {operation.label for operation in api_operations}
     assert {"POST /v1/predictions", "GET /v1/predictions/{job_id}",
             "GET /v1/predictions/{job_id}/heatmap", "GET /v1/models/current",
-            "POST /dicomweb/studies", "GET /healthz", "GET /readyz", "GET /metrics"} <= labels
+            "POST /dicomweb/studies", "GET /healthz", "GET /readyz", "GET /v1/predictions",
+            "DELETE /v1/predictions/{job_id}"} <= labels
+    assert "GET /metrics" not in labels  # served on the internal metrics port only
 
 
 def test_generated_requests_never_cause_a_server_error(api_operations, module_gateway,

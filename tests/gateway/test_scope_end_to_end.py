@@ -118,9 +118,9 @@ PIXEL_REFUSALS = {
 def test_a_film_failing_a_pixel_check_is_refused_at_upload(stack, case):
     make, reason = PIXEL_REFUSALS[case]
     with stack.gateway.client("alice") as http:
-        before = http.get("/metrics").text
+        before = stack.gateway.metrics_text()
         response = upload(http, make(), "upload.dcm" if "DICOM" in case else "upload.img")
-        after = http.get("/metrics").text
+        after = stack.gateway.metrics_text()
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     problem = response.json()

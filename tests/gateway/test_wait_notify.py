@@ -49,8 +49,7 @@ def _wait_in_background(gateway: GatewayProcess, job_id: str) -> tuple[threading
 
 
 def _gauge(gateway: GatewayProcess, name: str) -> float:
-    with gateway.client() as http:
-        text = http.get("/metrics").text
+    text = gateway.metrics_text()
     match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
     assert match, f"{name} not in the gateway's metrics"
     return float(match[1])

@@ -132,6 +132,7 @@ def test_same_instance_twice_from_one_sender_makes_one_job(pacs_node):
               if line.get("sop_instance_uid") == dataset.SOPInstanceUID]
     assert [(line["client"], line.get("duplicate", False)) for line in stores] == [
         ("MODALITY", False), ("MODALITY", True)]
+    assert {line["address"] for line in stores} == {"127.0.0.1"}  # the sender's address
 
 
 def code_value(item) -> str:

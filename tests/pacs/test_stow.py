@@ -107,7 +107,6 @@ def test_stow_rs_lists_a_refused_film_as_failed_with_its_reason(module_gateway, 
     assert "not analysed" in comments[0]
     for refused in (photo, lateral):
         assert jobs.get(instance_job_id(refused.SOPInstanceUID, "alice", "stow-rs")) is None
-    with module_gateway.client() as client:
-        metrics = client.get("/metrics").text
+    metrics = module_gateway.metrics_text()
     assert 'cxr_gateway_scope_refused_total{reason="colour_image"} 1.0' in metrics
     assert 'cxr_gateway_scope_refused_total{reason="lateral_view"} 1.0' in metrics

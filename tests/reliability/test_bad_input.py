@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 
 from shared.imaging import DecodeLimits, decode_xray
-from shared.jobs import JobStore
+from shared.jobs import JobStore, client_index_key
 from shared.schemas import ClassProbabilities, JobRecord, ModelRef, PredictionResult
 from shared.storage import LocalStorage
 from tests.reliability.corpus import (
@@ -108,11 +108,13 @@ def test_after_the_whole_corpus_the_gateway_serves_and_wrote_only_into_storage(
         job_id = accepted.json()["job_id"]
         assert http.get(f"/v1/predictions/{job_id}").json()["status"] == "queued"
     new_objects = files_under(gateway.storage_root) - stored_before
-    # the upload, its record and the open-jobs marker (no worker runs here: the job stays queued)
-    assert new_objects == {f"uploads/{job_id}", f"jobs/{job_id}.json", f"jobs-open/{job_id}"}
-    assert (gateway.storage_root / "uploads" / job_id).read_bytes() == data
     record = JobRecord.model_validate_json(
         (gateway.storage_root / "jobs" / f"{job_id}.json").read_bytes())
+    # the upload, its record, the open-jobs marker (no worker runs here: the job stays queued)
+    # and the client's job-list marker
+    assert new_objects == {f"uploads/{job_id}", f"jobs/{job_id}.json", f"jobs-open/{job_id}",
+                           client_index_key(record)}
+    assert (gateway.storage_root / "uploads" / job_id).read_bytes() == data
     assert record.filename == "passwd"
     # Outside storage only the logs the gateway always writes may have appeared.
     outside_after = {f for f in files_under(work_dir) if not f.startswith("storage/")}

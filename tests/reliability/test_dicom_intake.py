@@ -364,8 +364,7 @@ def test_a_report_that_cannot_be_built_fails_with_a_reason_and_is_counted(node,
     # The gateway's /metrics shows the counts of every sender, and the alert rules use them.
     gateway = start_gateway(tmp_path_factory.mktemp("metrics"), node.redis.url)
     try:
-        with gateway.client(None) as http:
-            text = http.get("/metrics").text
+        text = gateway.metrics_text()
     finally:
         gateway.stop()
     failed = re.search(r'^cxr_pacs_reports_finished\{state="failed"\} (\S+)$', text, re.M)

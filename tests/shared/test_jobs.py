@@ -14,7 +14,16 @@ from shared.errors import (
     JobNotFoundError,
     StorageError,
 )
-from shared.jobs import JobStore, open_marker_key, redis_key, storage_key
+from shared.jobs import (
+    CLIENT_INDEX_PREFIX,
+    IndexEntry,
+    JobStore,
+    client_index_key,
+    client_index_prefix,
+    open_marker_key,
+    redis_key,
+    storage_key,
+)
 from shared.schemas import (
     ClassProbabilities,
     Failure,
@@ -264,10 +273,11 @@ def test_create_writes_alongside_before_the_record(redis_client, tmp_path):
         storage.put("uploads/job-1", b"pixels")
         upload.set()
 
-    store.create(_record(), alongside=write_upload)
+    record = store.create(_record(), alongside=write_upload)
     assert upload.is_set()
     assert storage.finished[-1] == storage_key("job-1")
-    assert set(storage.finished[:-1]) == {"uploads/job-1", open_marker_key("job-1")}
+    assert set(storage.finished[:-1]) == {"uploads/job-1", open_marker_key("job-1"),
+                                          client_index_key(record)}
 
 
 def test_a_failed_alongside_write_leaves_no_record(store, redis_client, storage):
@@ -278,6 +288,7 @@ def test_a_failed_alongside_write_leaves_no_record(store, redis_client, storage)
         store.create(_record(), alongside=fail)
     assert not redis_client.exists(redis_key("job-1"))
     assert not storage.exists(storage_key("job-1"))
+    assert storage.list(CLIENT_INDEX_PREFIX) == []  # nor a listed job
     assert store.create(_record()).job_id == "job-1"  # the id can be used again
 
 
@@ -290,3 +301,84 @@ def test_mark_running_keeps_the_durable_copy_in_step_without_fsync(store, storag
     assert synced == []
     assert JobRecord.model_validate_json(storage.get(storage_key("job-1"))).status is (
         JobStatus.RUNNING)
+
+
+# --- the client index: lists, delete -------------------------------------------------------------
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _jobs_of(store, client, count, *, start=T0, status=JobStatus.QUEUED):
+    made = []
+    for i in range(count):
+        record = JobRecord(job_id=f"{client}-{i:02d}", client_id=client, upload_key=f"uploads/{i}",
+                           created_at=start + timedelta(minutes=i), status=status)
+        made.append(store.create(record))
+    return made
+
+
+def test_a_client_lists_its_own_jobs_newest_first_page_by_page(store):
+    mine = _jobs_of(store, "clinic-a", 5)
+    _jobs_of(store, "clinic-b", 3)
+    first = store.list_for_client("clinic-a", limit=2)
+    assert [r.job_id for r in first.records] == ["clinic-a-04", "clinic-a-03"]
+    second = store.list_for_client("clinic-a", limit=2, cursor=first.next_cursor)
+    assert [r.job_id for r in second.records] == ["clinic-a-02", "clinic-a-01"]
+    last = store.list_for_client("clinic-a", limit=2, cursor=second.next_cursor)
+    assert [r.job_id for r in last.records] == ["clinic-a-00"] and last.next_cursor is None
+    exact = store.list_for_client("clinic-a", limit=5)
+    assert len(exact.records) == len(mine) and exact.next_cursor is None
+    assert store.list_for_client("nobody", limit=5).records == []
+
+
+def test_the_list_filters_by_creation_time_and_status(store):
+    _jobs_of(store, "clinic-a", 6)
+    store.mark_failed("clinic-a-01", Failure(code="x", message="y"))
+    store.mark_failed("clinic-a-04", Failure(code="x", message="y"))
+    window = store.list_for_client("clinic-a", limit=10, created_after=T0 + timedelta(minutes=2),
+                                   created_before=T0 + timedelta(minutes=5))
+    assert [r.job_id for r in window.records] == ["clinic-a-04", "clinic-a-03", "clinic-a-02"]
+    failed = store.list_for_client("clinic-a", limit=1, status=JobStatus.FAILED)
+    assert [r.job_id for r in failed.records] == ["clinic-a-04"]
+    rest = store.list_for_client("clinic-a", limit=1, status=JobStatus.FAILED,
+                                 cursor=failed.next_cursor)
+    assert [r.job_id for r in rest.records] == ["clinic-a-01"]
+
+
+def test_any_client_name_is_a_safe_index_folder(store, storage):
+    for client in ("AE TITLE/1", "..", "x%2Fy"):
+        record = store.create(JobRecord(job_id=f"j{len(client)}{ord(client[0])}", client_id=client,
+                                        upload_key="uploads/x"))
+        assert client_index_key(record).startswith(client_index_prefix(client))
+        entry = IndexEntry.parse(client_index_key(record))
+        assert entry is not None and entry.client == client and entry.job_id == record.job_id
+        assert [r.job_id for r in store.list_for_client(client, limit=5).records] == [
+            record.job_id]
+
+
+def test_delete_forgets_the_record_everywhere(store, storage, redis_client):
+    record = _jobs_of(store, "clinic-a", 1)[0]
+    store.delete(record.job_id)
+    assert store.get(record.job_id) is None
+    assert not redis_client.exists(redis_key(record.job_id))
+    assert storage.list("") == []  # record, open marker and index marker all gone
+    store.delete(record.job_id)  # again: nothing left to do, no error
+
+
+def test_index_entries_before_a_time_are_the_old_ones_of_every_client(store):
+    _jobs_of(store, "clinic-a", 3)
+    _jobs_of(store, "clinic-b", 2, start=T0 - timedelta(days=3))
+    old = store.index_entries(created_before=T0)
+    assert [(e.client, e.job_id) for e in old] == [("clinic-b", "clinic-b-00"),
+                                                   ("clinic-b", "clinic-b-01")]
+    assert len(store.index_entries()) == 5
+
+
+def test_a_full_scan_gives_records_kept_before_the_client_index_their_markers(store, storage):
+    old = _jobs_of(store, "clinic-a", 2)
+    store.mark_failed(old[0].job_id, Failure(code="x", message="y"))
+    for record in old:  # as kept before the index existed
+        storage.delete(client_index_key(record))
+    assert store.list_for_client("clinic-a", limit=5).records == []
+    store.list_unfinished(scan_all=True)
+    listed = store.list_for_client("clinic-a", limit=5).records
+    assert [r.job_id for r in listed] == ["clinic-a-01", "clinic-a-00"]

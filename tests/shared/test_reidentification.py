@@ -5,10 +5,15 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from cryptography.fernet import Fernet
 
 from shared.config import SharedSettings
+from shared.jobs import JobStore
 from shared.reidentification import PREFIX, ReidentificationKeys
+from shared.retention import erase_job
+from shared.schemas import JobRecord, JobStatus
+from shared.storage import LocalStorage
 from tests.shared.identified_dicom import identified_chest_dx
 
 
@@ -58,3 +63,18 @@ def test_no_key_no_store_and_a_bad_key_is_refused(tmp_path):
     assert ReidentificationKeys.from_settings(SharedSettings(reid_keys="")) is None
     with pytest.raises(ValueError):
         keys_in(tmp_path, "not-a-fernet-key")
+
+
+def test_erasing_a_job_also_erases_its_reidentification_key(tmp_path, redis_url):
+    keys = keys_in(tmp_path / "reid", Fernet.generate_key().decode())
+    storage = LocalStorage(tmp_path / "jobs")
+    jobs = JobStore(redis.Redis.from_url(redis_url), storage)
+    storage.put("uploads/dicom-1", b"de-identified")
+    jobs.create(JobRecord(job_id="dicom-1", client_id="CT1", upload_key="uploads/dicom-1",
+                          status=JobStatus.FAILED))
+    keys.record("dicom-1", identified_chest_dx().dataset)
+    keys.record("dicom-2", identified_chest_dx().dataset)
+
+    erase_job(storage, jobs, "dicom-1", reid=keys)
+    assert keys.lookup("dicom-1") is None and keys.lookup("dicom-2") is not None
+    assert storage.list() == []

@@ -55,6 +55,13 @@ def test_list_by_prefix_is_sorted_and_exact(storage):
     assert len(storage.list()) == 5
 
 
+def test_listing_everything_stays_inside_the_store(tmp_path):
+    (tmp_path / "beside.txt").write_text("not in the store")  # a file next to the store's folder
+    storage = LocalStorage(tmp_path / "store")
+    storage.put("uploads/a", b"x")
+    assert storage.list() == storage.list("") == ["uploads/a"]
+
+
 def test_delete_removes_and_tolerates_missing(storage):
     storage.put("uploads/gone", b"x")
     storage.delete("uploads/gone")

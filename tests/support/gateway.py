@@ -26,6 +26,7 @@ class GatewayProcess:
     audit_log: Path
     tls_dir: Path | None
     env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = 0
 
     @property
     def url(self) -> str:
@@ -35,6 +36,16 @@ class GatewayProcess:
     def ca_file(self) -> Path | None:
         """The self-signed certificate the gateway made, usable as its own trust anchor."""
         return self.tls_dir / "localhost.crt" if self.tls_dir else None
+
+    @property
+    def metrics_url(self) -> str:
+        """The internal metrics endpoint (plain HTTP, its own port)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics_text(self) -> str:
+        response = httpx.get(self.metrics_url, timeout=10)
+        response.raise_for_status()
+        return response.text
 
     def verify(self) -> ssl.SSLContext | bool:
         if self.ca_file is None:
@@ -76,11 +87,13 @@ def start_gateway(work_dir: Path, redis_url: str, *, env: dict[str, str] | None 
         "CXR_MODEL_SERVER_REST": f"http://127.0.0.1:{free_port()}",
         "CXR_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
         "CXR_UPSTREAM_TIMEOUT_SECONDS": "2",
+        "CXR_GATEWAY_METRICS_PORT": str(free_port()),
         **(env or {}),
     }
     process = ManagedProcess(f"gateway-{port}", python_argv("-m", "services.gateway"), work_dir,
                              env=full_env)
-    gateway = GatewayProcess(process, port, keys, storage_root, audit_log, tls_dir, full_env)
+    gateway = GatewayProcess(process, port, keys, storage_root, audit_log, tls_dir, full_env,
+                             int(full_env["CXR_GATEWAY_METRICS_PORT"]))
     verify = gateway.verify  # the certificate exists only once the process made it
 
     def healthy() -> bool:

@@ -10,6 +10,7 @@ import redis
 from celery import Celery
 
 from services.trainer.celery_app import (
+    PURGE_SCHEDULE_ENTRY,
     QUEUE,
     SCHEDULE_ENTRY,
     TASK_NAME,
@@ -18,6 +19,7 @@ from services.trainer.celery_app import (
 )
 from services.trainer.config import TrainerSettings
 from services.trainer.retrain_lock import LOCK_KEY, retrain_exclusively
+from shared.job_queue import INFERENCE_QUEUE, PURGE_TASK
 from tests.support.procs import ManagedProcess, python_argv, wait_until
 
 
@@ -49,6 +51,22 @@ def test_schedule_follows_the_cron_setting(monkeypatch):
 def test_a_bad_cron_is_refused_with_the_setting_name(bad):
     with pytest.raises(ValueError, match="CXR_RETRAIN_CRON"):
         parse_cron(bad)
+
+
+def test_beat_also_sends_the_retention_purge_to_the_inference_workers(monkeypatch):
+    monkeypatch.setenv("CXR_RETENTION_PURGE_CRON", "15 1 * * *")
+    entry = celery_config(TrainerSettings())["beat_schedule"][PURGE_SCHEDULE_ENTRY]
+    assert entry["task"] == PURGE_TASK and entry["options"] == {"queue": INFERENCE_QUEUE}
+    after = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    entry["schedule"].nowfun = lambda: after
+    assert after + entry["schedule"].remaining_estimate(after) == datetime(2026, 12, 3, 1, 15,
+                                                                           tzinfo=UTC)
+
+
+def test_a_bad_purge_cron_is_refused_with_its_setting_name(monkeypatch):
+    monkeypatch.setenv("CXR_RETENTION_PURGE_CRON", "0 3 * *")
+    with pytest.raises(ValueError, match="CXR_RETENTION_PURGE_CRON"):
+        celery_config(TrainerSettings())
 
 
 def test_retrain_task_is_routed_to_the_training_queue_and_acked_late():

@@ -1,14 +1,13 @@
-"""Probes (`/healthz`, `/readyz`) and Prometheus metrics (`/metrics`)."""
+"""Probes (`/healthz`, `/readyz`); Prometheus metrics are on the internal metrics port only
+(`services.gateway.metrics_server`)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 
-import redis
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.api_models import Liveness, Readiness
@@ -42,16 +41,6 @@ async def readyz(request: Request, resources: ResourcesDep) -> Readiness | JSONR
         return problem_response(request, error.http_status, error.code, error.message,
                                 {"Retry-After": RETRY_AFTER_S}, checks=checks)
     return Readiness(status="ok", checks=checks)
-
-
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(resources: ResourcesDep) -> Response:
-    try:
-        await resources.metrics.refresh_pacs_reports(resources.redis)
-    except (redis.RedisError, OSError) as exc:  # the other metrics still answer
-        log.warning("PACS report counts not read from Redis: %s", type(exc).__name__)
-    return Response(generate_latest(resources.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _check(name: str, probe) -> str:

@@ -1,4 +1,5 @@
-"""Uploads (`POST /v1/predictions`), job status with long polling, and the heatmap image."""
+"""Uploads (`POST /v1/predictions`), the client's job list, job status with long polling, the
+heatmap image, and deleting a job with everything kept about it."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import contextlib
 import hashlib
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, File, Header, Path, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from services.gateway.api_models import JobView
+from services.gateway.api_models import JobList, JobView
 from services.gateway.deps import ClientDep, ResourcesDep
-from services.gateway.errors import HeatmapNotReadyError, TooManyFilesError
+from services.gateway.errors import HeatmapNotReadyError, JobNotFinishedError, TooManyFilesError
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
 from shared.audit import AuditEntry, audited
@@ -23,6 +25,8 @@ from shared.errors import ImageError, JobNotFoundError
 from shared.heatmap import heatmap_png
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
+from shared.jobs import INDEX_ENTRY_PATTERN
+from shared.retention import erase_job
 from shared.schemas import JOB_ID_PATTERN, JobRecord, JobStatus
 from shared.upload_privacy import stored_upload
 
@@ -150,6 +154,43 @@ async def _wait_for_record(resources: GatewayResources, job_id: str, client: str
             await asyncio.sleep(POLL_INTERVAL_S)
 
 
+def _as_utc(moment: datetime | None) -> datetime | None:
+    """A time given without a zone is read as UTC."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@router.get(
+    "", response_model=JobList, summary="List your prediction jobs, newest first",
+    responses=problem_responses(401, 422, 429, 503),
+)
+async def list_predictions(
+    response: Response,
+    resources: ResourcesDep,
+    client: ClientDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    cursor: Annotated[str | None, Query(
+        pattern=INDEX_ENTRY_PATTERN, max_length=160,
+        description="`next_cursor` of the previous page; leave out for the newest jobs.")] = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    created_after: Annotated[datetime | None, Query(description=(
+        "Only jobs created at or after this time (ISO 8601; without a zone: UTC)."))] = None,
+    created_before: Annotated[datetime | None, Query(description=(
+        "Only jobs created before this time (ISO 8601; without a zone: UTC)."))] = None,
+) -> JobList:
+    """The calling client's own jobs, newest first, `limit` at a time: follow `next_cursor` for
+    older pages. Other clients' jobs never appear; deleted and purged jobs are gone from it."""
+    with audited(client, "list_jobs"):
+        page = await run_in_threadpool(
+            lambda: resources.jobs.list_for_client(
+                client, limit=limit, cursor=cursor, status=status,
+                created_after=_as_utc(created_after), created_before=_as_utc(created_before)))
+        response.headers.update(NO_STORE)
+        return JobList(items=[JobView.from_record(record) for record in page.records],
+                       next_cursor=page.next_cursor)
+
+
 @router.get(
     "/{job_id}", response_model=JobView, summary="A prediction job's status and result",
     responses=problem_responses(401, 404, 422, 429, 503),
@@ -216,3 +257,27 @@ async def get_heatmap(resources: ResourcesDep, client: ClientDep, job_id: JobIdP
                                       resources.settings.heatmap_max_side)
         return Response(png, media_type="image/png", headers=NO_STORE)
 
+
+@router.delete(
+    "/{job_id}", status_code=204, response_class=Response,
+    summary="Delete a job: its upload, result, heatmap and record",
+    responses={204: {"description": "Deleted: nothing of the job is kept any more"},
+               **problem_responses(401, 404, 409, 422, 429, 503)},
+)
+async def delete_prediction(resources: ResourcesDep, client: ClientDep,
+                            job_id: JobIdPath) -> Response:
+    """Remove the job's upload, result, heatmap (overlay and Grad-CAM map), re-identification
+    key and record, from storage and Redis: 204.
+
+    A job that is unknown, not yours, or already deleted answers 404 `job_not_found`, so
+    repeating a DELETE changes nothing (the second answers 404). A job still queued or running
+    answers 409 `job_not_finished`: delete it once it has finished.
+    """
+    with audited(client, "delete", job_id) as entry:
+        record = await _owned_job(resources, job_id, client)
+        if not record.status.finished:
+            raise JobNotFinishedError()
+        await run_in_threadpool(erase_job, resources.storage, resources.jobs, job_id,
+                                reid=resources.reid, record=record)
+        entry.status = 204
+        return Response(status_code=204)
