@@ -166,6 +166,8 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
         deps.jobs.mark_succeeded(job_id, result, heatmap_key=heatmap_key(job_id),
                                  attention_key=attention_key(job_id))
         scope.count(result.scope.reasons if result.scope else ())
+        metrics.count_prediction(record.site, result.model.version, result.label,
+                                 result.pneumonia_probability)
         return Outcome.SUCCEEDED
 
 
