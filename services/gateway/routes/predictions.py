@@ -222,7 +222,7 @@ async def get_heatmap(resources: ResourcesDep, client: ClientDep, job_id: JobIdP
 @router.post(
     "/{job_id}/feedback", status_code=201, response_model=JobView,
     summary="Confirm or correct a prediction (a reader's verdict)",
-    responses=problem_responses(401, 404, 409, 422, 429, 503),
+    responses=problem_responses(400, 401, 404, 409, 422, 429, 503),
 )
 async def give_feedback(response: Response, resources: ResourcesDep, client: ClientDep,
                         job_id: JobIdPath, verdict: ReaderFeedback) -> JobView:
