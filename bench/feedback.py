@@ -4,19 +4,23 @@ takes, and whether predictions slow down while it arrives.
 Starts the serving stack as `bench.e2e` does (scripts/stack.py: Redis, the model server with the
 bundled model, the inference worker, the reconciler and the HTTPS gateway, local storage) in a
 scratch folder on free ports, makes `--jobs` finished predictions to give feedback on, then runs
-three bounded closed loops:
+five bounded loops:
 
 1. predictions alone: `--predict-clients` clients upload and wait (`POST /v1/predictions?wait=`)
    until `--predictions` answers are in;
 2. feedback alone: `--feedback-clients` clients send verdicts back to back on the finished jobs
    (each a replacement after the first round: the film copy is skipped, the label and the job
    record are written) until `--feedbacks` answers are in;
-3. both at once: loop 1 again while the feedback clients keep sending until it ends.
+3. both at once: loop 1 again while the feedback clients keep sending until it ends;
+4. loop 1 again beside one client sending `--paced-rate` verdicts a second (a realistic, still
+   generous, rate);
+5. loop 1 alone again: predictions alone are compared with the mean of runs 1 and 5, which
+   brackets a machine whose load drifts.
 
 Prints a Markdown table (requests/s, p50/p95 latency) and the change in prediction latency and
-throughput with feedback arriving; writes JSON (`--json`). About 3 minutes on 2 idle cores:
+throughput with feedback arriving; writes JSON (`--json`). About 3 minutes on 2 cores:
 
-    python -m bench.feedback --json out/bench/feedback.json
+    python -m bench.feedback --predictions 300 --json out/bench/feedback.json
 """
 
 from __future__ import annotations
@@ -71,16 +75,21 @@ async def _predictions(target: HttpTarget, images: list[Image], clients: int,
 
 
 async def _feedbacks(target: HttpTarget, jobs: list[dict], clients: int, limit: int,
-                     stop: asyncio.Event | None = None) -> dict:
-    """Closed loop of verdicts on `jobs` (alternating confirm and correct) until `limit`
-    answers are in or `stop` is set."""
+                     stop: asyncio.Event | None = None, rate: float | None = None) -> dict:
+    """Verdicts on `jobs` (alternating confirm and correct) until `limit` answers are in or
+    `stop` is set: back to back (closed loop), or with `rate` one every 1/rate seconds."""
     latencies: list[float] = []
     issued = 0
+    began = time.perf_counter()
 
     async def one_client() -> None:
         nonlocal issued
         async with target.client() as http:
             while issued < limit and not (stop is not None and stop.is_set()):
+                if rate is not None:  # paced: wait for this request's slot
+                    await asyncio.sleep(max(0.0, began + issued / rate - time.perf_counter()))
+                    if stop is not None and stop.is_set():
+                        break
                 job = jobs[issued % len(jobs)]
                 model_label = job["result"]["label"]
                 label = model_label if (issued // len(jobs)) % 2 == 0 else OTHER[model_label]
@@ -102,11 +111,11 @@ async def _feedbacks(target: HttpTarget, jobs: list[dict], clients: int, limit: 
 
 
 async def _both(target: HttpTarget, images: list[Image], jobs: list[dict],
-                args: argparse.Namespace) -> tuple[dict, dict]:
+                args: argparse.Namespace, rate: float | None = None) -> tuple[dict, dict]:
     done = asyncio.Event()
     predictions, feedbacks = await asyncio.gather(
         _predictions(target, images, args.predict_clients, args.predictions, done),
-        _feedbacks(target, jobs, args.feedback_clients, sys.maxsize, done))
+        _feedbacks(target, jobs, 1 if rate else args.feedback_clients, sys.maxsize, done, rate))
     return predictions, feedbacks
 
 
@@ -138,14 +147,22 @@ def measure(args: argparse.Namespace) -> dict:
             result["predictions_with_feedback"], result["feedback_with_predictions"] = both
             print(f"  predictions + fb:  {_line(both[0])}", flush=True)
             print(f"  feedback + preds:  {_line(both[1])}", flush=True)
+            paced = asyncio.run(_both(target, images, jobs, args, args.paced_rate))
+            result["predictions_with_paced_feedback"], result["paced_feedback"] = paced
+            print(f"  predictions + {args.paced_rate:g}/s: {_line(paced[0])}", flush=True)
+            result["predictions_alone_again"] = asyncio.run(
+                _predictions(target, images, args.predict_clients, args.predictions))
+            print(f"  predictions again: {_line(result['predictions_alone_again'])}", flush=True)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    alone, loaded = result["predictions_alone"], result["predictions_with_feedback"]
+    # Against the mean of the two runs alone (before and after), which brackets machine drift.
+    alone = {key: (result["predictions_alone"][key] + result["predictions_alone_again"][key]) / 2
+             for key in ("p50_ms", "p95_ms", "images_per_s")}
     result["prediction_slowdown"] = {
-        "p50_ratio": loaded["p50_ms"] / alone["p50_ms"],
-        "p95_ratio": loaded["p95_ms"] / alone["p95_ms"],
-        "throughput_ratio": loaded["images_per_s"] / alone["images_per_s"],
-    }
+        name: {"p50_ratio": result[name]["p50_ms"] / alone["p50_ms"],
+               "p95_ratio": result[name]["p95_ms"] / alone["p95_ms"],
+               "throughput_ratio": result[name]["images_per_s"] / alone["images_per_s"]}
+        for name in ("predictions_with_feedback", "predictions_with_paced_feedback")}
     return result
 
 
@@ -160,14 +177,16 @@ def report(result: dict) -> str:
              f"{result['feedback_clients']} feedback clients, {result['jobs']} finished jobs",
              "", "| loop | requests | per second | p50 ms | p95 ms |", "|---|---|---|---|---|"]
     for name in ("predictions_alone", "feedback_alone", "predictions_with_feedback",
-                 "feedback_with_predictions"):
+                 "feedback_with_predictions", "predictions_with_paced_feedback",
+                 "paced_feedback", "predictions_alone_again"):
         row = result[name]
         rate = row.get("requests_per_s", row.get("images_per_s"))
         lines.append(f"| {name.replace('_', ' ')} | {row['requests']} | {rate:.1f} | "
                      f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} |")
-    slow = result["prediction_slowdown"]
-    lines.append(f"\nPredictions with feedback arriving: p50 x{slow['p50_ratio']:.2f}, "
-                 f"p95 x{slow['p95_ratio']:.2f}, throughput x{slow['throughput_ratio']:.2f}")
+    for name, slow in result["prediction_slowdown"].items():
+        lines.append(f"\n{name.replace('_', ' ')} against predictions alone (mean of both "
+                     f"runs): p50 x{slow['p50_ratio']:.2f}, p95 x{slow['p95_ratio']:.2f}, "
+                     f"throughput x{slow['throughput_ratio']:.2f}")
     return "\n".join(lines)
 
 
@@ -185,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="concurrent prediction clients (default 2)")
     parser.add_argument("--feedback-clients", type=int, default=4,
                         help="concurrent feedback clients (default 4)")
+    parser.add_argument("--paced-rate", type=float, default=5.0,
+                        help="verdicts per second in the paced run beside predictions (default "
+                             "5: far more than readers give)")
     parser.add_argument("--images", type=int, default=20,
                         help="distinct X-rays, half of each class (default 20)")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench" / "feedback.json")
