@@ -1,4 +1,5 @@
-"""Audit trail: one JSON line per upload (HTTP or DICOM) and per result or heatmap read."""
+"""Audit trail: one JSON line per upload (HTTP or DICOM), per result or heatmap read and per reader
+verdict (feedback)."""
 
 from __future__ import annotations
 
