@@ -160,6 +160,20 @@ class InvalidJobTransitionError(CXRError):
     default_message = "The job cannot move to that state from its current one."
 
 
+class JobNotFinishedError(CXRError):
+    code = "job_not_finished"
+    http_status = 409
+    default_message = ("The job has not finished yet; send feedback once it has a result "
+                       "(GET the job with ?wait= to know when).")
+
+
+class JobHasNoResultError(CXRError):
+    code = "job_has_no_result"
+    http_status = 409
+    default_message = ("The job failed and has no result to confirm or correct; only a film "
+                       "the model read takes feedback.")
+
+
 # --- model serving ----------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from shared.contract import DEFAULT_SITE
 from shared.errors import CXRError
 from shared.imaging import DecodedImage
 from shared.jobs import JobStore
+from shared.operating_point import check_site_name
 from shared.schemas import Failure, JobRecord
 from shared.storage import Storage
 
@@ -27,6 +28,33 @@ class Enqueuer(Protocol):
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+# --- Storage keys of uploads and of films readers confirmed (docs/architecture.md, "Storage") ---
+CONFIRMED_PREFIX = "confirmed/"
+CONFIRMED_LABEL_FILE = "label.json"
+FILM_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "application/dicom": "dcm"}
+
+
+def upload_key(job_id: str) -> str:
+    """The job's stored upload (DICOM de-identified, JPEG/PNG without metadata)."""
+    return f"uploads/{job_id}"
+
+
+def confirmed_site_prefix(site: str) -> str:
+    """Everything readers confirmed at `site`: one folder per film, named by its job id."""
+    return f"{CONFIRMED_PREFIX}{check_site_name(site)}/"
+
+
+def confirmed_film_key(site: str, job_id: str, content_type: str | None) -> str:
+    """The confirmed film's image: `film.jpg`, `film.png` or `film.dcm` (else `film.bin`)."""
+    extension = FILM_EXTENSIONS.get(content_type or "", "bin")
+    return f"{confirmed_site_prefix(site)}{job_id}/film.{extension}"
+
+
+def confirmed_label_key(site: str, job_id: str) -> str:
+    """The confirmed film's label JSON (`shared.feedback.ConfirmedFilm`)."""
+    return f"{confirmed_site_prefix(site)}{job_id}/{CONFIRMED_LABEL_FILE}"
 
 
 def display_name(filename: str | None) -> str | None:
@@ -58,15 +86,15 @@ def submit_job(storage: Storage, jobs: JobStore, queue: Enqueuer, *, job_id: str
     taken (callers with deterministic ids use it for idempotency): `JobStore.create` checks Redis
     and storage before it writes anything.
     """
-    upload_key = f"uploads/{job_id}"
+    stored_key = upload_key(job_id)
     media_type = MEDIA_TYPES.get(decoded.format, "application/octet-stream")
     record = JobRecord(job_id=job_id, client_id=client, filename=display_name(filename),
-                       content_type=media_type, size_bytes=len(data), upload_key=upload_key,
+                       content_type=media_type, size_bytes=len(data), upload_key=stored_key,
                        source=source, site=site,
                        extra={**image_facts(decoded), **(extra or {})})
     # The upload is written beside the open-jobs marker, both before the record (one fsync wait
     # less than one after the other).
-    jobs.create(record, alongside=lambda: storage.put(upload_key, data, content_type=media_type))
+    jobs.create(record, alongside=lambda: storage.put(stored_key, data, content_type=media_type))
     try:
         queue.enqueue(job_id)
     except CXRError as exc:

@@ -39,10 +39,20 @@ from pydantic import ValidationError
 from shared.errors import (
     InvalidJobTransitionError,
     JobExistsError,
+    JobHasNoResultError,
+    JobNotFinishedError,
     JobNotFoundError,
     ObjectNotFoundError,
 )
-from shared.schemas import JOB_ID_PATTERN, Failure, JobRecord, JobStatus, PredictionResult, utc_now
+from shared.schemas import (
+    JOB_ID_PATTERN,
+    Failure,
+    Feedback,
+    JobRecord,
+    JobStatus,
+    PredictionResult,
+    utc_now,
+)
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -305,6 +315,23 @@ class JobStore:
             self._storage.delete(client_index_key(record))
         if index_key is not None:
             self._storage.delete(index_key)
+
+    def set_feedback(self, job_id: str, feedback: Callable[[JobRecord], Feedback]) -> JobRecord:
+        """Set the job's reader feedback, made by `feedback` from the current record.
+
+        Only a succeeded job takes it: JobNotFinishedError while queued or running,
+        JobHasNoResultError once failed. A concurrent feedback on the same job re-reads the
+        record first (WATCH), so each one's revision follows the other's.
+        """
+
+        def change(record: JobRecord) -> JobRecord:
+            if not record.status.finished:
+                raise JobNotFinishedError()
+            if record.status is not JobStatus.SUCCEEDED or record.result is None:
+                raise JobHasNoResultError()
+            return record.model_copy(update={"feedback": feedback(record)})
+
+        return self._update(job_id, change)
 
     def list_unfinished(self, *, scan_all: bool = False) -> list[JobRecord]:
         """Queued and running jobs from the durable copy, oldest first (for re-queueing).

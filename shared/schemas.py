@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared import contract
 from shared.contract import DEFAULT_SITE
@@ -114,6 +114,47 @@ class PredictionResult(BaseModel):
     scope: Scope | None = None
 
 
+READER_MAX_CHARS = 100
+COMMENT_MAX_CHARS = 2000
+_NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"  # tabs and newlines only in comments
+
+
+class ReaderFeedback(BaseModel):
+    """A reader's verdict on a finished prediction (`POST /v1/predictions/{job_id}/feedback`).
+
+    `comment` is free text and may hold anything a reader types: it is kept on the job record
+    only, never logged and never copied into the site's training data.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    label: Literal["NORMAL", "PNEUMONIA"] = Field(description="The reader's reading of the film.")
+    subtype: Literal["bacterial", "viral"] | None = Field(
+        default=None, description="For PNEUMONIA, when the reader knows it; null for NORMAL.")
+    reader: str = Field(min_length=1, max_length=READER_MAX_CHARS,
+                        pattern=r"^[^\x00-\x1f\x7f]*$",
+                        description="Who read the film (a staff name or code, not a patient's).")
+    comment: str | None = Field(default=None, max_length=COMMENT_MAX_CHARS, pattern=_NO_CONTROL,
+                                description="Free text for the record; never logged.")
+
+    @model_validator(mode="after")
+    def _subtype_only_for_pneumonia(self) -> ReaderFeedback:
+        if self.label == "NORMAL" and self.subtype is not None:
+            raise ValueError("a NORMAL film has no pneumonia subtype: send subtype null")
+        return self
+
+
+class Feedback(ReaderFeedback):
+    """The current reader feedback on a job, as stored on its record and shown by the API."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    confirmed_at: UTCDateTime = Field(description="When this feedback was given.")
+    client_id: str = Field(description="The API client that sent it.")
+    revision: int = Field(ge=1, description="1 for the first feedback, +1 for each replacement.")
+    agrees: bool = Field(description="Whether the reader's label is the model's label.")
+
+
 class JobRecord(BaseModel):
     """One prediction request from upload to result; the copy in storage is the durable one."""
 
@@ -136,4 +177,7 @@ class JobRecord(BaseModel):
     heatmap_key: str | None = None
     # The Grad-CAM map the overlay at `heatmap_key` is drawn from on first read (shared.heatmap).
     attention_key: str | None = None
+    # The reader's current verdict on the result (a later one replaces it; the audit trail keeps
+    # every one).
+    feedback: Feedback | None = None
     extra: dict[str, Any] = Field(default_factory=dict)

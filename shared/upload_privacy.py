@@ -45,6 +45,16 @@ def stored_upload(data: bytes, decoded: DecodedImage) -> tuple[bytes, DecodedIma
     return stored_bytes, replace(decoded, metadata=metadata)
 
 
+def deidentified_dicom(data: bytes) -> bytes:
+    """`data` as a de-identified DICOM file: unchanged when its header says it already is
+    (Patient Identity Removed YES, as every copy `deidentify` made), de-identified otherwise
+    (an instance a PACS sent while `CXR_PACS_KEEP_IDENTIFIERS` was on)."""
+    dataset = _read(data)
+    if str(dataset.get("PatientIdentityRemoved", "")).upper() == "YES":
+        return data
+    return _encode(deidentify(dataset))
+
+
 def _read(data: bytes) -> Dataset:
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     dataset = dcmread(io.BytesIO(data), force=not has_preamble)

@@ -7,12 +7,13 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.model_info import RegistryInfo
-from shared.schemas import Failure, JobRecord, JobStatus, PredictionResult
+from shared.schemas import Failure, Feedback, JobRecord, JobStatus, PredictionResult
 
 
 class JobLinks(BaseModel):
     self: str
     heatmap: str
+    feedback: str
 
 
 class JobView(BaseModel):
@@ -29,6 +30,9 @@ class JobView(BaseModel):
     result: PredictionResult | None = None
     failure: Failure | None = None
     heatmap_url: str | None = Field(default=None, description="Set once the heatmap is ready.")
+    feedback: Feedback | None = Field(default=None, description=(
+        "The reader's current verdict on the result (`POST .../feedback`); a later one "
+        "replaces it."))
     links: JobLinks
 
     @classmethod
@@ -40,7 +44,7 @@ class JobView(BaseModel):
                    filename=record.filename, size_bytes=record.size_bytes, site=record.site,
                    result=record.result,
                    failure=record.failure, heatmap_url=links.heatmap if heatmap_ready else None,
-                   links=links)
+                   feedback=record.feedback, links=links)
 
 
 class JobList(BaseModel):
@@ -52,7 +56,8 @@ class JobList(BaseModel):
 
 
 def job_links(job_id: str) -> JobLinks:
-    return JobLinks(self=f"/v1/predictions/{job_id}", heatmap=f"/v1/predictions/{job_id}/heatmap")
+    return JobLinks(self=f"/v1/predictions/{job_id}", heatmap=f"/v1/predictions/{job_id}/heatmap",
+                    feedback=f"/v1/predictions/{job_id}/feedback")
 
 
 class CurrentModel(BaseModel):

@@ -43,6 +43,19 @@ class GatewayMetrics:
             ["reason"], registry=self.registry)
         self.jobs_created = Counter("cxr_gateway_jobs_created_total",
                                     "Prediction jobs created and queued.", registry=self.registry)
+        # Live performance from readers' verdicts (docs/architecture.md, "Live performance"):
+        # a replaced verdict is counted again under `superseded`, so the current counts are
+        # films - superseded (the recording rules in infra/prometheus/alerts.yml do this).
+        outcome_labels = ["site", "model_version", "model_label", "reader_label"]
+        self.feedback_films = Counter(
+            "cxr_feedback_films_total",
+            "Reader verdicts on finished predictions, by site, model version, the model's label "
+            "and the reader's label.", outcome_labels, registry=self.registry)
+        self.feedback_superseded = Counter(
+            "cxr_feedback_superseded_total",
+            "Reader verdicts replaced by a later one on the same job (same labels as "
+            "cxr_feedback_films_total, with the replaced verdict's reader label).",
+            outcome_labels, registry=self.registry)
         self.waiting = Gauge("cxr_gateway_waiting_requests",
                              "Requests waiting for a job to finish (?wait=).",
                              registry=self.registry)
@@ -75,6 +88,14 @@ class GatewayMetrics:
         """Count each scope reason of a refused film (nothing for other errors)."""
         for reason in getattr(error, "reasons", ()):
             self.scope_refused.labels(reason).inc()
+
+    def count_feedback(self, site: str, model_version: int, model_label: str,
+                       reader_label: str, replaced_label: str | None) -> None:
+        """Count one verdict, and take back the one it replaces (if any)."""
+        self.feedback_films.labels(site, str(model_version), model_label, reader_label).inc()
+        if replaced_label is not None:
+            self.feedback_superseded.labels(site, str(model_version), model_label,
+                                            replaced_label).inc()
 
     def watch_notices(self, notices: JobNotices) -> None:
         self.waiting.set_function(lambda: notices.waiting)

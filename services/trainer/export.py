@@ -120,6 +120,20 @@ class _ServingFunctions:
                 **self._scope(pixels)}
 
 
+def _track_each_variable_once(archive: keras.export.ExportArchive) -> None:
+    """Keep each weight once in the SavedModel's variables file.
+
+    `track` lists the Keras variables, while the endpoints capture the TensorFlow variables
+    inside them; the SavedModel saver sees two objects and writes every weight twice (the file
+    doubles in size). Listing the TensorFlow variables themselves, in the same order, makes the
+    two references one object, and the revived `variables` keep their names and order.
+    """
+    trackable = archive._tf_trackable  # noqa: SLF001 - the lists `track` fills
+    for attribute in ("variables", "trainable_variables", "non_trainable_variables"):
+        listed = getattr(trackable, attribute)
+        setattr(trackable, attribute, [getattr(v, "value", v) for v in listed])
+
+
 def _write_warmup_requests(version_dir: Path, model_name: str, image_size: int) -> None:
     """One batch-1 request per signature, in TF Serving's PredictionLog TFRecord format."""
     extra = version_dir / ASSETS_EXTRA
@@ -171,6 +185,7 @@ def export_for_serving(
     tracked = [*functions.models, *functions.gradcam_models]
     for model in tracked + ([scope.net] if scope is not None else []):
         archive.track(model)
+    _track_each_variable_once(archive)
     spec = [tf.TensorSpec([None, image_size, image_size, 1], tf.uint8, name=INPUT_NAME)]
     archive.add_endpoint(SERVING_SIGNATURE, functions.serve, input_signature=spec)
     archive.add_endpoint(GRADCAM_SIGNATURE, functions.gradcam, input_signature=spec)

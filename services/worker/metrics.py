@@ -53,6 +53,23 @@ STAGE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+# The prediction mix (docs/architecture.md, "Live performance"): what each site is told, per
+# model version, to compare with the model's validation mix and to see a site's input change.
+PROBABILITY_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 20))
+PNEUMONIA_PROBABILITY = Histogram(
+    "cxr_worker_pneumonia_probability",
+    "Calibrated pneumonia probability of each answered film, by site and model version.",
+    ["site", "model_version"], buckets=PROBABILITY_BUCKETS)
+PREDICTED_LABELS = Counter(
+    "cxr_worker_predicted_labels", "Answered films by label, site and model version.",
+    ["site", "model_version", "label"])
+
+
+def count_prediction(site: str, model_version: int, label: str, probability: float) -> None:
+    version = str(model_version)
+    PNEUMONIA_PROBABILITY.labels(site, version).observe(probability)
+    PREDICTED_LABELS.labels(site, version, label).inc()
+
 
 def clear_multiprocess_dir() -> None:
     """Drop samples of earlier runs; call in the main process before the pool starts."""

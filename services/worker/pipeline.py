@@ -172,6 +172,8 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
                 deps.storage.delete(key)
             raise
         scope.count(result.scope.reasons if result.scope else ())
+        metrics.count_prediction(record.site, result.model.version, result.label,
+                                 result.pneumonia_probability)
         return Outcome.SUCCEEDED
 
 

@@ -38,7 +38,8 @@ def api_operations(module_gateway):
 def test_schema_lists_every_route(api_operations):
     labels = {operation.label for operation in api_operations}
     assert {"POST /v1/predictions", "GET /v1/predictions/{job_id}",
-            "GET /v1/predictions/{job_id}/heatmap", "GET /v1/models/current",
+            "GET /v1/predictions/{job_id}/heatmap", "POST /v1/predictions/{job_id}/feedback",
+            "GET /v1/models/current",
             "POST /dicomweb/studies", "GET /healthz", "GET /readyz", "GET /v1/predictions",
             "DELETE /v1/predictions/{job_id}"} <= labels
     assert "GET /metrics" not in labels  # served on the internal metrics port only

@@ -22,12 +22,13 @@ from services.gateway.resources import GatewayResources
 from shared.audit import AuditEntry, audited
 from shared.dicom_intake.screening import screen_upload
 from shared.errors import ImageError, JobNotFoundError
+from shared.feedback import confirm
 from shared.heatmap import heatmap_png
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
 from shared.jobs import INDEX_ENTRY_PATTERN
 from shared.retention import erase_job
-from shared.schemas import JOB_ID_PATTERN, JobRecord, JobStatus
+from shared.schemas import JOB_ID_PATTERN, JobRecord, JobStatus, ReaderFeedback
 from shared.upload_privacy import stored_upload
 
 log = logging.getLogger("cxr.gateway")
@@ -281,3 +282,37 @@ async def delete_prediction(resources: ResourcesDep, client: ClientDep,
                                 reid=resources.reid, record=record)
         entry.status = 204
         return Response(status_code=204)
+
+@router.post(
+    "/{job_id}/feedback", status_code=201, response_model=JobView,
+    summary="Confirm or correct a prediction (a reader's verdict)",
+    responses=problem_responses(400, 401, 404, 409, 422, 429, 503),
+)
+async def give_feedback(response: Response, resources: ResourcesDep, client: ClientDep,
+                        job_id: JobIdPath, verdict: ReaderFeedback) -> JobView:
+    """Record a reader's label for a succeeded job: 201 with the job, its `feedback` set.
+
+    The film becomes labelled training data of the job's site (stored de-identified with the
+    label, the reader and the model's answer). A second feedback replaces the first; the audit
+    trail keeps both. 409 `job_not_finished` while the job runs, `job_has_no_result` once it
+    failed; 404 for a job of another client. The comment is kept on the job, never logged.
+    """
+    with audited(client, "feedback", job_id) as entry:
+        entry.status = 201
+        await _owned_job(resources, job_id, client)
+        confirmation = await run_in_threadpool(confirm, resources.storage, resources.jobs,
+                                               job_id, verdict, client)
+        record, feedback = confirmation.record, confirmation.feedback
+        assert record.result is not None
+        replaced = confirmation.replaced
+        entry.extra.update({
+            "label": feedback.label, "subtype": feedback.subtype, "reader": feedback.reader,
+            "revision": feedback.revision, "model_label": record.result.label,
+            "model_version": record.result.model.version, "site": record.site,
+            "replaces": replaced.label if replaced else None})
+        resources.metrics.count_feedback(record.site, record.result.model.version,
+                                         record.result.label, feedback.label,
+                                         replaced.label if replaced else None)
+        response.headers["Location"] = f"/v1/predictions/{job_id}"
+        response.headers.update(NO_STORE)
+        return JobView.from_record(record)

@@ -1,12 +1,14 @@
 // The web page: keep the API key in sessionStorage, upload with progress, long-poll the job,
 // show the reading, the probability against the threshold, the heatmap and the model version;
-// a banner when the film is outside the validated population, and a refused film's reasons.
+// a banner when the film is outside the validated population, and a refused film's reasons;
+// a reader confirms or corrects a finished reading (POST .../feedback).
 "use strict";
 
 const KEY_STORAGE = "cxr-api-key";
 const WAIT_SECONDS = 20;
 const $ = (id) => document.getElementById(id);
 let objectUrls = [];
+let currentJob = null;
 
 // Scope reasons (the service's stable codes) in words.
 const REFUSED_CODE = "not_a_chest_radiograph";
@@ -139,6 +141,8 @@ function renderResult(job, file) {
   $("result-classes").textContent =
     `normal ${c.normal.toFixed(3)}, bacterial ${c.bacterial.toFixed(3)}, viral ${c.viral.toFixed(3)}`;
   $("result-job").textContent = job.job_id;
+  currentJob = job;
+  prepareFeedback(job);
   showOriginal(file);
   $("result").hidden = false;
 }
@@ -158,11 +162,75 @@ async function showHeatmap(job) {
   $("heatmap-figure").hidden = false;
 }
 
+function prepareFeedback(job) {
+  // The form starts at the reading on record: the reader's earlier verdict, else the model's.
+  const current = job.feedback || job.result;
+  $("feedback-label").value = current.label;
+  $("feedback-subtype").value = current.subtype || "";
+  $("feedback-subtype").disabled = current.label !== "PNEUMONIA";
+  if (job.feedback) $("feedback-reader").value = job.feedback.reader;
+  $("feedback-comment").value = job.feedback?.comment || "";
+  updateFeedbackButton();
+  showFeedbackState(job);
+  showFeedbackError("");
+}
+
+function showFeedbackState(job) {
+  const feedback = job.feedback;
+  $("feedback-status").textContent = !feedback ? "" :
+    `${feedback.agrees ? "Confirmed" : "Corrected"} as ${feedback.label}` +
+    `${feedback.subtype ? ` (${feedback.subtype})` : ""} by ${feedback.reader}` +
+    ` (verdict ${feedback.revision}).`;
+}
+
+function updateFeedbackButton() {
+  const label = $("feedback-label").value;
+  const pneumonia = label === "PNEUMONIA";
+  $("feedback-subtype").disabled = !pneumonia;
+  if (!pneumonia) $("feedback-subtype").value = "";
+  const agrees = currentJob && label === currentJob.result.label;
+  $("feedback-submit").textContent = agrees ? "Confirm the reading" : "Correct the reading";
+}
+
+function showFeedbackError(text) {
+  $("feedback-error").textContent = text;
+  $("feedback-error").hidden = !text;
+}
+
+async function sendFeedback(event) {
+  event.preventDefault();
+  if (!currentJob || !apiKey()) return;
+  showFeedbackError("");
+  const label = $("feedback-label").value;
+  const body = {
+    label,
+    subtype: label === "PNEUMONIA" ? ($("feedback-subtype").value || null) : null,
+    reader: $("feedback-reader").value.trim(),
+    comment: $("feedback-comment").value.trim() || null,
+  };
+  $("feedback-submit").disabled = true;
+  try {
+    const response = await fetch(currentJob.links.feedback, {
+      method: "POST", body: JSON.stringify(body),
+      headers: { ...authHeaders(), "Content-Type": "application/json" },
+    });
+    if (response.status === 401) { handleUnauthorized(); throw new Error(await problemText(response)); }
+    if (response.status !== 201) throw new Error(await problemText(response));
+    currentJob = await response.json();
+    showFeedbackState(currentJob);
+  } catch (error) {
+    showFeedbackError(error.message);
+  } finally {
+    $("feedback-submit").disabled = false;
+  }
+}
+
 function remember(url) { objectUrls.push(url); return url; }
 
 function resetResult() {
   objectUrls.forEach((url) => URL.revokeObjectURL(url));
   objectUrls = [];
+  currentJob = null;
   $("result").hidden = true;
   showError("");
   showRefusal(null);
@@ -240,6 +308,8 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("file").addEventListener("change", () => chooseFile($("file").files));
   $("upload-form").addEventListener("submit", analyse);
+  $("feedback-form").addEventListener("submit", sendFeedback);
+  $("feedback-label").addEventListener("change", updateFeedbackButton);
   wireDropZone();
   showKeyState();
 });
