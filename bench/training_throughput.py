@@ -1,7 +1,7 @@
 """Training speed of the default recipe's network: images/s over a few dozen steps on real X-rays.
 
 The network, optimiser, loss, batch size and augmented input stream are the default recipe's
-(`services.trainer`: `TrainConfig.from_settings()`, `build_cnn`, the training stream of
+(`services.trainer`: `TrainConfig.from_settings()`, `build_network`, the training stream of
 `fit_cnn`); the images are the first patients of CXR_DATA_DIR's training splits. The first steps
 (graph tracing) are not timed. Reports images/s, and the epoch and 20-epoch times that implies
 for the full training set less the validation share.
@@ -25,7 +25,7 @@ def measure(steps: int, warmup: int) -> dict:
 
     from services.trainer.cnn_training import _training_stream, class_labels
     from services.trainer.dataset import load_images, scan_dataset
-    from services.trainer.model import build_cnn
+    from services.trainer.model import build_network
     from services.trainer.recipe import TrainConfig, subsample
 
     config = TrainConfig.from_settings()
@@ -35,8 +35,9 @@ def measure(steps: int, warmup: int) -> dict:
     records = scan_dataset(root, splits or None, find_duplicates=False)
     used = subsample(records, config.batch_size * 8, seed=config.seed)
     images = load_images(used, config.image_size, cache_dir=config.cache_dir)
-    model = build_cnn(image_size=config.image_size, width=config.width, dropout=config.dropout,
-                      seed=config.seed)
+    model = build_network(config.backbone, image_size=config.image_size, width=config.width,
+                          dropout=config.dropout, seed=config.seed,
+                          frozen_blocks=config.frozen_blocks)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss=keras.losses.CategoricalCrossentropy(
                       from_logits=True, label_smoothing=config.label_smoothing))

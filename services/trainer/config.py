@@ -30,7 +30,8 @@ class TrainerSettings(SharedSettings):
     # --- training recipe (services.trainer.recipe.TrainConfig.from_settings) ---
     target_sensitivity: float = Field(default=0.95, gt=0, le=1, description=(
         "The sensitivity the decision threshold is chosen to reach."))
-    train_epochs: int = Field(default=20, ge=1, description="Training epochs.")
+    train_epochs: int = Field(default=5, ge=1, description=(
+        "Training epochs (at most: early stopping keeps the best epoch's weights)."))
     train_batch_size: int = Field(default=32, ge=1, description="Training batch size.")
     train_folds: int = Field(default=1, ge=1, description=(
         "1: a single patient-level validation split; 2 or more: patient-level cross-validation, "

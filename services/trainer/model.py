@@ -30,6 +30,8 @@ GRADCAM_LAYER = "gradcam_target"
 CUSTOM = "custom"
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 BACKBONES = (CUSTOM, EFFICIENTNET_LITE0)
+# Adam's step size by backbone: a network learning from scratch, or fine-tuning ImageNet weights
+LEARNING_RATES = {CUSTOM: 2e-3, EFFICIENTNET_LITE0: 3e-4}
 
 
 @keras.saving.register_keras_serializable(package="cxr")

@@ -52,7 +52,7 @@ from services.trainer.dataset import (
 from services.trainer.evaluation import compute_metrics
 from services.trainer.figures import save_evaluation_figures, save_training_curves
 from services.trainer.hog import HOG_SIZE, fit_hog_baseline, hog_features, pneumonia_probability
-from services.trainer.model import build_network
+from services.trainer.model import LEARNING_RATES, build_network
 from services.trainer.thresholds import choose_threshold
 from shared.contract import UNKNOWN_SUBTYPE
 from shared.contract import pneumonia_probability as p_pneumonia_of
@@ -82,20 +82,24 @@ class TrainConfig:
     validation_strategy: Literal["lowest", "random"] = "lowest"
     width: int = 32
     dropout: float = 0.3
-    learning_rate: float = 2e-3
+    learning_rate: float | None = None  # None: the backbone's own (model.LEARNING_RATES)
     label_smoothing: float = 0.05
     patience: int = 6
     augment: bool = True
-    backbone: Literal["custom", "efficientnet_lite0"] = "custom"  # model.BACKBONES
-    frozen_blocks: int = 0  # pretrained backbone: the stem and this many first blocks stay fixed
+    backbone: Literal["custom", "efficientnet_lite0"] = "efficientnet_lite0"  # model.BACKBONES
+    frozen_blocks: int = 5  # pretrained backbone: the stem and this many first blocks stay fixed
     equalize: bool = False  # histogram equalisation inside the model, before standardisation
-    crop_area_min: float = 1.0  # random crops keep this share of the film's area or more
-    erase_corners: float = 0.0  # probability that each corner is covered during training
-    intensity_scale: float = 1.0  # widens the brightness, contrast and gamma ranges
+    crop_area_min: float = 0.6  # random crops keep this share of the film's area or more
+    erase_corners: float = 0.5  # probability that each corner is covered during training
+    intensity_scale: float = 1.5  # widens the brightness, contrast and gamma ranges
     baseline: bool = True
     cache_dir: str | None = None
     deterministic: bool = True
     verbose: int = 2
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is None:
+            self.learning_rate = LEARNING_RATES[self.backbone]
 
     @classmethod
     def from_settings(cls, settings: TrainerSettings | None = None, **overrides) -> TrainConfig:

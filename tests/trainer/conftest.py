@@ -15,8 +15,8 @@ def sample_training(tmp_path_factory):
     from services.trainer.recipe import TrainConfig, run_training
 
     config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path_factory.mktemp("train")),
-                         epochs=1, batch_size=8, width=8, max_images=30, validation_fraction=0.3,
-                         verbose=0)
+                         epochs=1, batch_size=8, backbone="custom", width=8, max_images=30,
+                         validation_fraction=0.3, verbose=0)
     return config, run_training(config)
 
 

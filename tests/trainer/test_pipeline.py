@@ -15,8 +15,8 @@ from services.trainer.registry import CHALLENGER, ModelRegistry
 from shared.operating_point import OperatingPoint, site_operating_point_key
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
-SMOKE_TRAINING = {"epochs": 1, "batch_size": 4, "width": 4, "max_images": 24, "verbose": 0,
-                  "cache_dir": None}
+SMOKE_TRAINING = {"epochs": 1, "batch_size": 4, "backbone": "custom", "width": 4,
+                  "max_images": 24, "verbose": 0, "cache_dir": None}
 
 
 def served(settings: TrainerSettings) -> tuple[list[int], int]:
