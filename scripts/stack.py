@@ -82,6 +82,9 @@ def local_environment() -> dict[str, str]:
         "CXR_PACS_HOST": "127.0.0.1",
         "CXR_PACS_PORT": str(PACS_PORT),
         "CXR_PACS_DESTINATION": SETTINGS.pacs_destination,
+        # The gateway's generated demo client (no CXR_API_KEYS): its STOW-RS results reach the
+        # demo PACS too. Listing clients is the deployment's choice (docs/pacs.md).
+        "CXR_PACS_STOW_REPORT_CLIENTS": "demo",
         # One audit file for the gateway, DICOM node and worker (`audit-export` reads it).
         "CXR_AUDIT_LOG": str(LOG_DIR / "audit.log"),
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}",

@@ -1,7 +1,8 @@
 """Counts of PACS report deliveries in Redis, for metrics and alerts across every process.
 
 The worker marks a DICOM job's report pending when it queues the report task; the report sender
-ends every delivery as `sent`, `failed` (with a reason on the job) or `skipped`. Redis holds the
+ends every delivery as `sent`, `failed` (with a reason on the job), `skipped` (no destination) or
+`not_sent` (the sender may not write into the PACS, with the reason on the job). Redis holds the
 count of each final state and the time each pending delivery began, so the gateway's `/metrics`
 shows them whatever pool or replica did the work, and an alert can fire on a delivery that
 failed or that stays pending too long.
@@ -17,7 +18,7 @@ import redis.asyncio
 
 OUTCOMES_KEY = "cxr:pacs_report:outcomes"  # hash: final state -> count
 PENDING_KEY = "cxr:pacs_report:pending"  # sorted set: job id -> when it became pending (epoch s)
-FINAL_STATES = ("sent", "failed", "skipped")
+FINAL_STATES = ("sent", "failed", "skipped", "not_sent")
 
 
 def note_pending(client: redis.Redis, job_id: str) -> None:

@@ -66,10 +66,10 @@ class GatewayMetrics:
 
         self.pacs_reports = Gauge(
             "cxr_pacs_reports_finished",
-            "PACS report deliveries that ended, by final state (sent, failed, skipped); counted "
-            "in Redis across every report sender.", ["state"], registry=self.registry)
+            "PACS report deliveries that ended, by final state (sent, failed, skipped, not_sent); "
+            "counted in Redis across every report sender.", ["state"], registry=self.registry)
         self.pacs_reports_pending = Gauge(
-            "cxr_pacs_reports_pending", "PACS report deliveries not yet sent, failed or skipped.",
+            "cxr_pacs_reports_pending", "PACS report deliveries that have not ended yet.",
             registry=self.registry)
         self.pacs_report_oldest_pending = Gauge(
             "cxr_pacs_report_oldest_pending_seconds",

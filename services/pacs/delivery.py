@@ -3,8 +3,9 @@
 States: `pending` (with the last transient error while retries go on), `sent` (with the SR and
 Secondary Capture SOP Instance UIDs; for a refused film, the SR notice's only), `failed` (with a
 `reason`: permanent rejection, retries used up, or a report that cannot be built from the job),
-and `skipped` (no destination configured). Final states are also counted in Redis
-(`shared.report_delivery`) for metrics and alerts.
+`skipped` (no destination configured), and `not_sent` (with `reason` `sender_not_allowed`: a
+STOW-RS job of an API client not in `CXR_PACS_STOW_REPORT_CLIENTS`). Final states are also
+counted in Redis (`shared.report_delivery`) for metrics and alerts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from services.pacs.report import build_refusal_notice, build_report
 from services.pacs.sender import send_instances
 from services.pacs.settings import PacsSettings
 from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
+from shared.dicom_intake.receive import STOW_RS, intake_route
 from shared.heatmap import heatmap_png
 from shared.imaging import DecodeLimits
 from shared.job_queue import REPORT_STATE_KEY as STATE_KEY
@@ -27,6 +29,7 @@ from shared.schemas import JobRecord, JobStatus, utc_now
 from shared.storage import Storage, get_storage
 
 log = logging.getLogger("cxr.pacs")
+SENDER_NOT_ALLOWED = "sender_not_allowed"
 
 
 @dataclass
@@ -55,8 +58,8 @@ def record_state(deps: ReportDeps, job_id: str, state: str, attempts: int, **det
 def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:
     """Build and send the SR and Secondary Capture; raises `SendError` (state left to the caller).
 
-    Returns the state reached without an error: `sent`, `skipped`, or `not_applicable` for a job
-    that is not a succeeded DICOM job (or was already sent).
+    Returns the state reached without an error: `sent`, `skipped`, `not_sent`, or
+    `not_applicable` for a job that is not a succeeded DICOM job (or was already sent).
     """
     record = deps.jobs.get(job_id)
     if record is not None and record.source == "dicom" and is_refused(record):
@@ -66,6 +69,8 @@ def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:
         return "not_applicable"
     if record.extra.get(STATE_KEY, {}).get("state") == "sent":
         return "not_applicable"
+    if not sender_may_write(record, deps.settings):
+        return refuse_sender(record, deps, attempt)
     destination = deps.settings.destination
     if destination is None:
         record_state(deps, job_id, "skipped", attempt, reason="CXR_PACS_DESTINATION is not set")
@@ -85,6 +90,29 @@ def deliver_report(job_id: str, deps: ReportDeps, attempt: int) -> str:
     return "sent"
 
 
+def sender_may_write(record: JobRecord, settings: PacsSettings) -> bool:
+    """Whether the job's results may be written into the PACS.
+
+    A C-STORE job came from the PACS or a modality the node accepts (its calling AE title is
+    checked at the association); a STOW-RS job only from an API client listed in
+    `CXR_PACS_STOW_REPORT_CLIENTS`. A DICOM job whose route cannot be told is not sent.
+    """
+    route = intake_route(record)
+    if route == STOW_RS:
+        return record.client_id in settings.stow_report_clients
+    return route is not None
+
+
+def refuse_sender(record: JobRecord, deps: ReportDeps, attempt: int) -> str:
+    """End the delivery as `not_sent`: the job's sender may not write into the PACS."""
+    route = intake_route(record) or "unknown"
+    record_state(deps, record.job_id, "not_sent", attempt, reason=SENDER_NOT_ALLOWED,
+                 route=route)
+    log.warning("report for job %s not sent: its %s sender may not write into the PACS",
+                record.job_id, route)
+    return "not_sent"
+
+
 def is_refused(record: JobRecord) -> bool:
     return (record.status == JobStatus.FAILED and record.failure is not None
             and record.failure.code == NOT_A_CHEST_RADIOGRAPH_CODE)
@@ -94,6 +122,8 @@ def deliver_refusal_notice(record: JobRecord, deps: ReportDeps, attempt: int) ->
     """Send the SR notice of a refused film (no Secondary Capture: there is no heatmap)."""
     if record.extra.get(STATE_KEY, {}).get("state") == "sent":
         return "not_applicable"
+    if not sender_may_write(record, deps.settings):
+        return refuse_sender(record, deps, attempt)
     destination = deps.settings.destination
     if destination is None:
         record_state(deps, record.job_id, "skipped", attempt,

@@ -32,7 +32,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from services.pacs.settings import PacsSettings
 from shared.audit import caller_address
-from shared.dicom_intake.receive import DicomIntake, Disposition, read_instance
+from shared.dicom_intake.receive import C_STORE, DicomIntake, Disposition, read_instance
 from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
 from shared.errors import CXRError, ImageError
 
@@ -66,7 +66,7 @@ def store_handler(intake: DicomIntake):
         try:
             # The bytes as sent, checked before pydicom parses them (never `event.dataset`).
             dataset = read_instance(event.encoded_dataset(include_meta=True), intake.limits)
-            received = intake.receive(dataset, client=calling, route="c-store")
+            received = intake.receive(dataset, client=calling, route=C_STORE)
         except ImageError as exc:
             log.warning("C-STORE from %s refused: %s (%s)", calling, exc.code, exc.message)
             return CANNOT_UNDERSTAND

@@ -30,6 +30,14 @@ class PacsSettings(SharedSettings):
     pacs_destination: str = Field(default="", description=(
         "`AET@host:port` of the PACS receiving the SR and Secondary Capture; empty: reports are "
         "not sent (`skipped`)."))
+    pacs_stow_report_clients: str = Field(default="", description=(
+        "Comma list of the API clients (names in `CXR_API_KEYS`) whose STOW-RS jobs get their SR "
+        "and heatmap written into the PACS at `CXR_PACS_DESTINATION`. The report of a STOW-RS "
+        "job from any other client is not sent (`extra.pacs_report.state` `not_sent`, reason "
+        "`sender_not_allowed`): an API key alone does not let a client write into the "
+        "hospital's PACS. Empty (the default): no STOW-RS job's results are sent. C-STORE jobs "
+        "(from the AE titles in `CXR_PACS_ALLOWED_CALLING_AE_TITLES`) are not affected. The local "
+        "stack (`make up`) lists its demo client, `demo`."))
     pacs_manufacturer: str = Field(default="cxr-pneumonia", description=(
         "Manufacturer written into the SR and Secondary Capture."))
     pacs_network_timeout_s: float = Field(default=10.0, gt=0, description=(
@@ -78,6 +86,12 @@ class PacsSettings(SharedSettings):
     def allowed_calling_ae_titles(self) -> list[str]:
         return [_ae_title(title) for title in self.pacs_allowed_calling_ae_titles.split(",")
                 if title.strip()]
+
+    @property
+    def stow_report_clients(self) -> frozenset[str]:
+        """The API clients whose STOW-RS jobs' results are sent to the PACS."""
+        return frozenset(name.strip() for name in self.pacs_stow_report_clients.split(",")
+                         if name.strip())
 
     @property
     def destination(self) -> tuple[str, str, int] | None:

@@ -7,8 +7,8 @@ The job id is derived from the sender (route and client or calling AE title) and
 UID, so one sender's instance never stands in for another's. The same sender sending the same
 image again under the same UID makes no second job (a duplicate, stored already); a different
 image under a UID that sender already used is refused as a conflict. The original
-Study/Series/SOP Instance UIDs stay in the job record (`extra.dicom`), so results can be sent back
-to the PACS that knows the instance by them.
+Study/Series/SOP Instance UIDs and the route stay in the job record (`extra.dicom`), so results
+can be sent back to the PACS that knows the instance by them, and only for a sender allowed to.
 """
 
 from __future__ import annotations
@@ -34,10 +34,13 @@ from shared.imaging.dicom_scan import check_file
 from shared.imaging.header_hints import header_reasons
 from shared.intake import Enqueuer, submit_job
 from shared.jobs import JobStore
+from shared.schemas import JobRecord
 from shared.scope import SCOPE_HINTS_KEY, check_refusal, ordered
 from shared.storage import Storage
 
 log = logging.getLogger("cxr.dicom")
+C_STORE, STOW_RS = "c-store", "stow-rs"  # the routes an instance comes by
+ROUTES = (C_STORE, STOW_RS)
 UID_KEYWORDS = {"study_instance_uid": "StudyInstanceUID",
                 "series_instance_uid": "SeriesInstanceUID",
                 "sop_instance_uid": "SOPInstanceUID", "sop_class_uid": "SOPClassUID"}
@@ -91,7 +94,7 @@ class DicomIntake:
                 check_refusal(reasons)
             digest = pixel_digest(decoded)
             extra: dict[str, object] = {"dicom": {**uids, "calling_ae_title": client,
-                                                  "pixel_sha256": digest}}
+                                                  "route": route, "pixel_sha256": digest}}
             if hints:
                 extra[SCOPE_HINTS_KEY] = list(hints)
             try:
@@ -171,6 +174,25 @@ def instance_job_id(sop_instance_uid: str, client: str, route: str) -> str:
     """The job of `client`'s instance over `route` (`c-store`: client is the calling AE title)."""
     sender = f"{route}\n{client}\n{sop_instance_uid}"
     return "dicom-" + hashlib.sha256(sender.encode()).hexdigest()[:40]
+
+
+def intake_route(record: JobRecord) -> str | None:
+    """How a DICOM job's instance came (`c-store` or `stow-rs`); None for any other job.
+
+    Read from `extra.dicom.route`; a job recorded before the route was kept is told by its id,
+    which names route, sender and SOP Instance UID (`instance_job_id`).
+    """
+    dicom = record.extra.get("dicom") if record.source == "dicom" else None
+    if not isinstance(dicom, dict):
+        return None
+    route = dicom.get("route")
+    if route in ROUTES:
+        return str(route)
+    sender, uid = dicom.get("calling_ae_title"), dicom.get("sop_instance_uid")
+    if not (isinstance(sender, str) and isinstance(uid, str)):
+        return None
+    return next((name for name in ROUTES if instance_job_id(uid, sender, name) == record.job_id),
+                None)
 
 
 def encode(dataset: Dataset) -> bytes:

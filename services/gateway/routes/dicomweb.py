@@ -24,7 +24,7 @@ from services.gateway.stow import (
     StowResponse,
     dicom_parts,
 )
-from shared.dicom_intake.receive import DicomIntake, Disposition, read_instance
+from shared.dicom_intake.receive import STOW_RS, DicomIntake, Disposition, read_instance
 from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
 from shared.errors import CXRError, ImageError, NotChestRadiographError
 
@@ -71,7 +71,7 @@ def _store_one(intake: DicomIntake, resources: GatewayResources, client: str, da
                 "The instance's Study Instance UID is not the study of the request path; "
                 "store it under its own study (or POST /dicomweb/studies)."))
             return
-        received = intake.receive(dataset, client=client, route="stow-rs")
+        received = intake.receive(dataset, client=client, route=STOW_RS)
     except NotChestRadiographError as exc:
         resources.metrics.count_scope_refusal(exc)
         response.failure(sop_class, sop_instance, CANNOT_UNDERSTAND,
