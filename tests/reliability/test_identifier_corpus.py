@@ -81,7 +81,7 @@ class Everything:
 def everything(tmp_path_factory, shared_model_server) -> Iterator[Everything]:
     work = tmp_path_factory.mktemp("identifiers")
     node = start_node(work, model_server_target=shared_model_server.grpc_target,
-                      destination_allows=["CXR"])
+                      destination_allows=["CXR"], env={"CXR_PACS_STOW_REPORT_CLIENTS": "alice"})
     try:
         # the same Redis, storage folder and audit file as the DICOM node
         gateway = start_gateway(work, node.redis.url, tls=True,
