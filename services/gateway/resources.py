@@ -9,8 +9,6 @@ import httpx
 import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
 from services.gateway.auth import DEMO_CLIENT, ApiKeyRing, load_or_create_demo_key
 from services.gateway.config import GatewaySettings
@@ -22,6 +20,7 @@ from services.gateway.ratelimit import RateLimiter
 from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore
+from shared.redis_clients import REDIS_RETRIES, redis_backoff, redis_client
 from shared.reidentification import ReidentificationKeys
 from shared.storage import Storage, get_storage
 
@@ -35,16 +34,6 @@ def build_key_ring(settings: GatewaySettings) -> tuple[ApiKeyRing, str | None]:
         raise ValueError("CXR_API_KEYS must be set in production.")
     demo_key = load_or_create_demo_key(Path(settings.demo_key_file))
     return ApiKeyRing.parse(f"{DEMO_CLIENT}:{demo_key}"), demo_key
-
-
-# A pooled connection that died with Redis (a restart) fails its next command; redis-py's clients
-# made by `from_url` do not retry it, so the first requests after a restart got 503. Each command
-# is retried on a fresh connection instead (up to 3 times, backoff up to 1 s).
-REDIS_RETRIES = 3
-
-
-def redis_backoff() -> ExponentialWithJitterBackoff:
-    return ExponentialWithJitterBackoff(base=0.05, cap=1.0)
 
 
 @dataclass
@@ -70,13 +59,14 @@ class GatewayResources:
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> GatewayResources:
         keys, demo_key = build_key_ring(settings)
+        # Commands retried on a fresh connection after a Redis restart (shared.redis_clients):
+        # without it the first requests after a restart got 503.
         async_redis = redis.asyncio.Redis.from_url(
             settings.redis_url, retry=AsyncRetry(redis_backoff(), REDIS_RETRIES))
         storage = get_storage(settings)
         resources = cls(
             settings=settings, keys=keys, demo_key=demo_key, redis=async_redis, storage=storage,
-            jobs=JobStore(redis.Redis.from_url(
-                settings.redis_url, retry=Retry(redis_backoff(), REDIS_RETRIES)), storage),
+            jobs=JobStore(redis_client(settings.redis_url), storage),
             queue=JobQueue(settings),
             limiter=RateLimiter(async_redis, settings.rate_limit_per_minute),
             idempotency=IdempotencyKeys(async_redis, storage, settings.idempotency_ttl_seconds),

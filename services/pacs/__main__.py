@@ -6,8 +6,6 @@ import logging
 import signal
 import threading
 
-import redis
-
 from services.pacs.scp import start_scp
 from services.pacs.settings import get_settings
 from shared.audit import configure_audit
@@ -15,6 +13,7 @@ from shared.dicom_intake.receive import DicomIntake
 from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore
+from shared.redis_clients import redis_client
 from shared.storage import get_storage
 
 
@@ -24,7 +23,7 @@ def main() -> None:
     configure_audit(settings.audit_log)
     storage = get_storage(settings)
     intake = DicomIntake(storage=storage,
-                         jobs=JobStore(redis.Redis.from_url(settings.redis_url), storage),
+                         jobs=JobStore(redis_client(settings.redis_url), storage),
                          queue=JobQueue(settings), limits=DecodeLimits.from_settings(settings),
                          keep_identifiers=settings.pacs_keep_identifiers,
                          site_of=settings.site_of_ae_title)

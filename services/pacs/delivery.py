@@ -24,6 +24,7 @@ from shared.heatmap import heatmap_png
 from shared.imaging import DecodeLimits
 from shared.job_queue import REPORT_STATE_KEY as STATE_KEY
 from shared.jobs import JobStore
+from shared.redis_clients import redis_client
 from shared.report_delivery import FINAL_STATES, note_final, note_pending
 from shared.schemas import JobRecord, JobStatus, utc_now
 from shared.storage import Storage, get_storage
@@ -42,7 +43,7 @@ class ReportDeps:
     @classmethod
     def from_settings(cls, settings: PacsSettings) -> ReportDeps:
         storage = get_storage(settings)
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url)  # survives a Redis restart
         return cls(settings, storage, JobStore(client, storage), client)
 
 

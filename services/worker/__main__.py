@@ -32,6 +32,7 @@ from services.worker.reconcile import UNAVAILABLE, PassResult, reconcile_pass, r
 from services.worker.settings import get_settings
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore
+from shared.redis_clients import redis_client
 from shared.storage import get_storage
 
 log = logging.getLogger("services.worker.reconcile")
@@ -131,9 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     settings = get_settings()
-    client = redis.Redis.from_url(settings.redis_url,
-                                  socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-                                  socket_timeout=REDIS_SOCKET_TIMEOUT_S)
+    client = redis_client(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+                          socket_timeout=REDIS_SOCKET_TIMEOUT_S)
     storage = get_storage(settings)
     jobs = JobStore(client, storage)
     if args.command == "reconcile":

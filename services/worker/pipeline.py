@@ -33,6 +33,7 @@ from shared.errors import CXRError, JobNotFoundError, NotChestRadiographError
 from shared.heatmap import encode_attention
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
 from shared.jobs import JobStore
+from shared.redis_clients import redis_client
 from shared.schemas import Failure, JobRecord, PredictionResult, ScopeReason, utc_now
 from shared.storage import Storage, get_storage, storage_at
 
@@ -61,7 +62,7 @@ class WorkerDeps:
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> WorkerDeps:
-        client = redis.Redis.from_url(
+        client = redis_client(  # survives a Redis restart (shared.redis_clients)
             settings.redis_url,
             socket_timeout=10,
             socket_connect_timeout=5,
