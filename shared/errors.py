@@ -163,8 +163,8 @@ class InvalidJobTransitionError(CXRError):
 class JobNotFinishedError(CXRError):
     code = "job_not_finished"
     http_status = 409
-    default_message = ("The job has not finished yet; send feedback once it has a result "
-                       "(GET the job with ?wait= to know when).")
+    default_message = ("The job is still queued or running: delete it, or send feedback, once "
+                       "it has finished (GET the job with ?wait= to know when).")
 
 
 class JobHasNoResultError(CXRError):

@@ -95,13 +95,6 @@ class HeatmapNotReadyError(CXRError):
     default_message = "The heatmap is not ready yet; it appears when the job has succeeded."
 
 
-class JobNotFinishedError(CXRError):
-    code = "job_not_finished"
-    http_status = 409
-    default_message = ("The job is still queued or running; delete it once it has finished "
-                       "(read it with ?wait= to know when).")
-
-
 class NotReadyError(CXRError):
     code = "not_ready"
     http_status = 503

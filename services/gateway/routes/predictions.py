@@ -16,12 +16,12 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway.api_models import JobList, JobView
 from services.gateway.deps import ClientDep, ResourcesDep
-from services.gateway.errors import HeatmapNotReadyError, JobNotFinishedError, TooManyFilesError
+from services.gateway.errors import HeatmapNotReadyError, TooManyFilesError
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
 from shared.audit import AuditEntry, audited
 from shared.dicom_intake.screening import screen_upload
-from shared.errors import ImageError, JobNotFoundError
+from shared.errors import ImageError, JobNotFinishedError, JobNotFoundError
 from shared.feedback import confirm
 from shared.heatmap import heatmap_png
 from shared.imaging import decode_xray
