@@ -23,7 +23,11 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from services.trainer.pretrained import efficientnet_lite0_features, load_imagenet_weights
+from services.trainer.pretrained import (
+    efficientnet_lite0_features,
+    load_imagenet_weights,
+    normalize,
+)
 from shared.contract import CLASS_NAMES
 
 GRADCAM_LAYER = "gradcam_target"
@@ -79,8 +83,6 @@ class GreyToImageNetRgb(layers.Layer):
     """Grey 0..255 [N, S, S, 1] -> the three identical channels an ImageNet network expects."""
 
     def call(self, inputs):
-        from services.trainer.pretrained import normalize
-
         return normalize(ops.concatenate([inputs, inputs, inputs], axis=-1))
 
 
