@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from services.trainer.model import GRADCAM_LAYER, build_cnn
+from services.trainer.model import GRADCAM_LAYER, build_cnn, is_folded, serving_form
 from shared.contract import (
     ASSETS_EXTRA,
     CLASS_NAMES,
@@ -168,6 +168,7 @@ def export_for_serving(
     """
     if isinstance(models, keras.Model):
         models = [models]
+    models = [serving_form(model) for model in models]
     if not models:
         raise ValueError("export_for_serving needs at least one model")
     if not 0.0 <= threshold <= 1.0 or temperature <= 0:
@@ -210,6 +211,7 @@ def export_for_serving(
             "class_names": list(CLASS_NAMES),
             "ensemble_size": len(functions.models),
             **(extra_info or {}),
+            "batch_norm_folded": any(is_folded(model) for model in functions.models),
         }
         if scope is not None:
             info["scope"] = {"checks": list(SCOPE_CHECKS),

@@ -25,6 +25,7 @@ from keras import layers, ops
 
 from services.trainer.pretrained import (
     efficientnet_lite0_features,
+    fold_batch_norms,
     load_imagenet_weights,
     normalize,
 )
@@ -136,24 +137,18 @@ def build_cnn(image_size: int = 224, width: int = 16, dropout: float = 0.3, seed
 
 def build_pretrained(image_size: int = 224, dropout: float = 0.3, seed: int = 0,
                      equalize: bool = False, imagenet: bool = True,
-                     frozen_blocks: int = 0) -> keras.Model:
+                     frozen_blocks: int = 0, folded: bool = False) -> keras.Model:
     """EfficientNet-Lite0 with ImageNet weights (`imagenet=False`: the same graph, untrained, for
     rebuilding an export), a dropout and a 3-class head on its pooled 1280-channel map.
 
     Its BatchNorm layers stay in inference mode (their ImageNet statistics are kept: batches of
     32 grey films would give noisy estimates); `frozen_blocks` more leaves the stem and the first
-    blocks untrained, which also spares their backward pass.
+    blocks untrained, which also spares their backward pass. `folded`: the serving form, each
+    BatchNorm folded into its convolution (`serving_form` fills it), never trained.
     """
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((image_size, image_size, 1), name="image")
-    x = HistogramEqualization(name="equalize")(inputs) if equalize else inputs
-    x = GreyToImageNetRgb(name="grey_to_rgb")(x)
-    x, sources = efficientnet_lite0_features(x)
-    x = layers.Activation("linear", name=GRADCAM_LAYER)(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    logits = layers.Dense(len(CLASS_NAMES), name="logits")(x)
-    model = keras.Model(inputs, logits, name="cxr_efficientnet_lite0")
+    model, sources = _efficientnet_lite0(image_size, dropout, seed, equalize, folded)
+    if folded:
+        return model
     if imagenet:
         load_imagenet_weights(model, sources)
     frozen_prefixes = ("effl0_conv_stem", "effl0_bn0") + tuple(
@@ -165,6 +160,41 @@ def build_pretrained(image_size: int = 224, dropout: float = 0.3, seed: int = 0,
     return model
 
 
+def _efficientnet_lite0(image_size: int, dropout: float, seed: int, equalize: bool,
+                        folded: bool) -> tuple[keras.Model, list]:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = HistogramEqualization(name="equalize")(inputs) if equalize else inputs
+    x = GreyToImageNetRgb(name="grey_to_rgb")(x)
+    x, sources = efficientnet_lite0_features(x, folded=folded)
+    x = layers.Activation("linear", name=GRADCAM_LAYER)(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if not folded:  # the serving form is never trained: no dropout, no seed to save
+        x = layers.Dropout(dropout, name="dropout")(x)
+    logits = layers.Dense(len(CLASS_NAMES), name="logits")(x)
+    return keras.Model(inputs, logits, name="cxr_efficientnet_lite0"), sources
+
+
+def is_folded(model: keras.Model) -> bool:
+    """Whether `model` is an EfficientNet-Lite0 already in its serving form."""
+    return model.name == "cxr_efficientnet_lite0" and not any(
+        isinstance(layer, layers.BatchNormalization) for layer in model.layers)
+
+
+def serving_form(model: keras.Model) -> keras.Model:
+    """The network the export serves: an EfficientNet-Lite0 with its BatchNorms folded into its
+    convolutions (the same outputs: its BatchNorms run in inference mode); any other network,
+    or one already folded, as it is."""
+    if model.name != "cxr_efficientnet_lite0" or is_folded(model):
+        return model
+    layer_names = {layer.name for layer in model.layers}
+    folded, sources = _efficientnet_lite0(
+        int(model.inputs[0].shape[1]), dropout=0.0, seed=0,
+        equalize="equalize" in layer_names, folded=True)
+    fold_batch_norms(folded, model, sources)
+    return folded
+
+
 def architecture_info(params) -> dict:
     """What an export must record to rebuild its networks (`reexport`): from a run's params."""
     return {"backbone": str(params.get("backbone") or CUSTOM),
@@ -173,12 +203,15 @@ def architecture_info(params) -> dict:
 
 def build_network(backbone: str = CUSTOM, *, image_size: int = 224, width: int = 16,
                   dropout: float = 0.3, seed: int = 0, equalize: bool = False,
-                  imagenet: bool = True, frozen_blocks: int = 0) -> keras.Model:
-    """The network of a recipe, by backbone name."""
+                  imagenet: bool = True, frozen_blocks: int = 0,
+                  folded: bool = False) -> keras.Model:
+    """The network of a recipe, by backbone name (`folded`: an EfficientNet-Lite0's serving
+    form)."""
     if backbone == CUSTOM:
         return build_cnn(image_size=image_size, width=width, dropout=dropout, seed=seed,
                          equalize=equalize)
     if backbone == EFFICIENTNET_LITE0:
         return build_pretrained(image_size=image_size, dropout=dropout, seed=seed,
-                                equalize=equalize, imagenet=imagenet, frozen_blocks=frozen_blocks)
+                                equalize=equalize, imagenet=imagenet, frozen_blocks=frozen_blocks,
+                                folded=folded)
     raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")

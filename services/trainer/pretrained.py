@@ -10,6 +10,12 @@ same inputs; the test suite checks the ported network's ImageNet answers on skim
 
 Input: RGB 0..255 mapped to (x - 127) / 128 (`normalize`), as EfficientNet-Lite was trained;
 `efficientnet_lite0_features` returns the 1280-channel feature map at S/32.
+
+Serving form: with its BatchNorm layers in inference mode (as the recipe trains it), each
+convolution followed by BatchNorm is one affine map, so `folded=True` builds the same network with
+every BatchNorm folded into its convolution (a bias added, the kernel scaled) and ReLU6 as one op,
+and `fold_batch_norms` fills it from a trained network. The export serves that form: the same
+outputs with a third of the operations.
 """
 
 from __future__ import annotations
@@ -51,32 +57,45 @@ def imagenet_weights_path() -> Path:
 
 
 class _Builder:
-    """Builds the graph and records which checkpoint prefix feeds each Keras layer."""
+    """Builds the graph and records which checkpoint prefix feeds each Keras layer.
 
-    def __init__(self, prefix: str) -> None:
+    `folded`: convolutions carry a bias and no BatchNorm follows them; `folds` maps each such
+    convolution to the BatchNorm layer (of the unfolded network) folded into it.
+    """
+
+    def __init__(self, prefix: str, folded: bool = False) -> None:
         self.prefix = prefix
+        self.folded = folded
         self.sources: Sources = []
+        self.folds: dict[str, str] = {}
+        self._last_conv = ""
 
     def _name(self, source: str) -> str:
         return self.prefix + source.strip("_").replace("._", "_").replace(".", "_")
 
     def conv(self, x, filters: int, kernel: int, stride: int, source: str):
-        layer = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False,
-                              name=self._name(source))
+        layer = layers.Conv2D(filters, kernel, strides=stride, padding="same",
+                              use_bias=self.folded, name=self._name(source))
         self.sources.append((layer.name, source, "conv"))
+        self._last_conv = layer.name
         return layer(x)
 
     def depthwise(self, x, kernel: int, stride: int, source: str):
-        layer = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                       name=self._name(source))
+        layer = layers.DepthwiseConv2D(kernel, strides=stride, padding="same",
+                                       use_bias=self.folded, name=self._name(source))
         self.sources.append((layer.name, source, "depthwise"))
+        self._last_conv = layer.name
         return layer(x)
 
     def batch_norm(self, x, source: str, relu6: bool):
-        layer = layers.BatchNormalization(epsilon=BN_EPSILON, name=self._name(source))
+        name = self._name(source)
+        if self.folded:
+            self.folds[self._last_conv] = name
+            return layers.Activation("relu6", name=name + "_relu6")(x) if relu6 else x
+        layer = layers.BatchNormalization(epsilon=BN_EPSILON, name=name)
         self.sources.append((layer.name, source, "bn"))
         x = layer(x)
-        return layers.ReLU(6.0, name=self._name(source) + "_relu6")(x) if relu6 else x
+        return layers.ReLU(6.0, name=name + "_relu6")(x) if relu6 else x
 
 
 def _block(b: _Builder, x, index: int, inp: int, out: int, kernel: int, stride: int, expand: int):
@@ -94,10 +113,12 @@ def _block(b: _Builder, x, index: int, inp: int, out: int, kernel: int, stride: 
     return y
 
 
-def efficientnet_lite0_features(x, prefix: str = "effl0_") -> tuple[object, Sources]:
+def efficientnet_lite0_features(x, prefix: str = "effl0_",
+                                folded: bool = False) -> tuple[object, Sources]:
     """Apply EfficientNet-Lite0's feature layers to `x` (normalised RGB); returns the 1280-channel
-    map and the layer-to-checkpoint map that `load_imagenet_weights` needs."""
-    b = _Builder(prefix)
+    map and the layer-to-checkpoint map that `load_imagenet_weights` needs (with `folded`, the
+    convolution-to-BatchNorm map that `fold_batch_norms` needs)."""
+    b = _Builder(prefix, folded)
     x = b.conv(x, STEM_CHANNELS, 3, 2, "_conv_stem")
     x = b.batch_norm(x, "_bn0", relu6=True)
     channels, index = STEM_CHANNELS, 0
@@ -108,6 +129,8 @@ def efficientnet_lite0_features(x, prefix: str = "effl0_") -> tuple[object, Sour
             channels, index = out, index + 1
     x = b.conv(x, FEATURE_CHANNELS, 1, 1, "_conv_head")
     x = b.batch_norm(x, "_bn1", relu6=True)
+    if folded:
+        return x, [(conv, bn, "fold") for conv, bn in b.folds.items()]
     return x, b.sources
 
 
@@ -134,6 +157,27 @@ def load_imagenet_weights(model: keras.Model, sources: Sources,
     }
     for layer_name, source, kind in sources:
         model.get_layer(layer_name).set_weights(converters[kind](source))
+
+
+def fold_batch_norms(folded: keras.Model, trained: keras.Model, sources: Sources) -> None:
+    """Set `folded`'s convolutions (built with `folded=True`) from `trained`'s convolution and
+    the BatchNorm after it: kernel x gamma / sqrt(var + eps) per output channel, bias
+    beta - mean x gamma / sqrt(var + eps). Every other layer with weights is copied as is."""
+    folded_layers = {name for name, _, _ in sources}
+    for conv_name, bn_name, _ in sources:
+        bn = trained.get_layer(bn_name)
+        gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in bn.get_weights())
+        scale = gamma / np.sqrt(variance + bn.epsilon)
+        kernel = np.asarray(trained.get_layer(conv_name).get_weights()[0], np.float64)
+        if isinstance(trained.get_layer(conv_name), layers.DepthwiseConv2D):
+            kernel = kernel * scale.reshape(1, 1, -1, 1)  # (k, k, channels, multiplier 1)
+        else:
+            kernel = kernel * scale  # (k, k, in, out): out is the last axis
+        folded.get_layer(conv_name).set_weights(
+            [kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)])
+    for layer in folded.layers:
+        if layer.weights and layer.name not in folded_layers:
+            layer.set_weights(trained.get_layer(layer.name).get_weights())
 
 
 def normalize(rgb255):

@@ -101,9 +101,32 @@ def test_threshold_selection_sensitivity_first():
     negatives = [0.8, 0.5, 0.4, 0.2, 0.1]
     y = [1] * 5 + [0] * 5
     p = positives + negatives
-    assert choose_threshold(y, p, 0.8) == pytest.approx(0.6)   # 4/5 caught, one false positive
-    assert choose_threshold(y, p, 1.0) == pytest.approx(0.3)   # all caught, three false positives
-    assert choose_threshold(y, p, 0.6) == pytest.approx(0.85)  # 3/5 caught, none false
+    fitted = {"for_new_films": False}
+    assert choose_threshold(y, p, 0.8, **fitted) == pytest.approx(0.6)   # 4/5, one false pos.
+    assert choose_threshold(y, p, 1.0, **fitted) == pytest.approx(0.3)   # 5/5, three false pos.
+    assert choose_threshold(y, p, 0.6, **fitted) == pytest.approx(0.85)  # 3/5, none false
+
+
+def test_threshold_for_new_films_counts_one_more_pneumonia():
+    # Expected sensitivity on a new film is tp / (n + 1) = tp / 6 for these five pneumonia films
+    positives = [0.95, 0.9, 0.85, 0.6, 0.3]
+    negatives = [0.8, 0.5, 0.4, 0.2, 0.1]
+    y = [1] * 5 + [0] * 5
+    p = positives + negatives
+    assert choose_threshold(y, p, 0.6) == pytest.approx(0.6)   # 3/6 = 0.5 too few, 4/6 enough
+    assert choose_threshold(y, p, 0.5) == pytest.approx(0.85)  # 3/6 = 0.5 enough
+    assert choose_threshold(y, p, 0.8) == pytest.approx(0.3)   # 4/6 too few, 5/6 enough
+    # 0.9 is out of reach with five films (5/6 < 0.9): every fitted pneumonia film is caught
+    assert choose_threshold(y, p, 0.9) == pytest.approx(0.3)
+
+
+def test_threshold_for_new_films_on_a_large_sample():
+    # 100 pneumonia films scored 0.01 .. 1.00: at a target of 0.95, tp / 101 >= 0.95 needs
+    # tp >= 95.95, so 96 caught (threshold 0.05), where the fitted rule stops at 95 (0.06)
+    y = [1] * 100 + [0] * 10
+    p = [i / 100 for i in range(1, 101)] + [0.0] * 10
+    assert choose_threshold(y, p, 0.95) == pytest.approx(0.05)
+    assert choose_threshold(y, p, 0.95, for_new_films=False) == pytest.approx(0.06)
 
 
 def test_threshold_ties_go_to_the_highest():
@@ -111,9 +134,10 @@ def test_threshold_ties_go_to_the_highest():
     # target of 0.6, and 0.6 when every pneumonia must be caught.
     y = [1, 1, 1, 0, 0]
     p = [0.9, 0.7, 0.6, 0.8, 0.1]
-    assert choose_threshold(y, p, 0.3) == pytest.approx(0.9)
-    assert choose_threshold(y, p, 0.6) == pytest.approx(0.7)
-    assert choose_threshold(y, p, 1.0) == pytest.approx(0.6)
+    fitted = {"for_new_films": False}
+    assert choose_threshold(y, p, 0.3, **fitted) == pytest.approx(0.9)
+    assert choose_threshold(y, p, 0.6, **fitted) == pytest.approx(0.7)
+    assert choose_threshold(y, p, 1.0, **fitted) == pytest.approx(0.6)
 
 
 def test_threshold_needs_both_classes():

@@ -17,6 +17,8 @@ from services.trainer.model import (
     GRADCAM_LAYER,
     architecture_info,
     build_network,
+    is_folded,
+    serving_form,
 )
 from services.trainer.pretrained import (
     FEATURE_CHANNELS,
@@ -108,3 +110,34 @@ def test_a_pretrained_export_is_rebuilt_from_its_own_variables(tmp_path):
     assert difference <= 1e-5
     outputs = tf.saved_model.load(str(new)).signatures["gradcam"](image=tf.constant(images))
     assert outputs["heatmap"].shape == (2, 64, 64)
+
+
+def test_the_served_form_folds_every_batch_norm_and_answers_alike(tmp_path):
+    model = build_network(EFFICIENTNET_LITE0, image_size=64, equalize=True)
+    # statistics far from the identity, so that a wrong fold (axis, epsilon) shows
+    rng = np.random.RandomState(5)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([gamma * rng.uniform(0.5, 1.5, gamma.shape),
+                               beta + rng.normal(0, 0.1, beta.shape),
+                               mean + rng.normal(0, 0.1, mean.shape),
+                               variance * rng.uniform(0.5, 2.0, variance.shape)])
+    served = serving_form(model)
+    assert is_folded(served) and not is_folded(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in served.layers)
+    assert "equalize" in {layer.name for layer in served.layers}
+    assert serving_form(served) is served
+    images = rng.randint(0, 256, (3, 64, 64, 1)).astype(np.float32)
+    expected = model(images, training=False).numpy()
+    assert np.abs(served(images).numpy() - expected).max() < 1e-4
+    # the export serves the folded form and says so; its answers are the trained network's
+    exported = export_for_serving(model, base_path=tmp_path, version=1, threshold=0.5,
+                                  extra_info=architecture_info({"backbone": EFFICIENTNET_LITE0,
+                                                                "equalize": True}))
+    assert json.loads((exported / "assets.extra" / "model_info.json").read_text())[
+        "batch_norm_folded"] is True
+    outputs = tf.saved_model.load(str(exported)).signatures["serving_default"](
+        image=tf.constant(images.astype(np.uint8)))
+    probabilities = tf.nn.softmax(expected).numpy()
+    assert np.abs(outputs["class_probabilities"].numpy() - probabilities).max() < 1e-5

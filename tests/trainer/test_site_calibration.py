@@ -60,8 +60,11 @@ def test_threshold_is_sensitivity_first_then_fewest_false_positives():
     y = [0, 0, 1, 1, 0, 1]
     # Every pneumonia caught: the cut must sit at 0.3 (the normal at 0.7 is then a false positive).
     assert fit_point(p, y, 1.0, calibrate=False).threshold == pytest.approx(0.3)
-    # Two of three suffice: 0.6 and 0.3 both reach it with one false positive; the higher wins.
-    assert fit_point(p, y, 2 / 3, calibrate=False).threshold == pytest.approx(0.6)
+    # A target of 1/2 on new films: two of three caught (2/4) suffice; 0.6 and 0.3 both reach it
+    # with one false positive; the higher wins.
+    assert fit_point(p, y, 1 / 2, calibrate=False).threshold == pytest.approx(0.6)
+    # 2/3 on new films needs all three caught (3/4; two give 2/4): 0.3
+    assert fit_point(p, y, 2 / 3, calibrate=False).threshold == pytest.approx(0.3)
 
 
 def test_the_threshold_is_on_the_calibrated_scale():
