@@ -22,9 +22,18 @@ from services.trainer.approval import (
 from services.trainer.cli import main
 from services.trainer.config import get_settings
 from services.trainer.export import make_tiny_serving_model
-from services.trainer.promotion import promote, registry_for, rollback
-from services.trainer.registry import CHALLENGER
+from services.trainer.promotion import (
+    promote,
+    publish_shadow_registered,
+    registry_for,
+    rollback,
+    site_tag,
+)
+from services.trainer.publish import CONFIG_KEY, parse_models_config
+from services.trainer.registry import CHALLENGER, RegistryError
+from shared.operating_point import site_operating_point_key
 from tests.trainer.test_registry import log_and_register, served, settings_for
+from tests.trainer.test_site_points_publish import point
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +155,35 @@ def test_promotions_and_rollbacks_are_audited(audited_settings, saved_models, tm
     assert [x["forced"] for x in lines[:2]] == [False, True]
     assert lines[1]["reason"] == "emergency fix" and lines[2]["reason"] == "worse in clinic"
     assert all(x["client"] == "ops" and x["status"] == 200 for x in lines)
+
+
+def labels_served(settings) -> dict[str, int]:
+    config = parse_models_config((Path(settings.model_base_path) / CONFIG_KEY).read_text())
+    return dict(config.model_config_list.config[0].version_labels)
+
+
+def test_a_challenger_published_as_shadow_serves_beside_the_champion_until_approved(
+        audited_settings, saved_models, tmp_path):
+    settings = audited_settings
+    first = log_and_register(settings, saved_models[1], tmp_path, gate_passed=True)
+    with pytest.raises(RegistryError, match="no champion"):
+        publish_shadow_registered(settings, first, by="ops")
+    approve(settings, first, by="dr.house", reason="first model")
+    second = log_and_register(settings, saved_models[2], tmp_path, gate_passed=True)
+    registry_for(settings).tag_version(second, {
+        site_tag("north"): point("north", 0.3).model_dump_json()})
+
+    publish_shadow_registered(settings, second, by="ops")
+
+    assert served(settings) == ([first, second], first)  # stable stays on the champion
+    assert labels_served(settings) == {"stable": first, "shadow": second}
+    assert (Path(settings.model_base_path) / site_operating_point_key(
+        settings.model_name, second, "north")).is_file()
+    assert registry_for(settings).champion() == first
+    shadow_line = audit_lines(Path(settings.audit_log))[-1]
+    assert (shadow_line["action"], shadow_line["version"], shadow_line["champion"]) == (
+        "model_shadow", second, first)
+
+    approve(settings, second, by="dr.house", reason="shadow agreement reviewed")
+    assert served(settings) == ([first, second], second)
+    assert labels_served(settings) == {"stable": second}  # the shadow label ends with approval
