@@ -71,7 +71,8 @@ def request_shadow(job_id: str, settings: WorkerSettings) -> None:
         app.send_task(SHADOW_TASK, args=[job_id], queue=SHADOW_QUEUE)
     except Exception:  # the answer is stored already; shadow scoring is best effort
         log.exception("could not queue the shadow scoring of job %s", job_id)
-        metrics.SHADOW_PREDICTIONS.labels("unknown", ShadowOutcome.FAILED).inc()
+        metrics.SHADOW_PREDICTIONS.labels(settings.shadow_version_label,
+                                          ShadowOutcome.FAILED).inc()
 
 
 def _answer(result: PredictionResult) -> ShadowAnswer:
