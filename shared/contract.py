@@ -39,6 +39,7 @@ CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 STABLE_LABEL = "stable"
 CANARY_LABEL = "canary"
+SHADOW_LABEL = "shadow"  # a version that scores live jobs without answering (shared/shadow.py)
 
 
 def pneumonia_probability(class_probabilities: Any) -> Any:

@@ -96,6 +96,15 @@ def attention_key(job_id: str) -> str:
     return f"heatmaps/{job_id}.attention.npy"
 
 
+SHADOW_PREFIX = "shadow/"
+
+
+def shadow_key(job_id: str) -> str:
+    """What a shadow model version answered for the job (`shared.shadow`); never shown to the
+    client."""
+    return f"{SHADOW_PREFIX}{job_id}.json"
+
+
 CLIENT_INDEX_PREFIX = "jobs-by-client/"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 # The name of one client-index marker: creation stamp, then the job id. Also the list cursor.

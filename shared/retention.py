@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from shared.audit import AuditEntry
-from shared.jobs import JobStore, attention_key, heatmap_key, result_key
+from shared.jobs import JobStore, attention_key, heatmap_key, result_key, shadow_key
 from shared.reidentification import ReidentificationKeys
 from shared.schemas import JobRecord
 from shared.storage import Storage
@@ -27,7 +27,8 @@ PURGE_CLIENT = "retention"  # the audit trail's name for the purge
 def job_files(job_id: str, record: JobRecord | None) -> list[str]:
     """Every storage key holding data of the job: the ones the record names and the ones the
     worker writes by convention (there even when the record is already gone)."""
-    keys = [f"uploads/{job_id}", result_key(job_id), heatmap_key(job_id), attention_key(job_id)]
+    keys = [f"uploads/{job_id}", result_key(job_id), heatmap_key(job_id), attention_key(job_id),
+            shadow_key(job_id)]
     if record is not None:
         keys += [key for key in (record.upload_key, record.heatmap_key, record.attention_key)
                  if key]

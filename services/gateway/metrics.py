@@ -56,6 +56,17 @@ class GatewayMetrics:
             "Reader verdicts replaced by a later one on the same job (same labels as "
             "cxr_feedback_films_total, with the replaced verdict's reader label).",
             outcome_labels, registry=self.registry)
+        # The same verdicts against a shadow version's label for the film (shared/shadow.py):
+        # its agreement with the readers before anyone approves it.
+        self.shadow_feedback_films = Counter(
+            "cxr_shadow_feedback_films_total",
+            "Reader verdicts on films a shadow version also scored, by site, shadow version, the "
+            "shadow version's label and the reader's label.", outcome_labels,
+            registry=self.registry)
+        self.shadow_feedback_superseded = Counter(
+            "cxr_shadow_feedback_superseded_total",
+            "Of cxr_shadow_feedback_films_total, the verdicts replaced by a later one (with the "
+            "replaced verdict's reader label).", outcome_labels, registry=self.registry)
         self.waiting = Gauge("cxr_gateway_waiting_requests",
                              "Requests waiting for a job to finish (?wait=).",
                              registry=self.registry)
@@ -96,6 +107,15 @@ class GatewayMetrics:
         if replaced_label is not None:
             self.feedback_superseded.labels(site, str(model_version), model_label,
                                             replaced_label).inc()
+
+    def count_shadow_feedback(self, site: str, shadow_version: int, shadow_label: str,
+                              reader_label: str, replaced_label: str | None) -> None:
+        """Count one verdict against the shadow version's label (and take back a replaced one)."""
+        self.shadow_feedback_films.labels(site, str(shadow_version), shadow_label,
+                                          reader_label).inc()
+        if replaced_label is not None:
+            self.shadow_feedback_superseded.labels(site, str(shadow_version), shadow_label,
+                                                   replaced_label).inc()
 
     def watch_notices(self, notices: JobNotices) -> None:
         self.waiting.set_function(lambda: notices.waiting)

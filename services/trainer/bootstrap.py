@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 
-from services.trainer.promotion import publish_registered, registry_for
+from services.trainer.promotion import audit_model_event, publish_registered, registry_for
 from services.trainer.publish import SAVED_MODEL_FILE
 from services.trainer.pyfunc_model import log_saved_model
 from services.trainer.tracking import git_commit
@@ -61,7 +61,11 @@ def bootstrap(settings) -> dict:
         "source": "bundled", "threshold": str(info.get("threshold", "unknown"))})
     registry.tag_version(version, {"gate.passed": "skipped",
                                    "gate.reason": "bundled default model, first start"})
-    registry.promote(version, reason="bootstrap: bundled default model", by="bootstrap")
+    reason = "bootstrap: bundled default model"
+    registry.promote(version, reason=reason, by="bootstrap")
     published = publish_registered(registry, settings, version, saved_model_dir=folder)
+    audit_model_event(settings, "model_promote", "bootstrap", version=version,
+                      previous_champion=None, reason=reason,
+                      published_to=published.model_base_path)
     return {"action": "registered", "version": version, "bundled_version": bundled_version,
             "model_base_path": published.model_base_path}

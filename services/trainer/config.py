@@ -97,6 +97,10 @@ class TrainerSettings(SharedSettings):
     retrain_time_limit_s: int = Field(default=10 * 3600, gt=0, description=(
         "Time limit of one retraining run."))
 
+    retrain_auto_promote: bool = Field(default=False, description=(
+        "Promote and publish a retrained version that passed every gate without a person's "
+        "approval; off: it stays `challenger` until `python -m services.trainer approve`."))
+
     # --- publishing to the serving folder ---
     serving_keep_previous: bool = Field(default=True, description=(
         "Keep the previous champion loaded next to the new one, so a rollback is one config "

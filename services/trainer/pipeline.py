@@ -1,8 +1,13 @@
-"""Retraining end to end: train -> export -> log -> register -> gate -> champion + publish (or not).
+"""Retraining end to end: train -> export -> log -> register -> gate -> challenger, to approve.
 
 `retrain(settings)` is what the scheduled Celery task and `python -m services.trainer retrain` run.
 The gate set (`gates.split_gate_set`) is cut from the recipe's records before training, so no
 model ever trains on the images that decide its promotion.
+
+The new version stays `challenger` with its verdicts as tags (`approval.state` `pending` or
+`gates_failed`); a person makes it champion with `python -m services.trainer approve`
+(`services.trainer.approval`). Only with `CXR_RETRAIN_AUTO_PROMOTE` does a version that passed
+every gate become champion and get published here.
 """
 
 from __future__ import annotations
@@ -18,10 +23,17 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from services.trainer.approval import (
+    APPROVAL_STATE_TAG,
+    AUTO_PROMOTED,
+    GATES_FAILED,
+    PENDING,
+    PIPELINE_ACTOR,
+)
 from services.trainer.config import TrainerSettings, get_settings
 from services.trainer.gates import GateSet, GateVerdict, PromotionGate, split_gate_set
 from services.trainer.model_card import render_model_card
-from services.trainer.promotion import publish_registered, registry_for
+from services.trainer.promotion import audit_model_event, publish_registered, registry_for
 from services.trainer.registry import ModelRegistry
 from services.trainer.tracking import LoggedRun, git_commit, log_training_run, numeric_metrics
 
@@ -61,27 +73,47 @@ def retrain(settings: TrainerSettings | None = None,
         if settings.site_sets:
             verdict = _gate_sites(registry, settings, verdict, saved_model, champion_dir,
                                   version, champion, work)
-        registry.tag_version(version, verdict.as_tags())
+        registry.tag_version(version, {**verdict.as_tags(),
+                                       "baseline_run_id": logged.baseline_run_id or "none"})
         registry.describe(version, _card(outcome, settings, version, verdict))
         _log_gate_metrics(logged.run_id, verdict)
         published = None
-        if verdict.passed:
-            registry.promote(version, reason=verdict.reason, by="retrain pipeline")
-            published = publish_registered(registry, settings, version,
-                                           saved_model_dir=saved_model)
+        if verdict.passed and settings.retrain_auto_promote:
+            published = _auto_promote(registry, settings, version, verdict, saved_model,
+                                      champion)
+            state = AUTO_PROMOTED
+        elif verdict.passed:
+            state = PENDING
+            log.warning("version %d passed every gate and awaits approval: python -m "
+                        "services.trainer approve --version %d --by NAME --reason TEXT",
+                        version, version)
         else:
+            state = GATES_FAILED
             log.warning("version %d stays challenger: %s", version, verdict.reason)
+        registry.tag_version(version, {APPROVAL_STATE_TAG: state})
 
     summary = {
         "run_id": logged.run_id, "baseline_run_id": logged.baseline_run_id,
-        "version": version, "previous_champion": champion, "promoted": verdict.passed,
-        "gate_reason": verdict.reason,
+        "version": version, "previous_champion": champion, "promoted": published is not None,
+        "approval_state": state, "gate_passed": verdict.passed, "gate_reason": verdict.reason,
         "gate": {k: verdict.candidate.get(k) for k in ("auroc", "sensitivity", "specificity")},
         "published": dataclasses.asdict(published) if published else None,
         "seconds": round(time.monotonic() - started, 1),
     }
     log.info("retrain finished: %s", summary)
     return summary
+
+
+def _auto_promote(registry: ModelRegistry, settings: TrainerSettings, version: int,
+                  verdict: GateVerdict, saved_model: Path, champion: int | None):
+    """`CXR_RETRAIN_AUTO_PROMOTE`: champion and published with no person in the loop (audited)."""
+    reason = f"automatic ({verdict.reason})"
+    registry.promote(version, reason=reason, by=PIPELINE_ACTOR)
+    published = publish_registered(registry, settings, version, saved_model_dir=saved_model)
+    audit_model_event(settings, "model_promote", PIPELINE_ACTOR, version=version,
+                      previous_champion=champion, reason=reason, automatic=True,
+                      published_to=published.model_base_path)
+    return published
 
 
 def _export(outcome, base: Path, model_name: str) -> Path:

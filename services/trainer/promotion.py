@@ -1,7 +1,8 @@
 """Operator actions on the registry that end in the serving folder: promote, roll back, publish.
 
 Each moves the `champion` alias (or reads it) and then republishes, so the model server follows
-the registry: "registry changes drive deployment, rollback is one step".
+the registry: "registry changes drive deployment, rollback is one step". Each move of the
+champion is also a line of the audit trail (`audit_model_event`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.trainer.publish import PublishedVersion, has_version, publish_version, serving_storage
-from services.trainer.registry import ModelRegistry, RegistryError
+from services.trainer.publish import (
+    PublishedVersion,
+    has_version,
+    publish_shadow,
+    publish_version,
+    serving_storage,
+)
+from services.trainer.registry import ModelRegistry, RegistryError, current_user
+from shared.audit import AuditEntry, ensure_audit
 from shared.operating_point import OperatingPoint, check_site_name
 
 log = logging.getLogger(__name__)
@@ -24,6 +32,15 @@ def registry_for(settings) -> ModelRegistry:
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     return ModelRegistry(settings.registered_model_name)
+
+
+def audit_model_event(settings, action: str, by: str, *, status: int = 200,
+                      **extra: object) -> None:
+    """One audit line for a registry decision (`model_promote`, `model_approve`, ...): the
+    client is who decided, `model` the registered model; no job id."""
+    ensure_audit(settings.audit_log)
+    AuditEntry(by, action, status=status,
+               extra={"model": settings.registered_model_name, **extra}).emit()
 
 
 def publish_registered(registry: ModelRegistry, settings, version: int | None = None,
@@ -52,6 +69,35 @@ def publish_registered(registry: ModelRegistry, settings, version: int | None = 
                                     wait_until_loaded=_load_waiter(settings),
                                     site_points=site_points(registry.version(version).tags))
     registry.tag_version(version, {"published_to": published.model_base_path})
+    return published
+
+
+def publish_shadow_registered(settings, version: int, *, by: str | None = None) -> PublishedVersion:
+    """Serve registered `version` under the `shadow` label beside the champion (audited)."""
+    registry = registry_for(settings)
+    tags = registry.version(version).tags
+    champion = registry.champion()
+    if champion is None:
+        raise RegistryError(f"{registry.name} has no champion for a shadow version to run beside")
+    if champion == version:
+        raise RegistryError(f"version {version} is the champion already")
+    storage = serving_storage(settings.model_base_path, settings.s3_endpoint_url,
+                              settings.s3_region)
+    with tempfile.TemporaryDirectory(prefix="cxr-shadow-") as scratch:
+        source: str | Path = scratch
+        if not has_version(storage, settings.model_name, version):
+            source = registry.download_saved_model(version, scratch)
+        try:
+            published = publish_shadow(source, version, storage=storage,
+                                       model_name=settings.model_name,
+                                       wait_until_loaded=_load_waiter(settings),
+                                       site_points=site_points(tags))
+        except ValueError as err:
+            raise RegistryError(str(err)) from err
+    by = by or current_user()
+    registry.tag_version(version, {"shadow_published_to": published.model_base_path})
+    audit_model_event(settings, "model_shadow", by, version=version, champion=champion,
+                      published_to=published.model_base_path)
     return published
 
 
@@ -94,14 +140,24 @@ def promote(settings, version: int, *, reason: str, force: bool = False,
             f"({tags.get('gate.reason', 'never gated')}); use --force with --reason to override")
     if force and not reason.strip():
         raise RegistryError("a forced promotion needs a --reason")
-    registry.promote(version, reason=reason or tags.get("gate.reason", "gate passed"),
-                     forced=force, by=by)
-    return publish_registered(registry, settings, version)
+    by = by or current_user()
+    reason = reason or tags.get("gate.reason", "gate passed")
+    previous = registry.champion()
+    registry.promote(version, reason=reason, forced=force, by=by)
+    published = publish_registered(registry, settings, version)
+    audit_model_event(settings, "model_promote", by, version=version, previous_champion=previous,
+                      reason=reason, forced=force, published_to=published.model_base_path)
+    return published
 
 
 def rollback(settings, *, reason: str, by: str | None = None) -> PublishedVersion:
     """Move `champion` back to the previous champion and republish."""
     registry = registry_for(settings)
+    by = by or current_user()
     rolled_from, rolled_to = registry.rollback(reason=reason, by=by)
     log.info("rolled back %s from version %d to %d", registry.name, rolled_from, rolled_to)
-    return publish_registered(registry, settings, rolled_to)
+    published = publish_registered(registry, settings, rolled_to)
+    audit_model_event(settings, "model_rollback", by, version=rolled_to,
+                      previous_champion=rolled_from, reason=reason,
+                      published_to=published.model_base_path)
+    return published

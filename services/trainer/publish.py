@@ -23,7 +23,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from shared.contract import STABLE_LABEL
+from shared.contract import SHADOW_LABEL, STABLE_LABEL
 from shared.operating_point import OperatingPoint, site_operating_point_key
 from shared.storage import LocalStorage, S3Storage, Storage, storage_at
 
@@ -57,10 +57,15 @@ def storage_uri(storage: Storage, key: str = "") -> str:
 
 
 def render_models_config(model_name: str, model_base_path: str, versions: Sequence[int],
-                         stable: int | None) -> str:
-    """TF Serving's model config text: the given versions loaded, `stable` on one (or none)."""
+                         stable: int | None, labels: Mapping[str, int] | None = None) -> str:
+    """TF Serving's model config text: the given versions loaded, `stable` on one (or none),
+    and any other `labels` (label -> version, each one of `versions`)."""
     if stable is not None and stable not in versions:
         raise ValueError(f"the stable version {stable} must be one of the served {list(versions)}")
+    for label, labelled in (labels or {}).items():
+        if labelled not in versions:
+            raise ValueError(f"label {label!r} names version {labelled}, not one of the served "
+                             f"{list(versions)}")
     config = model_server_config_pb2.ModelServerConfig()
     model = config.model_config_list.config.add()
     model.name = model_name
@@ -69,6 +74,8 @@ def render_models_config(model_name: str, model_base_path: str, versions: Sequen
     model.model_version_policy.specific.versions.extend(sorted(set(versions)))
     if stable is not None:
         model.version_labels[STABLE_LABEL] = stable
+    for label, labelled in sorted((labels or {}).items()):
+        model.version_labels[label] = labelled
     return text_format.MessageToString(config)
 
 
@@ -153,6 +160,42 @@ def publish_version(saved_model_dir: str | Path, version: int, *, storage: Stora
     _write_config(storage, render_models_config(model_name, base_uri, served, stable=version))
     log.info("published %s version %d to %s (serving %s)", model_name, version, base_uri, served)
     return PublishedVersion(version, served, base_uri, storage_uri(storage, CONFIG_KEY))
+
+
+def publish_shadow(saved_model_dir: str | Path, version: int, *, storage: Storage,
+                   model_name: str, wait_until_loaded: Callable[[int], bool] | None = None,
+                   site_points: Mapping[str, OperatingPoint] | None = None) -> PublishedVersion:
+    """Serve `version` beside the champion under the `shadow` label; `stable` does not move.
+
+    The workers with `CXR_SHADOW_VERSION_LABEL=shadow` then score every answered job with it too
+    (`services.worker.shadow`). The next champion publish drops the label and the version.
+    """
+    stable = _current_stable(storage, model_name)
+    if stable is None:
+        raise ValueError("nothing is published yet: a shadow version runs beside a champion")
+    if stable == version:
+        raise ValueError(f"version {version} is the champion already")
+    copy_version(storage, saved_model_dir, model_name, version)
+    write_site_points(storage, model_name, version, site_points or {})
+    served = sorted({*_current_versions(storage, model_name), stable, version})
+    base_uri = storage_uri(storage, model_name)
+    if wait_until_loaded is not None:  # a label goes only onto a loaded version
+        _write_config(storage, render_models_config(model_name, base_uri, served, stable))
+        wait_until_loaded(version)
+    _write_config(storage, render_models_config(model_name, base_uri, served, stable,
+                                                {SHADOW_LABEL: version}))
+    log.info("%s version %d published as %s beside stable %d", model_name, version,
+             SHADOW_LABEL, stable)
+    return PublishedVersion(version, served, base_uri, storage_uri(storage, CONFIG_KEY))
+
+
+def _current_versions(storage: Storage, model_name: str) -> list[int]:
+    """The versions the current config serves."""
+    if not storage.exists(CONFIG_KEY):
+        return []
+    config = parse_models_config(storage.get(CONFIG_KEY).decode())
+    return [v for model in config.model_config_list.config if model.name == model_name
+            for v in model.model_version_policy.specific.versions]
 
 
 def _write_config(storage: Storage, text: str) -> None:

@@ -1,7 +1,8 @@
-"""Subcommands `retrain`, `promote`, `rollback`, `publish` and `bootstrap` of the trainer CLI.
+"""Subcommands `retrain`, `approve`, `reject`, `promote`, `rollback`, `publish` and `bootstrap`.
 
-Each prints one JSON summary on stdout; registry refusals (a version that failed the gate without
-`--force`, nothing to roll back to) are one line on stderr and exit status 2.
+Each prints one JSON summary on stdout; registry refusals (approving a version whose gates failed,
+a version that failed the gate without `--force`, nothing to roll back to) are one line on stderr
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -59,6 +60,44 @@ def run_promote(args: argparse.Namespace) -> int:
 
 
 @_registry_errors
+def run_approve(args: argparse.Namespace) -> int:
+    from services.trainer.approval import approve
+
+    return _print(approve(_settings(), args.version, by=args.by, reason=args.reason))
+
+
+@_registry_errors
+def run_reject(args: argparse.Namespace) -> int:
+    from services.trainer.approval import reject
+
+    return _print(reject(_settings(), args.version, by=args.by, reason=args.reason))
+
+
+@_registry_errors
+def run_shadow(args: argparse.Namespace) -> int:
+    from services.trainer.promotion import publish_shadow_registered
+
+    return _print(publish_shadow_registered(_settings(), args.version, by=args.by))
+
+
+def run_shadow_report(args: argparse.Namespace) -> int:
+    """Agreement of a shadow version's stored outputs with the readers' verdicts."""
+    from shared.jobs import JobStore
+    from shared.redis_clients import redis_client
+    from shared.shadow import shadow_agreement
+    from shared.storage import get_storage
+
+    settings = _settings()
+    client = redis_client(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        report = shadow_agreement(get_storage(settings),
+                                  JobStore(client, get_storage(settings)), args.version)
+    finally:
+        client.close()
+    return _print(report.summary())
+
+
+@_registry_errors
 def run_rollback(args: argparse.Namespace) -> int:
     from services.trainer.promotion import rollback
 
@@ -87,11 +126,50 @@ def _add_by(parser: argparse.ArgumentParser) -> None:
 
 def add_retrain(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "retrain", help="train, log to MLflow, register, gate, promote and publish")
+        "retrain", help="train, log to MLflow, register as challenger and gate (promote and "
+                        "publish only with CXR_RETRAIN_AUTO_PROMOTE)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--max-images", type=int, help="train on at most N images (smoke runs)")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     parser.set_defaults(handler=run_retrain)
+
+
+def _add_decision(subparsers: argparse._SubParsersAction, name: str, help_text: str,
+                  handler) -> None:
+    parser = subparsers.add_parser(name, help=help_text)
+    parser.add_argument("--version", type=int, required=True, help="MLflow model version")
+    parser.add_argument("--by", required=True, help="who decides, recorded in the version tags "
+                                                    "and the audit trail")
+    parser.add_argument("--reason", required=True, help="why, recorded likewise")
+    parser.set_defaults(handler=handler)
+
+
+def add_approve(subparsers: argparse._SubParsersAction) -> None:
+    _add_decision(subparsers, "approve",
+                  "make a retrained version that passed its gates the champion and publish it",
+                  run_approve)
+
+
+def add_reject(subparsers: argparse._SubParsersAction) -> None:
+    _add_decision(subparsers, "reject", "record that a retrained version is not to serve",
+                  run_reject)
+
+
+def add_shadow(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "shadow", help="serve a version under the `shadow` label beside the champion: it scores "
+                       "live jobs without answering")
+    parser.add_argument("--version", type=int, required=True, help="MLflow model version")
+    _add_by(parser)
+    parser.set_defaults(handler=run_shadow)
+
+
+def add_shadow_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "shadow-report", help="a shadow version's agreement with the readers, beside the "
+                              "champion's on the same films")
+    parser.add_argument("--version", type=int, required=True, help="the shadow model version")
+    parser.set_defaults(handler=run_shadow_report)
 
 
 def add_promote(subparsers: argparse._SubParsersAction) -> None:
@@ -123,4 +201,5 @@ def add_bootstrap(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_bootstrap)
 
 
-REGISTRY_SUBCOMMANDS = [add_retrain, add_promote, add_rollback, add_publish, add_bootstrap]
+REGISTRY_SUBCOMMANDS = [add_retrain, add_approve, add_reject, add_shadow, add_shadow_report,
+                        add_promote, add_rollback, add_publish, add_bootstrap]

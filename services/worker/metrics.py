@@ -65,6 +65,18 @@ PREDICTED_LABELS = Counter(
     ["site", "model_version", "label"])
 
 
+# Shadow scoring (services/worker/shadow.py): how each shadow attempt ended, by the version label
+# asked for, and whether the shadow version's label is the one the champion answered.
+SHADOW_PREDICTIONS = Counter(
+    "cxr_worker_shadow_predictions",
+    "Shadow scorings of answered jobs, by version label and outcome.",
+    ["version_label", "outcome"])
+SHADOW_AGREEMENT = Counter(
+    "cxr_worker_shadow_champion_agreement",
+    "Stored shadow outputs, by shadow version, champion version and whether their labels agree.",
+    ["shadow_version", "champion_version", "agrees"])
+
+
 def count_prediction(site: str, model_version: int, label: str, probability: float) -> None:
     version = str(model_version)
     PNEUMONIA_PROBABILITY.labels(site, version).observe(probability)

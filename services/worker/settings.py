@@ -18,6 +18,11 @@ class WorkerSettings(SharedSettings):
     serving_version_label: str | None = Field(default=STABLE_LABEL, description=(
         "The version label to ask TF Serving for (the trainer's `models.config` puts `stable` "
         "on the registry champion); empty: the server's latest version."))
+    shadow_version_label: str | None = Field(default=None, description=(
+        "A second version label (`shadow`: what `python -m services.trainer shadow` puts on a "
+        "challenger) that scores every answered job again, after the answer is stored, on queue "
+        "`shadow`; its outputs are kept at `shadow/{job_id}.json`, never answered, and a "
+        "failure there never fails the job (`docs/training.md`, Shadow mode). Empty: off."))
     site_operating_point_refresh_s: float = Field(default=10.0, ge=0, description=(
         "How long a site's operating point (read beside the serving version under "
         "`CXR_MODEL_BASE_PATH`) is used before its file is read again (`docs/sites.md`)."))

@@ -18,6 +18,7 @@ from services.worker.celery_app import TASK_NAME, app
 from services.worker.errors import AttemptsExhaustedError, RedisUnavailableError, TaskTimeoutError
 from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
+from services.worker.shadow import request_shadow
 from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.errors import CXRError, JobNotFoundError
 from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
@@ -75,6 +76,8 @@ def predict(self, job_id: str) -> str:
     metrics.JOBS.labels(outcome).inc()
     if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
         request_pacs_report(job_id, deps)
+    if outcome == Outcome.SUCCEEDED:  # the answer is stored: the shadow version may score now
+        request_shadow(job_id, deps.settings)
     return outcome
 
 

@@ -19,7 +19,7 @@ from pydicom import dcmread
 
 from shared.feedback import confirmed_labels
 from shared.intake import confirmed_film_key, confirmed_label_key, confirmed_site_prefix
-from shared.jobs import JobStore
+from shared.jobs import JobStore, shadow_key
 from shared.schemas import (
     ClassProbabilities,
     Failure,
@@ -27,7 +27,9 @@ from shared.schemas import (
     JobStatus,
     ModelRef,
     PredictionResult,
+    utc_now,
 )
+from shared.shadow import ShadowAnswer, ShadowOutput
 from shared.storage import S3Storage
 from tests.gateway.uploads import sample_xray
 from tests.shared.identified_dicom import identified_chest_dx
@@ -294,6 +296,40 @@ def test_metrics_count_verdicts_by_model_and_reader_label_and_the_prediction_mix
                 for family in text_string_to_metric_families(text) for s in family.samples}
     read = set(re.findall(r"\bcxr_[a-z_]+\b", exprs))
     assert read and read <= exported, read - exported
+
+
+def test_a_verdict_on_a_film_a_shadow_version_scored_counts_against_its_label(stack):
+    with stack.gateway.client("bob", timeout=60) as http:
+        view = predict(http, "PNEUMONIA", 5)
+        job_id, model_label = view["job_id"], view["result"]["label"]
+        shadow_label = OTHER[model_label]
+        # What the worker's shadow task stores (services/worker/shadow.py) for a version 7 that
+        # disagrees with the champion; this stack serves no shadow version itself.
+        answer = {"pneumonia_probability": 0.5, "threshold": 0.5}
+        stack.storage.put(shadow_key(job_id), ShadowOutput(
+            job_id=job_id, site="south", scored_at=utc_now(),
+            shadow=ShadowAnswer(model=ModelRef(name="cxr-pneumonia", version=7),
+                                label=shadow_label, **answer),
+            champion=ShadowAnswer(model=ModelRef(name="cxr-pneumonia", version=1),
+                                  label=model_label, **answer),
+            class_probabilities=ClassProbabilities(normal=0.5, bacterial=0.25, viral=0.25),
+            inference_ms=1.0).model_dump_json().encode())
+        http.post(view["links"]["feedback"], json=verdict(model_label)).raise_for_status()
+        corrected = http.post(view["links"]["feedback"], json=verdict(shadow_label))
+        corrected.raise_for_status()
+        assert "shadow" not in corrected.text and "shadow" not in http.get(
+            f"/v1/predictions/{job_id}").text
+    text = stack.gateway.metrics_text()
+
+    def counts(name: str) -> Counter:
+        return Counter({(s.labels["model_version"], s.labels["model_label"],
+                         s.labels["reader_label"]): s.value
+                        for s in samples(text, name) if s.labels.get("site") == "south"})
+
+    assert counts("cxr_shadow_feedback_films_total") == Counter(
+        {("7", shadow_label, model_label): 1, ("7", shadow_label, shadow_label): 1})
+    assert counts("cxr_shadow_feedback_superseded_total") == Counter(
+        {("7", shadow_label, model_label): 1})
 
 
 @pytest.fixture(scope="module")

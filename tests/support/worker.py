@@ -51,7 +51,7 @@ StartWorker = Callable[..., CeleryWorker]
 
 def start_celery_worker(log_dir: Path, *, redis_url: str, storage_root: str | Path,
                         model_server_target: str, env: dict[str, str] | None = None,
-                        concurrency: int = 1, name: str = "worker",
+                        concurrency: int = 1, name: str = "worker", queues: str = "inference",
                         multiprocess_metrics: bool = True) -> CeleryWorker:
     metrics_port = free_port()
     metrics_dir = Path(log_dir) / f"{name}-{metrics_port}-prometheus"
@@ -77,7 +77,7 @@ def start_celery_worker(log_dir: Path, *, redis_url: str, storage_root: str | Pa
     if not multiprocess_metrics:
         del full_env["PROMETHEUS_MULTIPROC_DIR"]
     argv = python_argv(
-        "-m", "celery", "-A", "services.worker.celery_app", "worker", "-Q", "inference",
+        "-m", "celery", "-A", "services.worker.celery_app", "worker", "-Q", queues,
         "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
         "--without-gossip", "--without-mingle", "--hostname", f"{name}-{metrics_port}@%h",
     )

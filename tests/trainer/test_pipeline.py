@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from services.trainer.approval import ApprovalRefusedError, approve
 from services.trainer.config import TrainerSettings
 from services.trainer.pipeline import retrain
 from services.trainer.publish import CONFIG_KEY, parse_models_config
@@ -26,7 +28,7 @@ def served(settings: TrainerSettings) -> tuple[list[int], int]:
 
 
 @pytest.mark.slow
-def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_server, tmp_path):
+def test_retrain_registers_a_challenger_that_serves_once_approved(mlflow_server, tmp_path):
     name = f"cxr-e2e-{uuid.uuid4().hex[:8]}"
     common = {"data_dir": str(SAMPLE), "mlflow_tracking_uri": mlflow_server.tracking_uri,
               "registered_model_name": name, "mlflow_experiment": name,
@@ -42,10 +44,21 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
 
     first = retrain(lenient, train_overrides=SMOKE_TRAINING)
 
-    assert (first["version"], first["promoted"], first["previous_champion"]) == (1, True, None)
+    # Every gate passed, but no person approved it yet: challenger, nothing published.
+    assert (first["version"], first["promoted"], first["previous_champion"]) == (1, False, None)
+    assert (first["approval_state"], first["published"]) == ("pending", None)
     registry = ModelRegistry(name)
+    assert registry.champion() is None and registry.alias_version(CHALLENGER) == 1
+    assert not (tmp_path / "serving").exists()
+    tags = registry.version(1).tags
+    assert tags["approval.state"] == "pending" and tags["baseline_run_id"] == first[
+        "baseline_run_id"]
+
+    approve(lenient, 1, by="dr.grey", reason="gate and site figures reviewed")
+
     assert registry.champion() == 1
     tags = registry.version(1).tags
+    assert (tags["approval.state"], tags["approved_by"]) == ("approved", "dr.grey")
     assert tags["gate.passed"] == "true" and tags["gate.champion_version"] == "none"
     assert 0 < int(tags["gate.n"]) < 40
     assert served(lenient) == ([1], 1)
@@ -87,6 +100,7 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
     second = retrain(strict, train_overrides={**SMOKE_TRAINING, "seed": 1})
     assert (second["version"], second["promoted"], second["previous_champion"]) == (2, False, 1)
     assert second["published"] is None and "refused" in second["gate_reason"]
+    assert second["approval_state"] == "gates_failed"
     refusals = second["gate_reason"].removeprefix("refused: ").split("; ")
     assert refusals and all(r.startswith("site sample:") for r in refusals)
     assert registry.champion() == 1 and registry.alias_version(CHALLENGER) == 2
@@ -97,3 +111,22 @@ def test_retrain_trains_logs_registers_gates_promotes_and_publishes(mlflow_serve
     assert "gate.site.sample.champion.specificity" in second_tags
     assert not (tmp_path / "serving" / lenient.model_name / "2").exists()
     assert served(strict) == ([1], 1)
+    # Nobody can approve it: its gates failed.
+    with pytest.raises(ApprovalRefusedError, match="gates did not pass"):
+        approve(strict, 2, by="dr.grey", reason="looks fine")
+    assert registry.champion() == 1 and served(strict) == ([1], 1)
+
+    # With automatic promotion on, a version that passed every gate serves at once (audited).
+    audit = tmp_path / "audit.jsonl"
+    auto = TrainerSettings(**common, **lenient_clinical, site_min_sensitivity=0,
+                           site_min_specificity=0, site_max_sensitivity_drop=1,
+                           site_max_specificity_drop=1, retrain_auto_promote=True,
+                           audit_log=str(audit))
+    third = retrain(auto, train_overrides={**SMOKE_TRAINING, "seed": 2})
+    assert (third["version"], third["promoted"], third["approval_state"]) == (
+        3, True, "auto_promoted")
+    assert registry.champion() == 3 and served(auto) == ([1, 3], 3)
+    (line,) = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert (line["action"], line["client"], line["version"], line["previous_champion"]) == (
+        "model_promote", "retrain pipeline", 3, 1)
+    assert line["automatic"] is True

@@ -29,6 +29,7 @@ from shared.intake import new_job_id, submit_job
 from shared.jobs import INDEX_ENTRY_PATTERN
 from shared.retention import erase_job
 from shared.schemas import JOB_ID_PATTERN, JobRecord, JobStatus, ReaderFeedback
+from shared.shadow import read_shadow
 from shared.upload_privacy import stored_upload
 
 log = logging.getLogger("cxr.gateway")
@@ -283,6 +284,21 @@ async def delete_prediction(resources: ResourcesDep, client: ClientDep,
         entry.status = 204
         return Response(status_code=204)
 
+async def _count_shadow_feedback(resources: GatewayResources, record: JobRecord,
+                                 reader_label: str, replaced_label: str | None) -> None:
+    """The verdict against the shadow version's label, when one scored the film; the verdict is
+    recorded already, so a storage failure here is only logged."""
+    try:
+        shadow = await run_in_threadpool(read_shadow, resources.storage, record.job_id)
+    except Exception:
+        log.exception("could not read the shadow output of job %s", record.job_id)
+        return
+    if shadow is not None:
+        resources.metrics.count_shadow_feedback(record.site, shadow.shadow.model.version,
+                                                shadow.shadow.label, reader_label,
+                                                replaced_label)
+
+
 @router.post(
     "/{job_id}/feedback", status_code=201, response_model=JobView,
     summary="Confirm or correct a prediction (a reader's verdict)",
@@ -313,6 +329,8 @@ async def give_feedback(response: Response, resources: ResourcesDep, client: Cli
         resources.metrics.count_feedback(record.site, record.result.model.version,
                                          record.result.label, feedback.label,
                                          replaced.label if replaced else None)
+        await _count_shadow_feedback(resources, record, feedback.label,
+                                     replaced.label if replaced else None)
         response.headers["Location"] = f"/v1/predictions/{job_id}"
         response.headers.update(NO_STORE)
         return JobView.from_record(record)
