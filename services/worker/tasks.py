@@ -18,6 +18,7 @@ from services.worker.celery_app import TASK_NAME, app
 from services.worker.errors import AttemptsExhaustedError, RedisUnavailableError, TaskTimeoutError
 from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
+from services.worker.webhook import request_webhook
 from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.errors import CXRError, JobNotFoundError
 from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
@@ -70,11 +71,13 @@ def predict(self, job_id: str) -> str:
                 job_id, Failure(code="internal_error", message=f"Unexpected error: {exc!r}"), deps
             )
             metrics.JOBS.labels(Outcome.FAILED).inc()
+            request_webhook(job_id)
             raise
         return _retry_or_dead_letter(self, job_id, transient, deps)
     metrics.JOBS.labels(outcome).inc()
     if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
         request_pacs_report(job_id, deps)
+        request_webhook(job_id)
     return outcome
 
 
@@ -132,4 +135,5 @@ def _dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) -> str:
     dead_letter.push(deps.redis, deps.settings.dead_letter_key, job_id, task.name, error, retries)
     metrics.DEAD_LETTERED.inc()
     metrics.JOBS.labels("dead_lettered").inc()
+    request_webhook(job_id)
     return "dead_lettered"
