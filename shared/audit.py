@@ -1,6 +1,6 @@
 """Audit trail: one JSON line per event, always on, on its own stream (`CXR_AUDIT_LOG`).
 
-Events: uploads (HTTP and DICOM), result and heatmap reads, reader verdicts (feedback), job
+Events: uploads (HTTP and DICOM), result, heatmap and film reads, reader verdicts (feedback), job
 lists, deletes, retention purges, webhook delivery attempts (written by the worker) and every
 request refused for its key or its rate (401, 403, 429). Each line holds the time (UTC, ISO 8601), the client (API client, calling AE title, or
 `retention` for the purge), the action, the job id, the status answered and the caller's network
