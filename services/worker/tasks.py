@@ -78,6 +78,8 @@ def predict(self, job_id: str) -> str:
     if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
         request_pacs_report(job_id, deps)
         request_webhook(job_id)
+    elif outcome == Outcome.ALREADY_FINISHED:  # a worker may have died before queueing it
+        request_webhook(job_id, unless_requested=True)
     return outcome
 
 

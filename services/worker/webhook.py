@@ -138,20 +138,22 @@ def post(http: httpx.Client, endpoint: WebhookEndpoint, body: bytes, delivery_id
     raise AttemptFailed(f"answered {status}", status, retryable)
 
 
-def request_webhook(job_id: str, client: str | None = None) -> bool:
+def request_webhook(job_id: str, *, unless_requested: bool = False) -> bool:
     """Queue the webhook of a job that has just finished, when its client has one.
 
-    Never raises: the job's outcome is recorded already and must not be undone over a webhook.
+    `unless_requested`: only when none was queued yet (a task delivered again after its worker
+    died between finishing the job and queueing the webhook). Never raises: the job's outcome
+    is recorded already and must not be undone over a webhook.
     """
     try:
         settings = get_settings()
         if not settings.webhook_urls:
             return False
         deps = webhook_deps()
-        if client is None:
-            record = deps.jobs.get(job_id)
-            client = record.client_id if record is not None else None
-        if client not in settings.webhooks:
+        record = deps.jobs.get(job_id)
+        if record is None or record.client_id not in settings.webhooks:
+            return False
+        if unless_requested and STATE_KEY in record.extra:
             return False
         delivery_id = str(uuid.uuid4())
         deps.jobs.set_extra(job_id, STATE_KEY, {"state": "pending", "attempts": 0,

@@ -224,6 +224,13 @@ def test_an_unlisted_client_gets_no_webhook(setup):
     assert webhook.STATE_KEY not in setup.jobs.get(bob.job_id).extra
 
 
+def test_a_job_delivered_again_is_not_queued_twice(setup):
+    record = succeeded_job(setup.jobs)
+    setup.jobs.set_extra(record.job_id, webhook.STATE_KEY, {"state": "delivered"})
+    assert webhook.request_webhook(record.job_id, unless_requested=True) is False
+    assert setup.jobs.get(record.job_id).extra[webhook.STATE_KEY] == {"state": "delivered"}
+
+
 def test_a_deleted_job_is_dropped(setup):
     setup.receiver.start()
     assert run_task("no-such-job") == "dropped"
