@@ -1,13 +1,13 @@
 """Audit trail: one JSON line per event, always on, on its own stream (`CXR_AUDIT_LOG`).
 
-Events: uploads (HTTP and DICOM), result and heatmap reads, reader verdicts (feedback), job
-lists, deletes, retention purges, every request refused for its key or its rate (401, 403,
-429), and the model registry's decisions (approvals, rejections, promotions, rollbacks). Each
-line holds the time (UTC, ISO 8601), the client (API client, calling AE title, `retention` for
-the purge, the person who decided for the registry), the action, the job id, the status answered
-and the caller's network address where there is one. No line holds an API key or a patient
-identifier: clients are named, never their keys, and DICOM lines carry only the job id and the
-instance's own UID.
+Events: uploads (HTTP and DICOM), result, heatmap and film reads, reader verdicts (feedback), job
+lists, deletes, retention purges, webhook delivery attempts (written by the worker), every
+request refused for its key or its rate (401, 403, 429), and the model registry's decisions
+(approvals, rejections, promotions, rollbacks). Each line holds the time (UTC, ISO 8601), the
+client (API client, calling AE title, `retention` for the purge, the person who decided for the
+registry), the action, the job id, the status answered and the caller's network address where
+there is one. No line holds an API key or a patient identifier: clients are named, never their
+keys, and DICOM lines carry only the job id and the instance's own UID.
 
 The lines go to stdout or to a file, by setting, and never into the service's own log; logger
 `cxr.audit` does not propagate. `export_lines` selects a period of a trail (the gateway's

@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.support.worker",
     "tests.support.mlflow",
     "tests.support.gateway",
+    "tests.support.webhook_receiver",
 ]
 
 

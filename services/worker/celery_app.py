@@ -34,6 +34,7 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
     }
 
 
-app = Celery("cxr-worker", include=["services.worker.tasks", "services.worker.retention",
+app = Celery("cxr-worker", include=["services.worker.tasks", "services.worker.webhook",
+                                  "services.worker.retention",
                                   "services.worker.lifecycle", "services.worker.shadow"])
 app.conf.update(celery_config(get_settings()))

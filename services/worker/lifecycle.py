@@ -12,6 +12,7 @@ from celery.concurrency.prefork import TaskPool as PreforkPool
 from services.worker import metrics
 from services.worker.settings import get_settings
 from services.worker.tasks import reset_worker_deps
+from services.worker.webhook import reset_webhook_deps
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,11 @@ def serve_metrics(**_kwargs) -> None:
 @signals.worker_process_init.connect
 def fresh_clients(**_kwargs) -> None:
     reset_worker_deps()
+    reset_webhook_deps()
 
 
 @signals.worker_process_shutdown.connect
 def forget_pool_process(**_kwargs) -> None:
     reset_worker_deps()
+    reset_webhook_deps()
     metrics.forget_process(os.getpid())

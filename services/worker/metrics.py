@@ -36,6 +36,15 @@ if multiprocess_dir() is not None:  # each metric opens its sample file there wh
 JOBS = Counter("cxr_worker_jobs", "Prediction tasks finished, by outcome.", ["outcome"])
 RETRIES = Counter("cxr_worker_retries", "Tasks scheduled again after a transient error.", ["code"])
 DEAD_LETTERED = Counter("cxr_worker_dead_lettered", "Jobs moved to the dead-letter list.")
+WEBHOOK_ATTEMPTS = Counter(
+    "cxr_worker_webhook_attempts",
+    "Webhook POSTs, by result: accepted (2xx), refused (another answer) or no_answer.",
+    ["result"])
+WEBHOOK_RETRIES = Counter("cxr_worker_webhook_retries", "Webhook attempts scheduled again.")
+WEBHOOK_DELIVERIES = Counter(
+    "cxr_worker_webhook_deliveries",
+    "Webhook deliveries ended, by outcome: delivered, dead_lettered (never accepted) or dropped "
+    "(the job or the client's webhook was gone).", ["outcome"])
 SCOPE_OUTCOMES = Counter(
     "cxr_worker_scope_outcomes",
     "Films screened, by outcome: refused, flagged (answered outside the validated population) "

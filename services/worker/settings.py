@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from shared.config import SharedSettings
 from shared.contract import GRADCAM_SIGNATURE, SERVING_SIGNATURE, STABLE_LABEL
+
+WEBHOOK_SECRET_MIN_CHARS = 16
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """Where one API client's webhooks go, and the key that signs them."""
+
+    url: str
+    secret: str
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"WebhookEndpoint(url={self.url!r})"
+
+
+def parse_client_map(text: str, what: str) -> dict[str, str]:
+    """`"client:value,client2:value2"` as a dict (split at each entry's first colon, as the API
+    keys are, so a value may hold colons); a malformed entry is a ValueError."""
+    mapping: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        client, sep, value = entry.partition(":")
+        if not sep or not client.strip() or not value.strip():
+            raise ValueError(f"{what}: an entry is not CLIENT:VALUE")
+        mapping[client.strip()] = value.strip()
+    return mapping
+
+
+def webhook_endpoints(urls: str, secrets: str) -> dict[str, WebhookEndpoint]:
+    """Each client's endpoint: an `https` URL with a host and a secret of at least
+    `WEBHOOK_SECRET_MIN_CHARS` characters, or ValueError naming the client (never the secret)."""
+    keys = parse_client_map(secrets, "CXR_WEBHOOK_SECRETS")
+    found: dict[str, WebhookEndpoint] = {}
+    for client, url in parse_client_map(urls, "CXR_WEBHOOK_URLS").items():
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"CXR_WEBHOOK_URLS: the URL of {client} must be https://HOST/...")
+        secret = keys.get(client, "")
+        if len(secret) < WEBHOOK_SECRET_MIN_CHARS:
+            raise ValueError(f"CXR_WEBHOOK_SECRETS: {client} needs a secret of at least "
+                             f"{WEBHOOK_SECRET_MIN_CHARS} characters")
+        found[client] = WebhookEndpoint(url, secret)
+    return found
 
 
 class WorkerSettings(SharedSettings):
@@ -67,6 +111,43 @@ class WorkerSettings(SharedSettings):
         "Port of the worker's Prometheus endpoint; unset: none is served."))
     worker_metrics_address: str = Field(default="0.0.0.0", description=(
         "Listen address of the Prometheus endpoint."))
+
+    webhook_urls: str = Field(default="", description=(
+        "`client:https://host/path,client2:https://...`: the URL that hears each of that API "
+        "client's jobs once it has finished (`docs/architecture.md`, \"Webhooks\"); only "
+        "`https` URLs are accepted. Unlisted clients get no webhook."))
+    webhook_secrets: SecretStr = Field(default=SecretStr(""), description=(
+        "`client:secret,...`: the HMAC-SHA256 key that signs each client's webhook; every "
+        "client in `CXR_WEBHOOK_URLS` needs one of at least 16 characters."))
+    webhook_ca_bundle: str | None = Field(default=None, description=(
+        "PEM file of the certificate authorities trusted for webhook receivers; unset: the "
+        "system's."))
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60, description=(
+        "Deadline of one webhook request (connect, send and read the answer)."))
+    webhook_max_retries: int = Field(default=10, ge=0, description=(
+        "Retries of a webhook the receiver did not accept (no answer, 408, 425, 429 or 5xx) "
+        "before it goes to the webhook dead-letter list; other answers are not retried."))
+    webhook_backoff_s: int = Field(default=2, ge=1, description=(
+        "Factor of the exponential backoff (full jitter) between webhook retries, in seconds."))
+    webhook_backoff_max_s: int = Field(default=300, ge=1, description=(
+        "Longest countdown before a webhook retry, in seconds."))
+    webhook_dead_letter_key: str = Field(default="cxr:webhook-dead-letter", description=(
+        "Redis list holding the webhooks that were never accepted."))
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> WorkerSettings:
+        # A URL without a usable secret stops the worker at start-up, not at the first job.
+        webhook_endpoints(self.webhook_urls, self.webhook_secrets.get_secret_value())
+        if self.broker_visibility_timeout_s <= self.task_time_limit_s + self.webhook_backoff_max_s:
+            raise ValueError(
+                "CXR_BROKER_VISIBILITY_TIMEOUT_S must exceed CXR_TASK_TIME_LIMIT_S + "
+                "CXR_WEBHOOK_BACKOFF_MAX_S, or waiting webhook retries are delivered twice")
+        return self
+
+    @property
+    def webhooks(self) -> dict[str, WebhookEndpoint]:
+        """Client -> its webhook endpoint (`CXR_WEBHOOK_URLS`, `CXR_WEBHOOK_SECRETS`)."""
+        return webhook_endpoints(self.webhook_urls, self.webhook_secrets.get_secret_value())
 
     @model_validator(mode="after")
     def _check_time_limits(self) -> WorkerSettings:

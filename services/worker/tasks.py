@@ -19,6 +19,7 @@ from services.worker.errors import AttemptsExhaustedError, RedisUnavailableError
 from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
 from services.worker.shadow import request_shadow
+from services.worker.webhook import request_webhook
 from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.errors import CXRError, JobNotFoundError
 from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
@@ -71,11 +72,15 @@ def predict(self, job_id: str) -> str:
                 job_id, Failure(code="internal_error", message=f"Unexpected error: {exc!r}"), deps
             )
             metrics.JOBS.labels(Outcome.FAILED).inc()
+            request_webhook(job_id)
             raise
         return _retry_or_dead_letter(self, job_id, transient, deps)
     metrics.JOBS.labels(outcome).inc()
     if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
         request_pacs_report(job_id, deps)
+        request_webhook(job_id)
+    elif outcome == Outcome.ALREADY_FINISHED:  # a worker may have died before queueing it
+        request_webhook(job_id, unless_requested=True)
     if outcome == Outcome.SUCCEEDED:  # the answer is stored: the shadow version may score now
         request_shadow(job_id, deps.settings)
     return outcome
@@ -135,4 +140,5 @@ def _dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) -> str:
     dead_letter.push(deps.redis, deps.settings.dead_letter_key, job_id, task.name, error, retries)
     metrics.DEAD_LETTERED.inc()
     metrics.JOBS.labels("dead_lettered").inc()
+    request_webhook(job_id)
     return "dead_lettered"

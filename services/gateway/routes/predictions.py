@@ -23,7 +23,7 @@ from shared.audit import AuditEntry, audited
 from shared.dicom_intake.screening import screen_upload
 from shared.errors import ImageError, JobNotFinishedError, JobNotFoundError
 from shared.feedback import confirm
-from shared.heatmap import heatmap_png
+from shared.heatmap import film_png, heatmap_png
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
 from shared.jobs import INDEX_ENTRY_PATTERN
@@ -256,6 +256,23 @@ async def get_heatmap(resources: ResourcesDep, client: ClientDep, job_id: JobIdP
         if record.status != JobStatus.SUCCEEDED or not record.heatmap_key:
             raise HeatmapNotReadyError()
         png = await run_in_threadpool(heatmap_png, resources.storage, record, resources.limits,
+                                      resources.settings.heatmap_max_side)
+        return Response(png, media_type="image/png", headers=NO_STORE)
+
+
+@router.get(
+    "/{job_id}/original", summary="The uploaded X-ray as a PNG (DICOM included)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "PNG image"},
+               **problem_responses(401, 404, 422, 429, 503)},
+)
+async def get_original(resources: ResourcesDep, client: ClientDep, job_id: JobIdPath) -> Response:
+    """The film as stored (a DICOM de-identified, a JPEG or PNG without its metadata), drawn as
+    a grey PNG no larger than the heatmap, for browsers that cannot show DICOM."""
+    with audited(client, "read_original", job_id):
+        record = await _owned_job(resources, job_id, client)
+        upload = await run_in_threadpool(resources.storage.get, record.upload_key)
+        png = await run_in_threadpool(film_png, upload, resources.limits,
                                       resources.settings.heatmap_max_side)
         return Response(png, media_type="image/png", headers=NO_STORE)
 

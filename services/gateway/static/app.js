@@ -1,11 +1,13 @@
 // The web page: keep the API key in sessionStorage, upload with progress, long-poll the job,
 // show the reading, the probability against the threshold, the heatmap and the model version;
 // a banner when the film is outside the validated population, and a refused film's reasons;
-// a reader confirms or corrects a finished reading (POST .../feedback).
+// a reader confirms or corrects a finished reading (POST .../feedback); the scope and the
+// operating point that answered are stated; the client's recent X-rays are listed and reopened.
 "use strict";
 
 const KEY_STORAGE = "cxr-api-key";
 const WAIT_SECONDS = 20;
+const RECENT_JOBS = 10;
 const $ = (id) => document.getElementById(id);
 let objectUrls = [];
 let currentJob = null;
@@ -51,7 +53,8 @@ function showKeyState() {
   $("key-form").hidden = hasKey;
   $("key-status").hidden = !hasKey;
   $("analyse").disabled = !hasKey || !$("file").files.length;
-  if (hasKey) loadModelInfo();
+  $("jobs-section").hidden = !hasKey;
+  if (hasKey) { loadModelInfo(); loadJobs(); }
 }
 
 function setStatus(text) { $("status").textContent = text; }
@@ -119,7 +122,30 @@ async function waitForJob(jobId) {
   }
 }
 
-function renderResult(job, file) {
+function scopeStatement(scope) {
+  if (!scope) return "This film was not screened for the validated population.";
+  if (scope.in_validated_population) {
+    return "In scope: the film lies in the population the model was validated on " +
+      "(frontal chest X-rays of children).";
+  }
+  return "Out of scope: the film lies outside the population the model was validated on " +
+    "(reasons above).";
+}
+
+function operatingPointStatement(result) {
+  const point = result.operating_point;
+  const t = result.threshold.toFixed(3);
+  if (!point) return `Answered at the model's own decision threshold, ${t}.`;
+  if (point.calibrated_by === "site") {
+    const fitted = point.fitted_at ? `, fitted ${point.fitted_at.slice(0, 10)}` : "";
+    return `Answered at site ${point.site}'s own operating point: probability calibrated on ` +
+      `the site's films and threshold ${t}${fitted}.`;
+  }
+  return `Answered at the model's own operating point (threshold ${t}): site ${point.site} ` +
+    "has no operating point of its own for this model version.";
+}
+
+function renderResult(job) {
   const result = job.result;
   const outside = result.scope && !result.scope.in_validated_population;
   listReasons($("scope-reasons"), outside ? result.scope.reasons : []);
@@ -141,17 +167,19 @@ function renderResult(job, file) {
   $("result-classes").textContent =
     `normal ${c.normal.toFixed(3)}, bacterial ${c.bacterial.toFixed(3)}, viral ${c.viral.toFixed(3)}`;
   $("result-job").textContent = job.job_id;
+  $("scope-statement").textContent = scopeStatement(result.scope);
+  $("operating-point").textContent = operatingPointStatement(result);
   currentJob = job;
   prepareFeedback(job);
-  showOriginal(file);
   $("result").hidden = false;
 }
 
-function showOriginal(file) {
-  // Browsers cannot draw DICOM; the heatmap shows that image anyway.
-  const drawable = /^image\/(jpeg|png)$/.test(file.type);
-  $("original-figure").hidden = !drawable;
-  if (drawable) $("original-image").src = remember(URL.createObjectURL(file));
+async function showOriginal(job) {
+  // The service draws the stored film as PNG, so a DICOM upload shows too.
+  const response = await fetch(`${job.links.self}/original`, { headers: authHeaders() });
+  if (!response.ok) { $("original-figure").hidden = true; return; }
+  $("original-image").src = remember(URL.createObjectURL(await response.blob()));
+  $("original-figure").hidden = false;
 }
 
 async function showHeatmap(job) {
@@ -218,6 +246,7 @@ async function sendFeedback(event) {
     if (response.status !== 201) throw new Error(await problemText(response));
     currentJob = await response.json();
     showFeedbackState(currentJob);
+    loadJobs();
   } catch (error) {
     showFeedbackError(error.message);
   } finally {
@@ -232,8 +261,84 @@ function resetResult() {
   objectUrls = [];
   currentJob = null;
   $("result").hidden = true;
+  $("original-figure").hidden = true;
+  $("heatmap-figure").hidden = true;
   showError("");
   showRefusal(null);
+}
+
+function readingOf(job) {
+  if (job.status === "succeeded") return job.feedback ? `${job.feedback.label} (reader)` : job.result.label;
+  if (job.status === "failed") return job.failure?.code === REFUSED_CODE ? "not analysed" : "failed";
+  return "";
+}
+
+function cell(text, label) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (label) td.dataset.label = label;
+  return td;
+}
+
+function jobRow(job) {
+  const row = document.createElement("tr");
+  row.dataset.jobId = job.job_id;
+  const sent = new Date(job.created_at);
+  const p = job.result ? job.result.pneumonia_probability.toFixed(3) : "";
+  const label = job.status === "succeeded" ? (job.feedback || job.result).label : "";
+  row.append(cell(sent.toLocaleString()), cell(job.filename || job.job_id), cell(job.status),
+             cell(readingOf(job), label), cell(p));
+  const open = document.createElement("td");
+  if (job.status === "succeeded" || job.status === "failed") {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Show";
+    button.setAttribute("aria-label", `Show ${job.filename || job.job_id}`);
+    button.addEventListener("click", () => openJob(job.job_id));
+    open.append(button);
+  }
+  row.append(open);
+  return row;
+}
+
+async function loadJobs() {
+  // The client's own jobs, newest first (GET /v1/predictions).
+  if (!apiKey()) return;
+  const response = await fetch(`/v1/predictions?limit=${RECENT_JOBS}`, { headers: authHeaders() });
+  const box = $("jobs-error");
+  if (response.status === 401) { handleUnauthorized(); return; }
+  if (!response.ok) { box.textContent = await problemText(response); box.hidden = false; return; }
+  box.hidden = true;
+  const page = await response.json();
+  $("jobs-body").replaceChildren(...page.items.map(jobRow));
+  $("jobs-empty").hidden = page.items.length > 0;
+  $("jobs-table").hidden = page.items.length === 0;
+}
+
+async function showJob(job) {
+  if (job.status === "failed" && job.failure?.code === REFUSED_CODE) {
+    throw new Refusal(job.failure.reasons);
+  }
+  if (job.status === "failed") {
+    throw new Error(`The X-ray could not be read: ${job.failure?.message ?? "unknown reason"}`);
+  }
+  renderResult(job);
+  await Promise.all([showOriginal(job), showHeatmap(job)]);
+}
+
+async function openJob(jobId) {
+  resetResult();
+  try {
+    const response = await fetch(`/v1/predictions/${encodeURIComponent(jobId)}`,
+                                 { headers: authHeaders() });
+    if (!response.ok) throw new Error(await problemText(response));
+    await showJob(await response.json());
+    setStatus("");
+    $("result").scrollIntoView();
+  } catch (error) {
+    if (error instanceof Refusal) showRefusal(error.reasons);
+    else showError(error.message);
+  }
 }
 
 async function analyse(event) {
@@ -251,14 +356,8 @@ async function analyse(event) {
     const accepted = await response.json();
     setStatus("Waiting in the queue...");
     const job = await waitForJob(accepted.job_id);
-    if (job.status === "failed" && job.failure?.code === REFUSED_CODE) {
-      throw new Refusal(job.failure.reasons);
-    }
-    if (job.status === "failed") {
-      throw new Error(`The X-ray could not be read: ${job.failure?.message ?? "unknown reason"}`);
-    }
-    renderResult(job, file);
-    await showHeatmap(job);
+    loadJobs();
+    await showJob(job);
     setStatus("Done.");
   } catch (error) {
     setStatus("");
