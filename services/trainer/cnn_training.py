@@ -124,7 +124,8 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
     """Train one network; with validation data, stop early on its loss and keep the best epoch."""
     model = build_network(config.backbone, image_size=config.image_size, width=config.width,
                           dropout=config.dropout, seed=config.seed + seed_offset,
-                          equalize=config.equalize, frozen_blocks=config.frozen_blocks)
+                          equalize=config.equalize, frozen_blocks=config.frozen_blocks,
+                          internal_size=config.internal_size)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,

@@ -32,6 +32,7 @@ from services.trainer.pretrained import (
 from shared.contract import CLASS_NAMES
 
 GRADCAM_LAYER = "gradcam_target"
+INTERNAL_RESIZE = "internal_resize"
 CUSTOM = "custom"
 EFFICIENTNET_LITE0 = "efficientnet_lite0"
 BACKBONES = (CUSTOM, EFFICIENTNET_LITE0)
@@ -137,7 +138,8 @@ def build_cnn(image_size: int = 224, width: int = 16, dropout: float = 0.3, seed
 
 def build_pretrained(image_size: int = 224, dropout: float = 0.3, seed: int = 0,
                      equalize: bool = False, imagenet: bool = True,
-                     frozen_blocks: int = 0, folded: bool = False) -> keras.Model:
+                     frozen_blocks: int = 0, folded: bool = False,
+                     internal_size: int | None = None) -> keras.Model:
     """EfficientNet-Lite0 with ImageNet weights (`imagenet=False`: the same graph, untrained, for
     rebuilding an export), a dropout and a 3-class head on its pooled 1280-channel map.
 
@@ -145,8 +147,11 @@ def build_pretrained(image_size: int = 224, dropout: float = 0.3, seed: int = 0,
     32 grey films would give noisy estimates); `frozen_blocks` more leaves the stem and the first
     blocks untrained, which also spares their backward pass. `folded`: the serving form, each
     BatchNorm folded into its convolution (`serving_form` fills it), never trained.
+    `internal_size`: the film is resized to this many pixels inside the network (area averaging)
+    before the backbone; the input stays `image_size` (the serving contract).
     """
-    model, sources = _efficientnet_lite0(image_size, dropout, seed, equalize, folded)
+    model, sources = _efficientnet_lite0(image_size, dropout, seed, equalize, folded,
+                                         internal_size)
     if folded:
         return model
     if imagenet:
@@ -161,10 +166,13 @@ def build_pretrained(image_size: int = 224, dropout: float = 0.3, seed: int = 0,
 
 
 def _efficientnet_lite0(image_size: int, dropout: float, seed: int, equalize: bool,
-                        folded: bool) -> tuple[keras.Model, list]:
+                        folded: bool, internal_size: int | None) -> tuple[keras.Model, list]:
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = HistogramEqualization(name="equalize")(inputs) if equalize else inputs
+    if internal_size and internal_size != image_size:
+        x = layers.Resizing(internal_size, internal_size, interpolation="area",
+                            name=INTERNAL_RESIZE)(x)
     x = GreyToImageNetRgb(name="grey_to_rgb")(x)
     x, sources = efficientnet_lite0_features(x, folded=folded)
     x = layers.Activation("linear", name=GRADCAM_LAYER)(x)
@@ -188,23 +196,27 @@ def serving_form(model: keras.Model) -> keras.Model:
     if model.name != "cxr_efficientnet_lite0" or is_folded(model):
         return model
     layer_names = {layer.name for layer in model.layers}
+    internal = (int(model.get_layer(INTERNAL_RESIZE).output.shape[1])
+                if INTERNAL_RESIZE in layer_names else None)
     folded, sources = _efficientnet_lite0(
         int(model.inputs[0].shape[1]), dropout=0.0, seed=0,
-        equalize="equalize" in layer_names, folded=True)
+        equalize="equalize" in layer_names, folded=True, internal_size=internal)
     fold_batch_norms(folded, model, sources)
     return folded
 
 
 def architecture_info(params) -> dict:
     """What an export must record to rebuild its networks (`reexport`): from a run's params."""
+    internal = params.get("internal_size")
     return {"backbone": str(params.get("backbone") or CUSTOM),
-            "equalize": bool(params.get("equalize"))}
+            "equalize": bool(params.get("equalize")),
+            "internal_size": int(internal) if internal not in (None, "", "None") else None}
 
 
 def build_network(backbone: str = CUSTOM, *, image_size: int = 224, width: int = 16,
                   dropout: float = 0.3, seed: int = 0, equalize: bool = False,
                   imagenet: bool = True, frozen_blocks: int = 0,
-                  folded: bool = False) -> keras.Model:
+                  folded: bool = False, internal_size: int | None = None) -> keras.Model:
     """The network of a recipe, by backbone name (`folded`: an EfficientNet-Lite0's serving
     form)."""
     if backbone == CUSTOM:
@@ -213,5 +225,5 @@ def build_network(backbone: str = CUSTOM, *, image_size: int = 224, width: int =
     if backbone == EFFICIENTNET_LITE0:
         return build_pretrained(image_size=image_size, dropout=dropout, seed=seed,
                                 equalize=equalize, imagenet=imagenet, frozen_blocks=frozen_blocks,
-                                folded=folded)
+                                folded=folded, internal_size=internal_size)
     raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")

@@ -88,6 +88,7 @@ class TrainConfig:
     augment: bool = True
     backbone: Literal["custom", "efficientnet_lite0"] = "efficientnet_lite0"  # model.BACKBONES
     frozen_blocks: int = 5  # pretrained backbone: the stem and this many first blocks stay fixed
+    internal_size: int | None = None  # pretrained backbone: resized to this inside the network
     equalize: bool = False  # histogram equalisation inside the model, before standardisation
     crop_area_min: float = 0.6  # random crops keep this share of the film's area or more
     erase_corners: float = 0.5  # probability that each corner is covered during training
@@ -291,7 +292,8 @@ class FoldCheckpoint:
             return None  # another data set or other settings: train again
         model = build_network(config.backbone, image_size=config.image_size, width=config.width,
                               dropout=config.dropout, seed=config.seed, equalize=config.equalize,
-                              imagenet=False, frozen_blocks=config.frozen_blocks)
+                              imagenet=False, frozen_blocks=config.frozen_blocks,
+                              internal_size=config.internal_size)
         model.load_weights(self.folder / "model.weights.h5")
         return FittedCnn(model=model, history=meta["history"], best_epoch=meta["best_epoch"])
 

@@ -79,10 +79,12 @@ def rebuild_members(model_dir: Path, info: dict) -> list[keras.Model]:
     equalize = bool(info.get("equalize", False))  # histogram equalisation has no variables
     backbone = str(info.get("backbone", CUSTOM))
     folded = bool(info.get("batch_norm_folded", False))
+    internal = info.get("internal_size")
 
     def build(dropout: float) -> keras.Model:
         return build_network(backbone, image_size=size, width=width, dropout=dropout,
-                             equalize=equalize, imagenet=False, folded=folded)
+                             equalize=equalize, imagenet=False, folded=folded,
+                             internal_size=int(internal) if internal else None)
 
     # A network trained with dropout also carries its dropout seed's state variable.
     candidates = {rate: len(build(rate).variables) for rate in (0.3, 0.0)}

@@ -141,3 +141,21 @@ def test_the_served_form_folds_every_batch_norm_and_answers_alike(tmp_path):
         image=tf.constant(images.astype(np.uint8)))
     probabilities = tf.nn.softmax(expected).numpy()
     assert np.abs(outputs["class_probabilities"].numpy() - probabilities).max() < 1e-5
+
+
+def test_a_smaller_internal_size_keeps_the_input_contract_and_survives_reexport(tmp_path):
+    model = build_network(EFFICIENTNET_LITE0, image_size=64, internal_size=32)
+    assert model.inputs[0].shape[1:] == (64, 64, 1)
+    # S/32 of the internal size: the heatmap is computed on the smaller grid
+    assert model.get_layer(GRADCAM_LAYER).output.shape[1:3] == (1, 1)
+    info = architecture_info({"backbone": EFFICIENTNET_LITE0, "internal_size": 32})
+    assert info["internal_size"] == 32
+    old = export_for_serving(model, base_path=tmp_path / "old", version=1, threshold=0.5,
+                             extra_info=info)
+    images = np.random.RandomState(4).randint(0, 256, (2, 64, 64, 1)).astype(np.uint8)
+    new, difference = reexport(old, tmp_path / "new", 2, images)
+    assert difference <= 1e-5
+    recorded = json.loads((new / "assets.extra" / "model_info.json").read_text())
+    assert recorded["internal_size"] == 32 and recorded["batch_norm_folded"] is True
+    served = tf.saved_model.load(str(new)).signatures["gradcam"](image=tf.constant(images))
+    assert served["heatmap"].shape == (2, 64, 64)
