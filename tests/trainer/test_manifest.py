@@ -6,83 +6,28 @@ import hashlib
 import json
 import shutil
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from services.trainer.cli import main
 from services.trainer.dataset import DatasetError
 from services.trainer.manifest import (
     DatasetManifest,
-    collect_training_data,
     parse_cutoff,
     rebuild_training_data,
 )
 from services.trainer.splits import split_by_patient
-from shared.feedback import ConfirmedFilm, ModelAnswer
-from shared.intake import confirmed_film_key, confirmed_label_key
-from shared.schemas import ModelRef
 from shared.storage import LocalStorage
-from tests.shared.xray_files import dicom_bytes, jpeg_bytes, png_bytes, xray_dataset
-from tests.trainer.dataset_layouts import noise, write
-
-T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-MEDIA = {"jpg": "image/jpeg", "png": "image/png", "dcm": "application/dicom"}
-
-
-def base_layout(root: Path) -> Path:
-    """`train/` and `val/` with normal, bacterial and viral films of a few patients."""
-    for split, names in {
-        "train": ["IM-0115-0001.jpeg", "IM-0117-0001.jpeg", "person1_bacteria_1.jpeg",
-                  "person2_virus_6.jpeg", "person2_virus_7.jpeg"],
-        "val": ["IM-0001-0001.jpeg", "person3_bacteria_10.jpeg"],
-    }.items():
-        for name in names:
-            label = "NORMAL" if name.startswith("IM-") else "PNEUMONIA"
-            write(root / split / label / name, jpeg_bytes(noise(name)))
-    return root
-
-
-def confirm(storage: LocalStorage, site: str, job_id: str, label: str, when: datetime,
-            data: bytes, kind: str = "png", subtype: str | None = None,
-            revision: int = 1) -> ConfirmedFilm:
-    """A confirmed film as the feedback route stores it (`shared.feedback`)."""
-    film_key = confirmed_film_key(site, job_id, MEDIA[kind])
-    storage.put(film_key, data)
-    film = ConfirmedFilm(
-        job_id=job_id, site=site, film=film_key, content_type=MEDIA[kind], source="api",
-        label=label, subtype=subtype, reader="dr-a", revision=revision, confirmed_at=when,
-        model_answer=ModelAnswer(label="NORMAL", pneumonia_probability=0.2, threshold=0.5,
-                                 model=ModelRef(name="cxr-pneumonia", version=3)))
-    storage.put(confirmed_label_key(site, job_id), film.model_dump_json().encode())
-    return film
-
-
-def dicom_film(name: str, patient_id: str) -> bytes:
-    pixels = noise(name).astype(np.uint16) * 16
-    return dicom_bytes(xray_dataset(pixels, PatientID=patient_id, PatientIdentityRemoved="YES"))
-
-
-@pytest.fixture
-def world(tmp_path):
-    """A base data set and a storage with films confirmed at two sites around T0."""
-    base = base_layout(tmp_path / "base")
-    storage = LocalStorage(tmp_path / "storage")
-    confirm(storage, "north", "job-a", "PNEUMONIA", T0 - timedelta(days=3),
-            png_bytes(noise("film-a")), subtype="viral")
-    confirm(storage, "north", "job-b", "NORMAL", T0 - timedelta(days=1),
-            png_bytes(noise("film-b")))
-    confirm(storage, "south", "job-c", "PNEUMONIA", T0 - timedelta(hours=1),
-            png_bytes(noise("film-c")))
-    confirm(storage, "south", "job-late", "NORMAL", T0 + timedelta(days=2),
-            png_bytes(noise("film-late")))
-    return base, storage, tmp_path
-
-
-def collect(base, storage, tmp_path, cutoff=T0, **kwargs):
-    return collect_training_data(base, ["train", "val"], storage, cutoff, tmp_path / "films",
-                                 **kwargs)
+from tests.shared.xray_files import jpeg_bytes, png_bytes
+from tests.trainer.dataset_layouts import (
+    T0,
+    base_layout,
+    collect,
+    confirm,
+    dicom_film,
+    noise,
+    write,
+)
 
 
 def test_the_manifest_lists_base_and_confirmed_films_up_to_the_cutoff(world):
