@@ -10,13 +10,15 @@ before it is kept.
 The same path adds a scope screen to a version (`bundle-scope`): the pneumonia networks are
 rebuilt as above and exported with the screen, and the pneumonia outputs must match the old
 folder's. A version that already holds a screen (`assets.extra/scope/`) keeps it when written
-again, unless another is given.
+again, unless another is given. The version's model card and metrics (`assets.extra/model_card.md`,
+`metrics.json`) are carried over: the weights and the answers are the same.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -31,6 +33,8 @@ from shared.contract import (
     ASSETS_EXTRA,
     GRADCAM_SIGNATURE,
     INPUT_NAME,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
     MODEL_INFO_FILE,
     SERVING_SIGNATURE,
 )
@@ -38,6 +42,8 @@ from shared.contract import (
 # Fields `export_for_serving` writes itself; the rest of model_info.json is carried over.
 _EXPORT_FIELDS = {"model_name", "version", "threshold", "temperature", "image_size",
                   "class_names", "ensemble_size", "scope"}
+# Files of `assets.extra` a re-export copies as they are (the export writes the others itself).
+CARRIED_FILES = (MODEL_CARD_FILE, METRICS_FILE)
 # The largest difference in any output allowed between the old and the new folder.
 PARITY_TOLERANCE = 1e-5
 
@@ -135,4 +141,8 @@ def reexport(model_dir: Path, base_path: Path, version: int, images: np.ndarray,
     if difference > PARITY_TOLERANCE:
         raise ValueError(f"the re-export answers differently (max difference {difference:.2e}); "
                          f"left in {target} for inspection")
+    for name in CARRIED_FILES:
+        source = model_dir / ASSETS_EXTRA / name
+        if source.is_file():
+            shutil.copyfile(source, target / ASSETS_EXTRA / name)
     return target, difference
