@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, Field
 
@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 MANIFEST_ARTIFACT = "dataset/manifest.json"
-BASE_SOURCE = "base"
-CONFIRMED_SOURCE = "confirmed"
+BASE_SOURCE: Final = "base"
+CONFIRMED_SOURCE: Final = "confirmed"
 Source = Literal["base", "confirmed"]
 CLASS_NAMES = ("normal", "bacterial", "viral", "pneumonia_unknown_subtype")
 
