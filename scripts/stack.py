@@ -25,6 +25,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config import SharedSettings
 from shared.job_queue import INFERENCE_QUEUE, REPORT_QUEUE, TRAINING_QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +68,14 @@ PACS_PORT = SETTINGS.pacs_port
 SERVING_BASE = SETTINGS.model_base_path or VAR / "serving"
 
 
+def local_data_dir() -> Path:
+    """The retraining data set of the local stack: `CXR_DATA_DIR`'s default from the repository
+    root when it is there, else the sample X-rays, so the trainer worker (which refuses to start
+    without a data set) runs in any checkout."""
+    configured = ROOT / str(SharedSettings.model_fields["data_dir"].default)
+    return configured.resolve() if configured.is_dir() else ROOT / "data" / "sample"
+
+
 def local_environment() -> dict[str, str]:
     """The settings every local process shares (each can still be overridden from outside)."""
     defaults = {
@@ -74,6 +83,7 @@ def local_environment() -> dict[str, str]:
         "CXR_REDIS_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
         "CXR_STORAGE_BACKEND": "local",
         "CXR_STORAGE_ROOT": str(VAR / "storage"),
+        "CXR_DATA_DIR": str(local_data_dir()),
         "CXR_MODEL_BASE_PATH": str(SERVING_BASE),
         "CXR_MODEL_SERVER_GRPC": f"127.0.0.1:{GRPC_PORT}",
         "CXR_MODEL_SERVER_REST": f"http://127.0.0.1:{REST_PORT}",

@@ -45,7 +45,8 @@ class SharedSettings(BaseSettings):
         "`production` refuses default secrets and a missing TLS certificate at start-up."))
     data_dir: str = Field(default="../shared/data/chest_xray", description=(
         "Training data set in the Kaggle layout (`train/`, `val/`, `test/`, each with `NORMAL/` "
-        "and `PNEUMONIA/`)."))
+        "and `PNEUMONIA/`); a relative path is taken from the repository root (`/app` in the "
+        "images). The trainer worker refuses to start when no data set is there."))
 
     storage_backend: Literal["local", "s3"] = Field(default="local", description=(
         "Where uploads, heatmaps and reports are kept: `local` (folder `CXR_STORAGE_ROOT`) or "

@@ -33,6 +33,10 @@ UNKNOWN_SUBTYPE = len(CLASS_NAMES)
 ASSETS_EXTRA = "assets.extra"
 MODEL_INFO_FILE = "model_info.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
+# The version's own model card and evaluation metrics (`{"metrics": {name: number}, ...}`): what
+# `GET /v1/models/current` shows when no MLflow run holds them (a bundled version).
+MODEL_CARD_FILE = "model_card.md"
+METRICS_FILE = "metrics.json"
 
 # MLflow Model Registry aliases and TF Serving version labels.
 CHAMPION_ALIAS = "champion"

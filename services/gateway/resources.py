@@ -14,7 +14,7 @@ from services.gateway.auth import DEMO_CLIENT, ApiKeyRing, load_or_create_demo_k
 from services.gateway.config import GatewaySettings
 from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.model_info import RegistryClient, ServingClient
+from services.gateway.model_info import RegistryClient, ServingClient, VersionFiles
 from services.gateway.notices import JobNotices
 from services.gateway.ratelimit import RateLimiter
 from shared.imaging import DecodeLimits
@@ -22,7 +22,7 @@ from shared.job_queue import JobQueue
 from shared.jobs import JobStore
 from shared.redis_clients import REDIS_RETRIES, redis_backoff, redis_client
 from shared.reidentification import ReidentificationKeys
-from shared.storage import Storage, get_storage
+from shared.storage import Storage, get_storage, storage_at
 
 
 def build_key_ring(settings: GatewaySettings) -> tuple[ApiKeyRing, str | None]:
@@ -82,8 +82,13 @@ class GatewayResources:
         self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_seconds)
         self.serving = ServingClient(self.http, self.settings.model_server_rest,
                                      self.settings.model_name)
+        # A bundled version's metrics and card are in its own folder of the serving base.
+        version_files = VersionFiles(lambda: storage_at(self.settings.model_base_path,
+                                                        self.settings.s3_endpoint_url,
+                                                        self.settings.s3_region),
+                                     self.settings.model_name)
         self.registry = RegistryClient(self.http, self.settings.mlflow_tracking_uri,
-                                       self.settings.model_name)
+                                       self.settings.model_name, version_files)
 
     async def aclose(self) -> None:
         await self.notices.stop()

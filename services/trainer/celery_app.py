@@ -7,18 +7,26 @@ everything and the purge does nothing).
 Run one beat only (`celery -A services.trainer.celery_app beat`) and a worker on the queue
 (`celery -A services.trainer.celery_app worker -Q training --concurrency 1`). Importing this module
 is cheap: TensorFlow and MLflow load only when the task runs.
+
+The worker checks the retraining data set (`CXR_DATA_DIR`, a relative path taken from the
+repository root) when it starts and refuses to start, naming the setting and the path, when no
+data set is there: a deployment without its data stops at start-up, not at the first schedule.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+
+from celery import Celery, signals
 from celery.schedules import crontab
 
-from services.trainer.config import TrainerSettings, get_settings
+from services.trainer.config import TrainerSettings, TrainingDataMissingError, get_settings
 from shared.celery_config import reliable_queue_config
 from shared.job_queue import INFERENCE_QUEUE, PURGE_TASK
 from shared.job_queue import RETRAIN_TASK as TASK_NAME
 from shared.job_queue import TRAINING_QUEUE as QUEUE
+
+log = logging.getLogger(__name__)
 
 SCHEDULE_ENTRY = "scheduled-retrain"
 PURGE_SCHEDULE_ENTRY = "scheduled-retention-purge"
@@ -59,3 +67,21 @@ def celery_config(settings: TrainerSettings) -> dict[str, object]:
 
 app = Celery("cxr-trainer", include=["services.trainer.tasks"])
 app.conf.update(celery_config(get_settings()))
+
+
+def check_training_data(settings: TrainerSettings | None = None) -> None:
+    """SystemExit with the reason when the retraining data set is missing (worker start-up)."""
+    try:
+        path = (settings or get_settings()).require_training_data()
+    except TrainingDataMissingError as err:
+        log.critical("%s", err)
+        # SystemExit passes through Celery's signal dispatch (it catches Exception only), so the
+        # worker process ends here with the message on stderr and a non-zero status.
+        raise SystemExit(f"cxr-trainer worker refuses to start: {err}") from err
+    log.info("retraining data set: %s", path)
+
+
+@signals.worker_init.connect
+def _check_data_at_start(sender=None, **_kwargs) -> None:
+    if getattr(sender, "app", None) is app:
+        check_training_data()

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from services.trainer.dataset_cli import DATASET_SUBCOMMANDS
 from services.trainer.registry_cli import REGISTRY_SUBCOMMANDS
 from services.trainer.scope_cli import SCOPE_SUBCOMMANDS
 from services.trainer.site_cli import SITE_SUBCOMMANDS
@@ -20,10 +21,10 @@ from shared.errors import CXRError
 
 
 def default_data_dir() -> Path:
-    """`CXR_DATA_DIR` (default `../shared/data/chest_xray`), read when the parser is built."""
+    """`CXR_DATA_DIR` (a relative one from the repository root), read when the parser is built."""
     from services.trainer.config import get_settings
 
-    return Path(get_settings().data_dir)
+    return get_settings().data_path
 
 
 def positive_int(text: str) -> int:
@@ -68,6 +69,7 @@ SUBCOMMANDS += REGISTRY_SUBCOMMANDS
 SUBCOMMANDS += TRAINING_SUBCOMMANDS
 SUBCOMMANDS += SITE_SUBCOMMANDS
 SUBCOMMANDS += SCOPE_SUBCOMMANDS
+SUBCOMMANDS += DATASET_SUBCOMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:

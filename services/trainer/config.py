@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, field_validator
 
 from shared.config import SharedSettings
 from shared.contract import MODEL_NAME
 from shared.operating_point import check_site_name
+
+# The repository (the image's /app): a relative CXR_DATA_DIR is read from here, not from the
+# directory a process happens to start in.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class TrainingDataMissingError(RuntimeError):
+    """The retraining data set is not where `CXR_DATA_DIR` says: the trainer refuses to start."""
 
 
 def parse_site_sets(text: str) -> dict[str, str]:
@@ -39,6 +48,9 @@ class TrainerSettings(SharedSettings):
     train_seed: int = Field(default=0, description="Random seed of the training run.")
     train_image_cache_dir: str | None = Field(default="var/cache/images", description=(
         "Cache of decoded, preprocessed training images; empty: no cache."))
+    train_include_confirmed: bool = Field(default=True, description=(
+        "Retraining also reads every site's reader-confirmed films (`confirmed/` in storage) "
+        "up to the run's cut-off; false: the base data set (`CXR_DATA_DIR`) only."))
 
     # --- MLflow tracking and registry ---
     mlflow_experiment: str = Field(default="cxr-pneumonia", description=(
@@ -82,6 +94,30 @@ class TrainerSettings(SharedSettings):
     def _check_site_sets(cls, value: str) -> str:
         parse_site_sets(value)
         return value
+
+    @property
+    def data_path(self) -> Path:
+        """`CXR_DATA_DIR`, a relative path taken from the repository root (the image's /app)."""
+        path = Path(self.data_dir).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    def require_training_data(self) -> Path:
+        """The data folder, or TrainingDataMissingError naming the setting and the path.
+
+        Called when the trainer worker starts, so a deployment without its data set stops there
+        with this message instead of failing the first scheduled retraining.
+        """
+        from services.trainer.dataset import DatasetError, scan_dataset
+
+        path = self.data_path
+        try:
+            scan_dataset(path, find_duplicates=False)
+        except (DatasetError, OSError) as err:
+            raise TrainingDataMissingError(
+                f"CXR_DATA_DIR={self.data_dir!r} (resolved to {path}) is not a readable chest "
+                f"X-ray data set: {err}. Mount the data set there or point CXR_DATA_DIR at it "
+                "(docs/deployment.md, \"Training data\")") from err
+        return path
 
     @property
     def site_sets(self) -> dict[str, str]:

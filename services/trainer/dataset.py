@@ -48,7 +48,8 @@ class XrayRecord:
     """One image file with what its folder and name say about it.
 
     `dup_group` names the group of files with identical pixels (None when the image is unique);
-    it is filled by `assign_duplicate_groups`.
+    it is filled by `assign_duplicate_groups`. A film a site's reader confirmed has its `site` and
+    its storage `key` (`services.trainer.manifest`); a base data set file has neither.
     """
 
     path: Path
@@ -57,6 +58,8 @@ class XrayRecord:
     patient: str
     dup_group: str | None = None
     split: str | None = None
+    site: str | None = None
+    key: str | None = None
 
     @property
     def class_index(self) -> int | None:
@@ -67,7 +70,10 @@ class XrayRecord:
 
     @property
     def relative_path(self) -> str:
-        """`split/LABEL/name` (or `LABEL/name`): the same for any copy of the data set."""
+        """`split/LABEL/name` (or `LABEL/name`, or a confirmed film's storage key): the same for
+        any copy of the data set."""
+        if self.key is not None:
+            return self.key
         return "/".join(p for p in (self.split, self.path.parent.name, self.path.name) if p)
 
 

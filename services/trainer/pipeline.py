@@ -1,6 +1,9 @@
 """Retraining end to end: train -> export -> log -> register -> gate -> challenger, to approve.
 
 `retrain(settings)` is what the scheduled Celery task and `python -m services.trainer retrain` run.
+Its data is versioned (`services.trainer.manifest`): the base data set plus every site's confirmed
+films up to the cut-off (the run's start by default), or exactly the file set of an earlier run's
+manifest; the manifest is logged to the run (`dataset.*` params, `dataset/manifest.json`).
 The gate set (`gates.split_gate_set`) is cut from the recipe's records before training, so no
 model ever trains on the images that decide its promotion.
 
@@ -17,6 +20,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,13 @@ from services.trainer.approval import (
 )
 from services.trainer.config import TrainerSettings, get_settings
 from services.trainer.gates import GateSet, GateVerdict, PromotionGate, split_gate_set
+from services.trainer.manifest import (
+    MANIFEST_ARTIFACT,
+    DatasetManifest,
+    TrainingData,
+    collect_training_data,
+    rebuild_training_data,
+)
 from services.trainer.model_card import render_model_card
 from services.trainer.promotion import audit_model_event, publish_registered, registry_for
 from services.trainer.registry import ModelRegistry
@@ -40,10 +51,35 @@ from services.trainer.tracking import LoggedRun, git_commit, log_training_run, n
 log = logging.getLogger(__name__)
 
 
+def training_data(settings: TrainerSettings, work: Path, cutoff: datetime | None = None,
+                  manifest: DatasetManifest | None = None,
+                  splits: tuple[str, ...] = ("train", "val")) -> TrainingData:
+    """The run's records and manifest: rebuilt from `manifest`, or collected up to `cutoff`.
+
+    Confirmed films are read from the job storage (`CXR_STORAGE_*`) unless
+    `CXR_TRAIN_INCLUDE_CONFIRMED` is false; `cutoff` None means now.
+    """
+    from shared.schemas import utc_now
+    from shared.storage import get_storage
+
+    storage = (get_storage(settings)
+               if settings.train_include_confirmed or manifest is not None else None)
+    if manifest is not None:
+        return rebuild_training_data(manifest, settings.data_path, storage, work)
+    return collect_training_data(settings.data_path, splits, storage,
+                                 (cutoff or utc_now()) if storage is not None else None, work,
+                                 site_sets=settings.site_sets)
+
+
 def retrain(settings: TrainerSettings | None = None,
-            train_overrides: Mapping[str, Any] | None = None) -> dict:
-    """Run one retraining; returns a summary (version, gate verdict, what was published)."""
-    from services.trainer.recipe import TrainConfig, run_training, select_records
+            train_overrides: Mapping[str, Any] | None = None, cutoff: datetime | None = None,
+            manifest: DatasetManifest | None = None) -> dict:
+    """Run one retraining; returns a summary (version, gate verdict, what was published).
+
+    `cutoff`: the latest confirmation read (default: now); `manifest`: train on exactly that
+    earlier run's file set instead.
+    """
+    from services.trainer.recipe import TrainConfig, run_training
 
     settings = settings or get_settings()
     started = time.monotonic()
@@ -52,7 +88,9 @@ def retrain(settings: TrainerSettings | None = None,
         work = Path(scratch)
         config = TrainConfig.from_settings(settings, out_dir=str(work / "training"),
                                            **dict(train_overrides or {}))
-        records = select_records(config)
+        data = training_data(settings, work / "data", cutoff, manifest,
+                             tuple(config.data_splits))
+        records = data.records
         trainable, gate_records = split_gate_set(records, settings.gate_fraction,
                                                  settings.gate_seed)
         log.info("data: %d images, %d may be trained on, %d held out for the gate",
@@ -64,7 +102,7 @@ def retrain(settings: TrainerSettings | None = None,
         log.info("trained: validation AUROC %s at threshold %.4f",
                  outcome.validation.get("auroc"), outcome.threshold)
         saved_model = _export(outcome, work / "export", settings.model_name)
-        logged = _log_run(outcome, saved_model, settings, gate_set, len(trainable))
+        logged = _log_run(outcome, saved_model, settings, gate_set, len(trainable), data.manifest)
         version = registry.register(logged.model_uri, logged.run_id, tags={
             "threshold": f"{outcome.threshold:.6f}", "temperature": f"{outcome.temperature:.6f}",
             "git_commit": git_commit()})
@@ -94,6 +132,9 @@ def retrain(settings: TrainerSettings | None = None,
 
     summary = {
         "run_id": logged.run_id, "baseline_run_id": logged.baseline_run_id,
+        "dataset": {"fingerprint": data.manifest.fingerprint,
+                    "cutoff": data.manifest.cutoff.isoformat() if data.manifest.cutoff else None,
+                    **data.manifest.counts},
         "version": version, "previous_champion": champion, "promoted": published is not None,
         "approval_state": state, "gate_passed": verdict.passed, "gate_reason": verdict.reason,
         "gate": {k: verdict.candidate.get(k) for k in ("auroc", "sensitivity", "specificity")},
@@ -138,14 +179,23 @@ def _card(outcome, settings: TrainerSettings, version: int | None = None,
 
 
 def _log_run(outcome, saved_model: Path, settings: TrainerSettings, gate_set: GateSet,
-             trainable_images: int) -> LoggedRun:
+             trainable_images: int, manifest: DatasetManifest) -> LoggedRun:
     card = _card(outcome, settings)
     gate_params = {"gate.fraction": settings.gate_fraction, "gate.seed": settings.gate_seed,
                    "gate.images": len(gate_set.is_pneumonia),
                    "gate.set_fingerprint": gate_set.fingerprint,
                    "data_images_before_gate_split": trainable_images + len(gate_set.is_pneumonia)}
-    return log_training_run(outcome, saved_model, experiment=settings.mlflow_experiment,
-                            model_card=card, extra_params=gate_params)
+    logged = log_training_run(outcome, saved_model, experiment=settings.mlflow_experiment,
+                              model_card=card, extra_params={**gate_params,
+                                                             **manifest.mlflow_params()},
+                              tags=manifest.mlflow_tags())
+    log_manifest(logged.run_id, manifest)
+    return logged
+
+
+def log_manifest(run_id: str, manifest: DatasetManifest) -> None:
+    """The manifest as the run's `dataset/manifest.json` artifact (what `--manifest` reads)."""
+    MlflowClient().log_text(run_id, manifest.to_json(), MANIFEST_ARTIFACT)
 
 
 def _gate(registry: ModelRegistry, settings: TrainerSettings, gate_set: GateSet,

@@ -107,7 +107,7 @@ class TrainConfig:
         """Defaults from `TrainerSettings` (CXR_DATA_DIR, CXR_TARGET_SENSITIVITY, CXR_TRAIN_*)."""
         settings = settings or get_settings()
         values = {
-            "data_dir": settings.data_dir, "image_size": settings.image_size,
+            "data_dir": str(settings.data_path), "image_size": settings.image_size,
             "target_sensitivity": settings.target_sensitivity, "epochs": settings.train_epochs,
             "batch_size": settings.train_batch_size, "folds": settings.train_folds,
             "seed": settings.train_seed, "cache_dir": settings.train_image_cache_dir or None,

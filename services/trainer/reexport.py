@@ -10,13 +10,15 @@ before it is kept.
 The same path adds a scope screen to a version (`bundle-scope`): the pneumonia networks are
 rebuilt as above and exported with the screen, and the pneumonia outputs must match the old
 folder's. A version that already holds a screen (`assets.extra/scope/`) keeps it when written
-again, unless another is given.
+again, unless another is given. The version's model card and metrics (`assets.extra/model_card.md`,
+`metrics.json`) are carried over: the weights and the answers are the same.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -32,6 +34,8 @@ from shared.contract import (
     GRADCAM_SIGNATURE,
     HEATMAP,
     INPUT_NAME,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
     MODEL_INFO_FILE,
     SERVING_SIGNATURE,
 )
@@ -39,6 +43,8 @@ from shared.contract import (
 # Fields `export_for_serving` writes itself; the rest of model_info.json is carried over.
 _EXPORT_FIELDS = {"model_name", "version", "threshold", "temperature", "image_size",
                   "class_names", "ensemble_size", "scope", "batch_norm_folded"}
+# Files of `assets.extra` a re-export copies as they are (the export writes the others itself).
+CARRIED_FILES = (MODEL_CARD_FILE, METRICS_FILE)
 # The largest difference in any output allowed between the old and the new folder; the heatmap
 # (0..1, drawn in 8-bit colour, a sum over 1280 channels) moves by about 1e-5 when BatchNorms are
 # folded into their convolutions, far below one colour step (1/255).
@@ -152,4 +158,8 @@ def reexport(model_dir: Path, base_path: Path, version: int, images: np.ndarray,
         raise ValueError(f"the re-export answers differently ({worst}); "
                          f"left in {target} for inspection")
     difference = max(differences.values())
+    for name in CARRIED_FILES:
+        source = model_dir / ASSETS_EXTRA / name
+        if source.is_file():
+            shutil.copyfile(source, target / ASSETS_EXTRA / name)
     return target, difference

@@ -48,7 +48,11 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("max_images", args.max_images),
                                    ("batch_size", args.batch_size)) if v is not None}
-    return _print(retrain(_settings(), train_overrides=overrides))
+    from services.trainer.manifest import load_manifest, parse_cutoff
+
+    return _print(retrain(_settings(), train_overrides=overrides,
+                          cutoff=parse_cutoff(args.cutoff) if args.cutoff else None,
+                          manifest=load_manifest(args.manifest) if args.manifest else None))
 
 
 @_registry_errors
@@ -131,6 +135,11 @@ def add_retrain(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--max-images", type=int, help="train on at most N images (smoke runs)")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--cutoff", help="read confirmed films confirmed at or before this ISO 8601 "
+                      "instant (no offset: UTC; default: now)")
+    data.add_argument("--manifest", help="train on exactly this manifest's file set (a file, or "
+                      "runs:/RUN_ID for the one an earlier run logged)")
     parser.set_defaults(handler=run_retrain)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import httpx
+import pytest
 from mlflow.tracking import MlflowClient
 
 from services.gateway.app import create_app
@@ -75,3 +76,61 @@ def test_a_registry_without_champion_is_a_note(mlflow_server, redis_url, tmp_pat
     body = _current_model(settings)
     assert body["registry"] is None
     assert any("champion" in note for note in body["notes"])
+
+
+def _register_bare_champion(tracking_uri: str, name: str, description: str = "") -> str:
+    """A champion whose run holds no metrics and no card, as `bootstrap` registers the bundled
+    model."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment(f"gateway-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(experiment)
+    client.log_param(run.info.run_id, "bundled_version", "3")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"runs:/{run.info.run_id}/model",
+                                          run_id=run.info.run_id, description=description)
+    client.set_registered_model_alias(name, "champion", version.version)
+    return version.version
+
+
+def test_a_bundled_champion_shows_its_own_folders_metrics_and_card(mlflow_server, redis_url,
+                                                                    tmp_path):
+    import json
+    import shutil
+
+    from tests.support.procs import REPO_ROOT
+
+    name = f"cxr-bundled-{uuid.uuid4().hex[:8]}"
+    version = _register_bare_champion(mlflow_server.tracking_uri, name)
+    # What publishing the bundled version into the serving base puts there.
+    bundled = REPO_ROOT / "models" / "cxr-pneumonia" / "3" / "assets.extra"
+    extra = tmp_path / "serving" / name / version / "assets.extra"
+    extra.mkdir(parents=True)
+    for file in ("metrics.json", "model_card.md"):
+        shutil.copyfile(bundled / file, extra / file)
+    settings = GatewaySettings(env="test", api_keys="alice:k-1", redis_url=redis_url,
+                               storage_root=str(tmp_path / "jobs"), model_name=name,
+                               model_base_path=str(tmp_path / "serving"),
+                               mlflow_tracking_uri=mlflow_server.tracking_uri,
+                               model_server_rest=f"http://127.0.0.1:{free_port()}")
+    registry = _current_model(settings)["registry"]
+    expected = json.loads((bundled / "metrics.json").read_text())["metrics"]
+    assert registry["model_version"] == version
+    assert registry["metrics"] == pytest.approx(expected)
+    assert registry["metrics"]["gate.auroc"] == pytest.approx(0.994)
+    assert registry["model_card"] == (REPO_ROOT / "models" / "MODEL_CARD.md").read_text()
+    assert registry["from_version_files"] == ["metrics", "model_card"]
+
+
+def test_the_registrys_own_card_wins_and_a_folder_without_files_is_no_error(
+        mlflow_server, redis_url, tmp_path):
+    name = f"cxr-bare-{uuid.uuid4().hex[:8]}"
+    _register_bare_champion(mlflow_server.tracking_uri, name, description=CARD)
+    settings = GatewaySettings(env="test", api_keys="alice:k-1", redis_url=redis_url,
+                               storage_root=str(tmp_path / "jobs"), model_name=name,
+                               model_base_path=str(tmp_path / "empty-serving"),
+                               mlflow_tracking_uri=mlflow_server.tracking_uri,
+                               model_server_rest=f"http://127.0.0.1:{free_port()}")
+    registry = _current_model(settings)["registry"]
+    assert registry["model_card"] == CARD and registry["metrics"] == {}
+    assert registry["from_version_files"] == []

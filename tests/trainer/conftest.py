@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
+from shared.storage import LocalStorage
+from tests.shared.xray_files import png_bytes
 from tests.support.procs import REPO_ROOT
+from tests.trainer.dataset_layouts import T0, base_layout, confirm, noise
 
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 
@@ -29,3 +34,19 @@ def sample_export(sample_training, tmp_path_factory):
     return export_for_serving(outcome.models, base_path=tmp_path_factory.mktemp("serving"),
                               version=1, threshold=outcome.threshold,
                               temperature=outcome.temperature)
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A base data set and a storage with films confirmed at two sites around T0."""
+    base = base_layout(tmp_path / "base")
+    storage = LocalStorage(tmp_path / "storage")
+    confirm(storage, "north", "job-a", "PNEUMONIA", T0 - timedelta(days=3),
+            png_bytes(noise("film-a")), subtype="viral")
+    confirm(storage, "north", "job-b", "NORMAL", T0 - timedelta(days=1),
+            png_bytes(noise("film-b")))
+    confirm(storage, "south", "job-c", "PNEUMONIA", T0 - timedelta(hours=1),
+            png_bytes(noise("film-c")))
+    confirm(storage, "south", "job-late", "NORMAL", T0 + timedelta(days=2),
+            png_bytes(noise("film-late")))
+    return base, storage, tmp_path

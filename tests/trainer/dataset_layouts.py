@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from services.trainer.dataset import XrayRecord
+from services.trainer.manifest import TrainingData, collect_training_data
 from services.trainer.naming import parse_file_name
+from shared.feedback import ConfirmedFilm, ModelAnswer
+from shared.intake import confirmed_film_key, confirmed_label_key
+from shared.schemas import ModelRef
+from shared.storage import LocalStorage
 from tests.shared.xray_files import dicom_bytes, jpeg_bytes, png_bytes, xray_dataset
 
 
@@ -99,3 +105,49 @@ def synthetic_records(seed: int = 0, cross_patient_duplicates: int = 12) -> list
             if record.dup_group is None:
                 record.dup_group = f"cross-patient-{index}"
     return records
+
+
+# --- versioned training data (services.trainer.manifest) ---------------------------------------
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+MEDIA = {"jpg": "image/jpeg", "png": "image/png", "dcm": "application/dicom"}
+
+
+def base_layout(root: Path) -> Path:
+    """`train/` and `val/` with normal, bacterial and viral films of a few patients."""
+    for split, names in {
+        "train": ["IM-0115-0001.jpeg", "IM-0117-0001.jpeg", "person1_bacteria_1.jpeg",
+                  "person2_virus_6.jpeg", "person2_virus_7.jpeg"],
+        "val": ["IM-0001-0001.jpeg", "person3_bacteria_10.jpeg"],
+    }.items():
+        for name in names:
+            label = "NORMAL" if name.startswith("IM-") else "PNEUMONIA"
+            write(root / split / label / name, jpeg_bytes(noise(name)))
+    return root
+
+
+def confirm(storage: LocalStorage, site: str, job_id: str, label: str, when: datetime,
+            data: bytes, kind: str = "png", subtype: str | None = None,
+            revision: int = 1) -> ConfirmedFilm:
+    """A confirmed film as the feedback route stores it (`shared.feedback`)."""
+    film_key = confirmed_film_key(site, job_id, MEDIA[kind])
+    storage.put(film_key, data)
+    film = ConfirmedFilm(
+        job_id=job_id, site=site, film=film_key, content_type=MEDIA[kind], source="api",
+        label=label, subtype=subtype, reader="dr-a", revision=revision, confirmed_at=when,
+        model_answer=ModelAnswer(label="NORMAL", pneumonia_probability=0.2, threshold=0.5,
+                                 model=ModelRef(name="cxr-pneumonia", version=3)))
+    storage.put(confirmed_label_key(site, job_id), film.model_dump_json().encode())
+    return film
+
+
+def dicom_film(name: str, patient_id: str) -> bytes:
+    pixels = noise(name).astype(np.uint16) * 16
+    return dicom_bytes(xray_dataset(pixels, PatientID=patient_id, PatientIdentityRemoved="YES"))
+
+
+def collect(base: Path, storage: LocalStorage | None, tmp_path: Path, cutoff: datetime = T0,
+            **kwargs) -> TrainingData:
+    """The training data of `world` at `cutoff`, confirmed films copied under `tmp_path`."""
+    return collect_training_data(base, ["train", "val"], storage, cutoff, tmp_path / "films",
+                                 **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,14 @@ from mlflow import MlflowClient
 
 from services.trainer.approval import ApprovalRefusedError, approve
 from services.trainer.config import TrainerSettings
+from services.trainer.manifest import load_manifest
 from services.trainer.pipeline import retrain
 from services.trainer.publish import CONFIG_KEY, parse_models_config
 from services.trainer.registry import CHALLENGER, ModelRegistry
 from shared.operating_point import OperatingPoint, site_operating_point_key
+from shared.storage import LocalStorage
+from tests.shared.xray_files import png_bytes
+from tests.trainer.dataset_layouts import confirm, noise
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 SMOKE_TRAINING = {"epochs": 1, "batch_size": 4, "backbone": "custom", "width": 4,
@@ -36,11 +41,20 @@ def test_retrain_registers_a_challenger_that_serves_once_approved(mlflow_server,
               "train_image_cache_dir": None, "publish_wait_for_load_s": 0,
               # A tiny site acceptance set: a smoke test of the site gate and site points, not
               # a measurement (the sample images are also the training data here).
-              "site_acceptance_sets": f"sample:{SAMPLE}"}
+              "site_acceptance_sets": f"sample:{SAMPLE}",
+              "storage_root": str(tmp_path / "jobs")}
     lenient_clinical = {"gate_min_sensitivity": 0, "gate_min_specificity": 0, "gate_min_auroc": 0,
                         "gate_max_auroc_drop": 1, "gate_max_sensitivity_drop": 1}
     lenient = TrainerSettings(**common, **lenient_clinical, site_min_sensitivity=0,
                               site_min_specificity=0)
+
+    # Two films readers confirmed before the run: one new, one that is a film of the site's
+    # acceptance set (the sample images), which must not train.
+    storage = LocalStorage(tmp_path / "jobs")
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    confirm(storage, "sample", "job-new", "PNEUMONIA", yesterday, png_bytes(noise("new-film")))
+    accepted = sorted((SAMPLE / "NORMAL").glob("*.jpeg"))[0]
+    confirm(storage, "sample", "job-acc", "NORMAL", yesterday, accepted.read_bytes(), kind="jpg")
 
     first = retrain(lenient, train_overrides=SMOKE_TRAINING)
 
@@ -86,7 +100,13 @@ def test_retrain_registers_a_challenger_that_serves_once_approved(mlflow_server,
     baseline = client.get_run(first["baseline_run_id"])
     assert baseline.data.tags["paired_run_id"] == first["run_id"]
     assert {a.path for a in client.list_artifacts(first["run_id"])} >= {"model_card.md",
-                                                                       "figures"}
+                                                                       "figures", "dataset"}
+    # The dataset version: 40 base films, the new confirmed film, the acceptance film left out.
+    assert params["dataset.fingerprint"] == first["dataset"]["fingerprint"]
+    assert (params["dataset.source.base"], params["dataset.source.confirmed"]) == ("40", "1")
+    assert params["dataset.excluded.acceptance_overlap"] == "1"
+    assert run.data.tags["dataset_fingerprint"] == params["dataset.fingerprint"]
+    assert load_manifest(f"runs:/{first['run_id']}").fingerprint == params["dataset.fingerprint"]
 
     site_run = client.get_run(tags["site.sample.run_id"])
     assert site_run.info.experiment_id == client.get_experiment_by_name(

@@ -52,3 +52,22 @@ def test_the_cli_checks_the_copy_on_the_sample_xrays(tmp_path, capsys):
     assert (tmp_path / "new" / "cxr-pneumonia" / "2" / "saved_model.pb").is_file()
     assert main(["reexport", "--model", str(tmp_path), "--export-base", str(tmp_path / "x"),
                  "--version", "1"]) == 2
+
+
+def test_the_model_card_and_metrics_travel_with_a_reexport(tmp_path):
+    old = export_for_serving(build_cnn(width=4, seed=4), base_path=tmp_path / "old", version=3,
+                             threshold=0.5)
+    card = "# Model card\nversion 3\n"
+    metrics = {"metrics": {"gate.auroc": 0.9}}
+    (old / "assets.extra" / "model_card.md").write_text(card)
+    (old / "assets.extra" / "metrics.json").write_text(json.dumps(metrics))
+    images = np.random.RandomState(4).randint(0, 256, (2, 224, 224, 1)).astype(np.uint8)
+    new, _ = reexport(old, tmp_path / "new", 4, images)
+    assert (new / "assets.extra" / "model_card.md").read_text() == card
+    assert json.loads((new / "assets.extra" / "metrics.json").read_text()) == metrics
+    # A version without them gives a re-export without them.
+    plain = export_for_serving(build_cnn(width=4, seed=5), base_path=tmp_path / "plain",
+                               version=1, threshold=0.5)
+    copy, _ = reexport(plain, tmp_path / "plain-new", 2, images)
+    assert not (copy / "assets.extra" / "model_card.md").exists()
+    assert not (copy / "assets.extra" / "metrics.json").exists()

@@ -17,10 +17,12 @@ from services.trainer.celery_app import (
     celery_config,
     parse_cron,
 )
-from services.trainer.config import TrainerSettings
+from services.trainer.config import REPO_ROOT, TrainerSettings, TrainingDataMissingError
 from services.trainer.retrain_lock import LOCK_KEY, retrain_exclusively
 from shared.job_queue import INFERENCE_QUEUE, PURGE_TASK
 from tests.support.procs import ManagedProcess, python_argv, wait_until
+
+SAMPLE_DATA = REPO_ROOT / "data" / "sample"
 
 
 def _next_run(settings: TrainerSettings, after: datetime) -> datetime:
@@ -127,7 +129,7 @@ def test_a_real_worker_takes_cxr_retrain_from_the_training_queue(redis_url, tmp_
         "trainer-worker",
         python_argv("-m", "celery", "-A", "services.trainer.celery_app", "worker", "-Q", QUEUE,
                     "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"),
-        tmp_path, env={"CXR_REDIS_URL": redis_url})
+        tmp_path, env={"CXR_REDIS_URL": redis_url, "CXR_DATA_DIR": str(SAMPLE_DATA)})
     try:
         sender = Celery(broker=redis_url)
         sender.conf.task_routes = {TASK_NAME: {"queue": QUEUE}}
@@ -138,3 +140,43 @@ def test_a_real_worker_takes_cxr_retrain_from_the_training_queue(redis_url, tmp_
         assert client.get(LOCK_KEY) == b"held-by-test"
     finally:
         worker.stop()
+
+
+def test_a_relative_data_dir_is_read_from_the_repository_not_the_working_directory(
+        monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    settings = TrainerSettings(data_dir="data/sample")
+    assert settings.data_path == SAMPLE_DATA
+    assert settings.require_training_data() == SAMPLE_DATA
+    assert TrainerSettings(data_dir=str(tmp_path)).data_path == tmp_path
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
+def test_a_missing_or_empty_data_set_is_refused_naming_the_setting(tmp_path, make):
+    folder = make(tmp_path)
+    with pytest.raises(TrainingDataMissingError) as caught:
+        TrainerSettings(data_dir=str(folder)).require_training_data()
+    assert "CXR_DATA_DIR" in str(caught.value) and str(folder) in str(caught.value)
+
+
+@pytest.mark.slow
+def test_the_trainer_worker_refuses_to_start_without_its_data_set(redis_url, tmp_path):
+    """At start-up, with the reason on stderr, instead of failing the first scheduled run."""
+    import subprocess
+
+    missing = tmp_path / "no-data-here"
+    result = subprocess.run(
+        python_argv("-m", "celery", "-A", "services.trainer.celery_app", "worker", "-Q", QUEUE,
+                    "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO"),
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180, check=False,
+        env={**_base_env(), "CXR_REDIS_URL": redis_url, "CXR_DATA_DIR": str(missing)})
+    assert result.returncode != 0
+    assert "refuses to start" in result.stderr and str(missing) in result.stderr
+    assert "celery@" not in result.stdout  # the start-up banner never came
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    return {**env, "PYTHONPATH": str(REPO_ROOT)}
