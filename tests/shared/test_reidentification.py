@@ -36,8 +36,11 @@ def test_identifiers_are_stored_encrypted_and_read_back_for_the_job(tmp_path):
     original = instance.dataset
     assert store.lookup("dicom-abc") == {
         "PatientID": original.PatientID, "PatientName": str(original.PatientName),
+        "PatientBirthDate": original.PatientBirthDate, "PatientSex": original.PatientSex,
         "AccessionNumber": original.AccessionNumber,
-        "StudyInstanceUID": original.StudyInstanceUID}
+        "StudyInstanceUID": original.StudyInstanceUID, "StudyID": original.StudyID,
+        "StudyDate": original.StudyDate, "StudyTime": original.StudyTime,
+        "ReferringPhysicianName": str(original.ReferringPhysicianName)}
     assert store.lookup("dicom-unknown") is None
 
 
