@@ -13,8 +13,8 @@ from shared.dicom_intake.receive import DicomIntake
 from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore
-from shared.reidentification import ReidentificationKeys
 from shared.redis_clients import redis_client
+from shared.reidentification import ReidentificationKeys
 from shared.storage import get_storage
 
 

@@ -2,9 +2,9 @@
 
 For every module the IOD makes mandatory: each type 1 and type 2 attribute present at every
 nesting level (`highdicom`'s `check_required_attributes`) and each top-level type 1 attribute not
-empty; every value valid for its VR (pydicom's `validate_value`); and for an SR, the
-root content item's attributes and the content tree read back by highdicom. Conditional (type 1C/2C) attributes are not checked: the
-tables do not state their conditions.
+empty; every value valid for its VR (pydicom's `validate_value`); and for an SR, the root content
+item's attributes and the content tree read back by highdicom. Conditional (type 1C/2C)
+attributes are not checked: the tables do not state their conditions.
 """
 
 from __future__ import annotations
