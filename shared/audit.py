@@ -1,8 +1,8 @@
 """Audit trail: one JSON line per event, always on, on its own stream (`CXR_AUDIT_LOG`).
 
 Events: uploads (HTTP and DICOM), result and heatmap reads, reader verdicts (feedback), job
-lists, deletes, retention purges and every request refused for its key or its rate (401, 403,
-429). Each line holds the time (UTC, ISO 8601), the client (API client, calling AE title, or
+lists, deletes, retention purges, DICOM association requests (accepted or rejected), report
+deliveries to the PACS and every request refused for its key or its rate (401, 403, 429). Each line holds the time (UTC, ISO 8601), the client (API client, calling AE title, or
 `retention` for the purge), the action, the job id, the status answered and the caller's network
 address where there is one. No line
 holds an API key or a patient identifier: clients are named, never their keys, and DICOM lines
