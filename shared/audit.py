@@ -2,10 +2,11 @@
 
 Events: uploads (HTTP and DICOM), result and heatmap reads, reader verdicts (feedback), job
 lists, deletes, retention purges, DICOM association requests (accepted or rejected), report
-deliveries to the PACS and every request refused for its key or its rate (401, 403, 429). Each line holds the time (UTC, ISO 8601), the client (API client, calling AE title, or
-`retention` for the purge), the action, the job id, the status answered and the caller's network
-address where there is one. No line
-holds an API key or a patient identifier: clients are named, never their keys, and DICOM lines
+deliveries to the PACS and every request refused for its key or its rate (401, 403, 429). Each
+line holds the time (UTC, ISO 8601), the client (API client, calling AE title, or `retention` for
+the purge), the action, the job id, the status answered and the caller's network address where
+there is one. No line holds an API key or a patient identifier: clients are named, never their
+keys, and DICOM lines
 carry only the job id and the instance's own UID.
 
 The lines go to stdout or to a file, by setting, and never into the service's own log; logger
