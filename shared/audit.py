@@ -6,8 +6,7 @@ deliveries to the PACS and every request refused for its key or its rate (401, 4
 line holds the time (UTC, ISO 8601), the client (API client, calling AE title, or `retention` for
 the purge), the action, the job id, the status answered and the caller's network address where
 there is one. No line holds an API key or a patient identifier: clients are named, never their
-keys, and DICOM lines
-carry only the job id and the instance's own UID.
+keys, and DICOM lines carry only the job id and the instance's own UID.
 
 The lines go to stdout or to a file, by setting, and never into the service's own log; logger
 `cxr.audit` does not propagate. `export_lines` selects a period of a trail (the gateway's
