@@ -29,7 +29,7 @@ from shared.reidentification import FIELDS, PREFIX
 from shared.schemas import JobStatus
 from tests.pacs.conftest import start_node, stop_node
 from tests.pacs.dicom_validation import iod_problems
-from tests.pacs.peers import MODALITY_AE, c_store
+from tests.pacs.peers import MODALITY_AE, c_store, modality_ae
 from tests.pacs.test_stow import CONTENT_TYPE, multipart
 from tests.reliability.test_identifier_corpus import Everything, _leaks
 from tests.shared.identified_dicom import IdentifiedInstance, identified_chest_dx
@@ -205,3 +205,17 @@ def test_an_expired_key_sends_the_report_without_identifiers(stack):
     sender_log = Path(node.sender.log_path).read_text()
     assert f"job {job_id} sent" in sender_log and "without the original patient" in sender_log
     assert instance.found_in(sender_log) == []
+
+
+def test_a_rejected_association_is_one_audit_line(stack):
+    node = stack.everything.node
+    assoc = modality_ae("STRANGER").associate("127.0.0.1", node.scp_port, ae_title="CXR")
+    assert assoc.is_rejected
+
+    def rejected() -> list[dict]:
+        return [line for line in _audit(stack) if line["action"] == "dicom_association"
+                and line["client"] == "STRANGER"]
+    wait_until(lambda: rejected() != [], 10, "audit line of the rejected association")
+    [line] = rejected()
+    assert (line["accepted"], line["status"], line["reason"], line["address"]) == (
+        False, 403, "calling_ae_title_not_allowed", "127.0.0.1")
