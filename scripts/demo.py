@@ -115,7 +115,11 @@ def send_through_dicom_node(sample: Path) -> None:
                 break
             kind = "SR" if instance.Modality == "SR" else instance.Modality
             detail = sr_finding(instance) if kind == "SR" else "heatmap (Secondary Capture)"
-            print(f"  received {kind} for patient {instance.get('PatientID', '')}: {detail}")
+            # The original identifiers, from the job's re-identification key (docs/privacy.md).
+            filed = (f"patient {instance.get('PatientID', '') or '(none)'} "
+                     f"{instance.get('PatientName', '') or ''}, accession "
+                     f"{instance.get('AccessionNumber', '') or '(none)'}")
+            print(f"  received {kind} for {filed}: {detail}")
             if kind == "SR":
                 return
         print("  no report arrived within 90 s (see var/log/report-sender.log)")

@@ -66,6 +66,22 @@ REST_PORT = SETTINGS.model_server_rest_port
 REDIS_PORT = SETTINGS.redis_port
 PACS_PORT = SETTINGS.pacs_port
 SERVING_BASE = SETTINGS.model_base_path or VAR / "serving"
+# The local stack's re-identification key (Fernet), made on first start, readable by its owner
+# only; the keys it encrypts live in REID_ROOT, apart from the job storage (docs/privacy.md).
+REID_KEY_FILE = VAR / "reid-key"
+REID_ROOT = VAR / "reidentification"
+
+
+def reid_key() -> str:
+    """The local stack's re-identification key, generated once."""
+    if not REID_KEY_FILE.exists():
+        from cryptography.fernet import Fernet
+
+        REID_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(REID_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(Fernet.generate_key().decode())
+    return REID_KEY_FILE.read_text().strip()
 
 
 def local_data_dir() -> Path:
@@ -95,13 +111,19 @@ def local_environment() -> dict[str, str]:
         # The gateway's generated demo client (no CXR_API_KEYS): its STOW-RS results reach the
         # demo PACS too. Listing clients is the deployment's choice (docs/pacs.md).
         "CXR_PACS_STOW_REPORT_CLIENTS": "demo",
+        # The DICOM intake keeps each job's original identifiers under this key, so the reports
+        # the demo PACS gets carry the film's patient and study (docs/privacy.md).
+        "CXR_REID_STORAGE_ROOT": str(REID_ROOT),
         # One audit file for the gateway, DICOM node and worker (`audit-export` reads it).
         "CXR_AUDIT_LOG": str(LOG_DIR / "audit.log"),
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{MLFLOW_PORT}",
         "PYTHONPATH": str(ROOT),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    return {**os.environ, **{k: os.environ.get(k, v) for k, v in defaults.items()}}
+    environment = {**os.environ, **{k: os.environ.get(k, v) for k, v in defaults.items()}}
+    if not environment.get("CXR_REID_KEYS"):
+        environment["CXR_REID_KEYS"] = reid_key()
+    return environment
 
 
 def _port_open(port: int) -> bool:

@@ -1,11 +1,12 @@
 """Audit trail: one JSON line per event, always on, on its own stream (`CXR_AUDIT_LOG`).
 
 Events: uploads (HTTP and DICOM), result, heatmap and film reads, reader verdicts (feedback), job
-lists, deletes, retention purges, webhook delivery attempts (written by the worker), every
-request refused for its key or its rate (401, 403, 429), and the model registry's decisions
-(approvals, rejections, promotions, rollbacks). Each line holds the time (UTC, ISO 8601), the
-client (API client, calling AE title, `retention` for the purge, the person who decided for the
-registry), the action, the job id, the status answered and the caller's network address where
+lists, deletes, retention purges, DICOM association requests (accepted or rejected), report
+deliveries to the PACS, webhook delivery attempts (written by the worker), every request refused
+for its key or its rate (401, 403, 429), and the model registry's decisions (approvals,
+rejections, promotions, rollbacks). Each line holds the time (UTC, ISO 8601), the client (API
+client, calling AE title, `retention` for the purge, the person who decided for the registry),
+the action, the job id, the status answered and the caller's network address where
 there is one. No line holds an API key or a patient identifier: clients are named, never their
 keys, and DICOM lines carry only the job id and the instance's own UID.
 

@@ -1,14 +1,15 @@
 """Turning a validated image into a stored, recorded and queued job (in that order).
 
 The one path from "bytes arrived" to "the worker will predict": HTTP uploads, DICOM C-STORE and
-DICOMweb STOW-RS all call `submit_job`.
+DICOMweb STOW-RS all call `submit_job`, which is also where a DICOM job's re-identification key is
+recorded (`shared.reidentification`), from the instance as it arrived.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from shared.contract import DEFAULT_SITE
 from shared.errors import CXRError
@@ -17,6 +18,11 @@ from shared.jobs import JobStore
 from shared.operating_point import check_site_name
 from shared.schemas import Failure, JobRecord
 from shared.storage import Storage
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from shared.reidentification import ReidentificationKeys
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
@@ -78,8 +84,15 @@ def submit_job(storage: Storage, jobs: JobStore, queue: Enqueuer, *, job_id: str
                data: bytes, filename: str | None, decoded: DecodedImage,
                source: Literal["api", "dicom"] = "api",
                extra: dict[str, object] | None = None,
-               site: str = DEFAULT_SITE) -> JobRecord:
+               site: str = DEFAULT_SITE,
+               reid: ReidentificationKeys | None = None,
+               original: Dataset | bytes | None = None) -> JobRecord:
     """Store the bytes, write the record, then queue; blocking, so run it in a worker thread.
+
+    With `reid` (re-identification keys configured) and `original` (the DICOM instance as it
+    arrived, before de-identification), the job's re-identification key is written beside the
+    upload, once the job id is claimed (a duplicate never overwrites the key of the job it
+    duplicates) and before the record, so a job that exists has its key.
 
     The blob and the record exist before the task is sent, so a worker never sees an unknown job
     and a job whose task was lost can be re-queued from storage. JobExistsError if `job_id` is
@@ -94,7 +107,12 @@ def submit_job(storage: Storage, jobs: JobStore, queue: Enqueuer, *, job_id: str
                        extra={**image_facts(decoded), **(extra or {})})
     # The upload is written beside the open-jobs marker, both before the record (one fsync wait
     # less than one after the other).
-    jobs.create(record, alongside=lambda: storage.put(stored_key, data, content_type=media_type))
+    def alongside() -> None:
+        storage.put(stored_key, data, content_type=media_type)
+        if reid is not None and original is not None:
+            reid.record(job_id, original)
+
+    jobs.create(record, alongside=alongside)
     try:
         queue.enqueue(job_id)
     except CXRError as exc:

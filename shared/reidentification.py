@@ -1,21 +1,27 @@
 """Re-identification keys, kept apart from the de-identified data.
 
-For a DICOM job, the original Patient ID, Patient's Name, Accession Number and Study Instance UID,
+For a DICOM job, the original identifiers a PACS files a result by (`FIELDS`: the Patient and
+General Study attributes the SR and Secondary Capture carry, and the Study Instance UID),
 encrypted with Fernet (AES-128-CBC + HMAC-SHA256, `cryptography`) under `CXR_REID_KEYS`, in their
 own storage (`CXR_REID_STORAGE_ROOT`, never the job storage), one object per job. A key is
 readable for `CXR_REID_RETENTION_DAYS` after it was written (the token's own timestamp); after that
 `lookup` answers None and `purge_expired` deletes it. Several keys (comma-separated) allow
-rotation: the first encrypts, all decrypt. Nothing here is called by the intake yet: a sender
-that needs the identifiers (e.g. a PACS filing by Patient ID) calls `lookup(job_id)`.
+rotation: the first encrypts, all decrypt.
+
+Every intake path records the key through `shared.intake.submit_job` (uploads, STOW-RS, C-STORE),
+from the instance as received, once the job id is claimed; the report sender looks it up when it
+builds the objects sent back to the PACS (`services.pacs.report`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from shared.config import SharedSettings
@@ -23,7 +29,19 @@ from shared.errors import ObjectNotFoundError
 from shared.storage import LocalStorage, Storage
 
 PREFIX = "reidentification/"
-FIELDS = ("PatientID", "PatientName", "AccessionNumber", "StudyInstanceUID")
+# What a PACS files an object by and checks it against: the Patient module's name, ID, birth date
+# and sex, and the General Study module's UID, ID, date, time, accession and referring physician
+# (the type 2 attributes the reports carry). Nothing else of the instance is kept.
+FIELDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+          "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def original_identifiers(original: Dataset | bytes) -> dict[str, str]:
+    """`FIELDS` of an instance (a dataset, or its Part 10 bytes), as text; absent ones empty."""
+    if isinstance(original, bytes | bytearray):
+        original = dcmread(io.BytesIO(original), stop_before_pixels=True, force=True,
+                           specific_tags=list(FIELDS))
+    return {field: str(original.get(field, "") or "") for field in FIELDS}
 
 
 @dataclass(frozen=True)
@@ -43,9 +61,9 @@ class ReidentificationKeys:
                    MultiFernet([Fernet(key) for key in keys]),
                    settings.reid_retention_days * 86400)
 
-    def record(self, job_id: str, original: Dataset) -> None:
-        """Keep `original`'s identifiers for `job_id`, encrypted."""
-        values = {field: str(original.get(field, "") or "") for field in FIELDS}
+    def record(self, job_id: str, original: Dataset | bytes) -> None:
+        """Keep `original`'s identifiers (`FIELDS`) for `job_id`, encrypted."""
+        values = original_identifiers(original)
         token = self.fernet.encrypt(json.dumps(values).encode())
         self.storage.put(self._key(job_id), token, content_type="application/octet-stream")
 
@@ -60,7 +78,7 @@ class ReidentificationKeys:
         except InvalidToken:
             return None
         values: dict[str, str] = json.loads(plain)
-        return values
+        return {field: str(values.get(field, "") or "") for field in FIELDS}
 
     def forget(self, job_id: str) -> None:
         """Delete the key of `job_id` (the job itself is being deleted); none is no error."""

@@ -50,7 +50,8 @@ class GatewayResources:
     metrics: GatewayMetrics
     limits: DecodeLimits
     notices: JobNotices
-    # Deleting a job also deletes its re-identification key, where those are kept.
+    # Where those are kept: the DICOM intake records a job's re-identification key, and deleting
+    # the job deletes it.
     reid: ReidentificationKeys | None = None
     http: httpx.AsyncClient = field(init=False)
     serving: ServingClient = field(init=False)

@@ -14,6 +14,7 @@ from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore
 from shared.redis_clients import redis_client
+from shared.reidentification import ReidentificationKeys
 from shared.storage import get_storage
 
 
@@ -26,7 +27,8 @@ def main() -> None:
                          jobs=JobStore(redis_client(settings.redis_url), storage),
                          queue=JobQueue(settings), limits=DecodeLimits.from_settings(settings),
                          keep_identifiers=settings.pacs_keep_identifiers,
-                         site_of=settings.site_of_ae_title)
+                         site_of=settings.site_of_ae_title,
+                         reid=ReidentificationKeys.from_settings(settings))
     server = start_scp(settings, intake)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -6,11 +6,16 @@ reference the original image. Their UIDs are derived from the job id, so a retri
 the same instances again instead of duplicates. The SR is UNVERIFIED (no human signed it) and names
 the algorithm: model name, version, and a device UID derived from both, so it changes whenever the
 model version does.
+
+Their Patient and General Study attributes are the original ones when the job's re-identification
+key is readable (`shared.reidentification`, looked up at send time), so the PACS files them into
+the patient's study; without a key they are the stored, de-identified copy's.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -22,6 +27,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from shared.contract import MODEL_NAME
+from shared.reidentification import FIELDS as REIDENTIFIED_FIELDS
 from shared.schemas import JobRecord, PredictionResult, Scope
 from shared.scope import REASON_TEXT, describe
 
@@ -37,6 +43,13 @@ COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 PROBABILITY = hd.sr.CodedConcept("CXR001", "99CXR", "Pneumonia probability")
 THRESHOLD = hd.sr.CodedConcept("CXR002", "99CXR", "Decision threshold")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+# The pneumonia subtype, for a PNEUMONIA answer (SNOMED CT findings).
+SUBTYPE = hd.sr.CodedConcept("CXR006", "99CXR", "Pneumonia subtype")
+SUBTYPES = {"bacterial": hd.sr.CodedConcept("53084003", "SCT", "Bacterial pneumonia"),
+            "viral": hd.sr.CodedConcept("75570004", "SCT", "Viral pneumonia")}
+# The operating point that decided: whose threshold it is and who calibrated it.
+OPERATING_POINT_SITE = hd.sr.CodedConcept("CXR007", "99CXR", "Operating point site")
+CALIBRATED_BY = hd.sr.CodedConcept("CXR008", "99CXR", "Threshold calibrated by")
 # Scope: the statement, and one coded reason each (code values: shared.contract's reason codes).
 CODING_SCHEME = "99CXR"
 SCOPE = hd.sr.CodedConcept("CXR003", CODING_SCHEME, "Validated population")
@@ -48,6 +61,10 @@ SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 # reports copy from the image; real exports often omit them, which the standard does not allow.
 TYPE_2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                  "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+# What a de-identified copy says about itself, which re-identified reports must not repeat.
+DEIDENTIFICATION_MARKS = ("PatientIdentityRemoved", "DeidentificationMethod",
+                          "DeidentificationMethodCodeSequence",
+                          "LongitudinalTemporalInformationModified")
 
 
 @dataclass(frozen=True)
@@ -65,25 +82,66 @@ def report_uid(job_id: str, part: str) -> str:
     return generate_uid(entropy_srcs=["cxr-report", job_id, part])
 
 
-def reference_dataset(record: JobRecord, stored_dicom: bytes) -> Dataset:
-    """The stored copy of the received image, under the UIDs the PACS knows it by."""
+def reference_dataset(record: JobRecord, stored_dicom: bytes,
+                      identifiers: Mapping[str, str] | None = None) -> Dataset:
+    """The stored copy of the received image, under the UIDs the PACS knows it by; with
+    `identifiers` (the job's re-identification key), under its original patient and study too.
+    """
     dataset = dcmread(io.BytesIO(stored_dicom))
     uids = record.extra["dicom"]
     dataset.StudyInstanceUID = uids["study_instance_uid"]
     dataset.SeriesInstanceUID = uids["series_instance_uid"]
     dataset.SOPInstanceUID = uids["sop_instance_uid"]
     dataset.SOPClassUID = uids["sop_class_uid"]
+    if identifiers is not None:
+        reidentify(dataset, identifiers)
     for keyword in TYPE_2_COPIED:
         if keyword not in dataset:
             setattr(dataset, keyword, None)  # an empty value, as type 2 allows
     return dataset
 
 
+def reidentify(dataset: Dataset, identifiers: Mapping[str, str]) -> None:
+    """Put the original patient and study identifiers back (`shared.reidentification.FIELDS`);
+    the copy no longer claims to be de-identified."""
+    for keyword in REIDENTIFIED_FIELDS:
+        value = identifiers.get(keyword) or None
+        if keyword == "StudyInstanceUID" and value is None:
+            continue  # type 1: the job record's original UID stays
+        setattr(dataset, keyword, value)
+    for keyword in DEIDENTIFICATION_MARKS:
+        if keyword in dataset:
+            delattr(dataset, keyword)
+
+
 def summary(result: PredictionResult) -> str:
     relation = ">=" if result.label == "PNEUMONIA" else "<"
-    return (f"{result.label}: pneumonia probability {result.pneumonia_probability:.4f} "
-            f"{relation} threshold {result.threshold:.4f}; model {result.model.name} "
+    finding = result.label
+    if result.label == "PNEUMONIA" and result.subtype:
+        finding = f"{result.label} ({result.subtype})"
+    point = result.operating_point
+    calibrated = (f" (operating point of site {point.site}, calibrated by {point.calibrated_by})"
+                  if point is not None else "")
+    return (f"{finding}: pneumonia probability {result.pneumonia_probability:.4f} "
+            f"{relation} threshold {result.threshold:.4f}{calibrated}; model {result.model.name} "
             f"version {result.model.version}. Unverified AI result, {NOT_FOR_CLINICAL_USE}.")
+
+
+def decision_items(result: PredictionResult) -> list[hd.sr.ContentItem]:
+    """The subtype of a PNEUMONIA answer, and the operating point that decided (site, who
+    calibrated its threshold), where the result names them."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items: list[hd.sr.ContentItem] = []
+    if result.label == "PNEUMONIA" and result.subtype in SUBTYPES:
+        items.append(hd.sr.CodeContentItem(SUBTYPE, SUBTYPES[result.subtype],
+                                           relationship_type=contains))
+    point = result.operating_point
+    if point is not None:
+        items += [hd.sr.TextContentItem(OPERATING_POINT_SITE, point.site,
+                                        relationship_type=contains),
+                  hd.sr.TextContentItem(CALIBRATED_BY, point.calibrated_by,
+                                        relationship_type=contains)]
+    return items
 
 
 def structured_report(record: JobRecord, ref: Dataset, manufacturer: str) -> Dataset:
@@ -107,6 +165,7 @@ def structured_report(record: JobRecord, ref: Dataset, manufacturer: str) -> Dat
                               relationship_type=contains),
         hd.sr.NumContentItem(PROBABILITY, result.pneumonia_probability, NO_UNITS,
                              relationship_type=contains),
+        *decision_items(result),
         hd.sr.NumContentItem(THRESHOLD, result.threshold, NO_UNITS, relationship_type=contains),
         hd.sr.TextContentItem(COMMENT, summary(result), relationship_type=contains),
         *scope_items(result.scope),
@@ -181,8 +240,10 @@ def refusal_notice(record: JobRecord, ref: Dataset, manufacturer: str) -> Datase
     )
 
 
-def build_refusal_notice(record: JobRecord, stored_dicom: bytes, manufacturer: str) -> Dataset:
-    return refusal_notice(record, reference_dataset(record, stored_dicom), manufacturer)
+def build_refusal_notice(record: JobRecord, stored_dicom: bytes, manufacturer: str,
+                         identifiers: Mapping[str, str] | None = None) -> Dataset:
+    return refusal_notice(record, reference_dataset(record, stored_dicom, identifiers),
+                          manufacturer)
 
 
 def heatmap_capture(record: JobRecord, ref: Dataset, heatmap_png: bytes,
@@ -200,7 +261,8 @@ def heatmap_capture(record: JobRecord, ref: Dataset, heatmap_png: bytes,
 
 
 def build_report(record: JobRecord, stored_dicom: bytes, heatmap_png: bytes,
-                 manufacturer: str) -> ReportInstances:
-    ref = reference_dataset(record, stored_dicom)
+                 manufacturer: str, identifiers: Mapping[str, str] | None = None
+                 ) -> ReportInstances:
+    ref = reference_dataset(record, stored_dicom, identifiers)
     return ReportInstances(structured_report(record, ref, manufacturer),
                            heatmap_capture(record, ref, heatmap_png, manufacturer))

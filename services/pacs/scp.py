@@ -13,6 +13,10 @@ Status codes answered to the sender:
   error is logged); resending the same bytes cannot succeed;
 - 0xA700 "Out of resources": storage or the queue is down for now; the sender may try again later;
 - 0x0110 "Processing failure": an unexpected error (logged with its traceback).
+
+Every association request is one audit line (action `dicom_association`: the calling AE title,
+the caller's address, accepted 200 or rejected: 403 for a calling AE title not allowed, 503 for
+the association limit).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from services.pacs.settings import PacsSettings
-from shared.audit import caller_address
+from shared.audit import AuditEntry, caller_address
 from shared.dicom_intake.receive import C_STORE, DicomIntake, Disposition, read_instance
 from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
 from shared.errors import CXRError, ImageError
@@ -57,6 +61,29 @@ def build_ae(settings: PacsSettings) -> AE:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     return ae
+
+
+ASSOCIATION_ACTION = "dicom_association"
+
+
+def association_handler(settings: PacsSettings, accepted: bool):
+    """The audit line of an association request, accepted or rejected."""
+    allowed = settings.allowed_calling_ae_titles
+
+    def handle(event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        calling = (requestor.ae_title or "").strip() or None
+        extra: dict[str, object] = {"accepted": accepted}
+        status = 200
+        if not accepted:
+            not_allowed = bool(allowed) and calling not in allowed
+            extra["reason"] = ("calling_ae_title_not_allowed" if not_allowed
+                               else "association_limit")
+            status = 403 if not_allowed else 503
+        AuditEntry(calling, ASSOCIATION_ACTION, status=status, extra=extra,
+                   address=requestor.address or None).emit()
+
+    return handle
 
 
 def store_handler(intake: DicomIntake):
@@ -164,7 +191,9 @@ def start_scp(settings: PacsSettings, intake: DicomIntake) -> BoundedAssociation
     """Listen on CXR_PACS_HOST:CXR_PACS_PORT in a thread; `shutdown()` the server to stop."""
     ae = build_ae(settings)
     handlers = [(evt.EVT_C_STORE, store_handler(intake)),
-                (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+                (evt.EVT_C_ECHO, lambda event: SUCCESS),
+                (evt.EVT_ACCEPTED, association_handler(settings, accepted=True)),
+                (evt.EVT_REJECTED, association_handler(settings, accepted=False))]
     server = ae.make_server((settings.pacs_host, settings.pacs_port), evt_handlers=handlers,
                             server_class=BoundedAssociationServer,
                             max_per_address=settings.pacs_scp_max_connections_per_address)

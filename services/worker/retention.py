@@ -23,9 +23,16 @@ log = logging.getLogger(__name__)
 
 
 def run_purge(settings: WorkerSettings, storage: Storage, jobs: JobStore) -> PurgeResult:
+    """Erase the jobs past `CXR_RETENTION_DAYS`, and the re-identification keys past
+    `CXR_REID_RETENTION_DAYS` (unreadable already; their job may live longer)."""
     ensure_audit(settings.audit_log)
-    return purge_expired(storage, jobs, settings.retention_days,
-                         reid=ReidentificationKeys.from_settings(settings))
+    reid = ReidentificationKeys.from_settings(settings)
+    result = purge_expired(storage, jobs, settings.retention_days, reid=reid)
+    if reid is not None:
+        removed = reid.purge_expired()
+        if removed:
+            log.info("retention purge: %d expired re-identification keys deleted", removed)
+    return result
 
 
 @app.task(name=PURGE_TASK)

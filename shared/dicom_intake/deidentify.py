@@ -27,7 +27,8 @@ from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
 
 TABLE_VERSION = "dicomfields_2026c"
-METHOD = ("DICOM PS3.15 E.1 Basic Application Level Confidentiality Profile, "
+# De-identification Method is LO (at most 64 characters a value): one value per part.
+METHOD = ("DICOM PS3.15 E.1 Basic Application Level Confidentiality Profile",
           "Retain Patient Characteristics Option (Patient's Age)")
 METHOD_CODES = (("113100", "DCM", "Basic Application Confidentiality Profile"),
                 ("113108", "DCM", "Retain Patient Characteristics Option"))
@@ -150,7 +151,7 @@ def deidentify(dataset: Dataset) -> Dataset:
     if getattr(copy, "file_meta", None) is not None:
         _clean(copy.file_meta)
     copy.PatientIdentityRemoved = "YES"
-    copy.DeidentificationMethod = METHOD
+    copy.DeidentificationMethod = list(METHOD)
     codes = []
     for value, scheme, meaning in METHOD_CODES:
         code = Dataset()

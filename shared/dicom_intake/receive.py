@@ -9,6 +9,8 @@ image again under the same UID makes no second job (a duplicate, stored already)
 image under a UID that sender already used is refused as a conflict. The original
 Study/Series/SOP Instance UIDs and the route stay in the job record (`extra.dicom`), so results
 can be sent back to the PACS that knows the instance by them, and only for a sender allowed to.
+With re-identification keys configured (`reid`), the instance's patient and study identifiers are
+kept apart, encrypted, for the same purpose (`shared.reidentification`, recorded by `submit_job`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from shared.imaging.dicom_scan import check_file
 from shared.imaging.header_hints import header_reasons
 from shared.intake import Enqueuer, submit_job
 from shared.jobs import JobStore
+from shared.reidentification import ReidentificationKeys
 from shared.schemas import JobRecord
 from shared.scope import SCOPE_HINTS_KEY, check_refusal, ordered
 from shared.storage import Storage
@@ -75,6 +78,8 @@ class DicomIntake:
     # True: a film with a refusing scope reason raises the refusal here (STOW-RS answers it at
     # once); False: it is queued and refused by the worker, which tells the PACS (C-STORE).
     refuse_out_of_scope: bool = False
+    # Where the original identifiers are kept for the reports sent back; None: not kept.
+    reid: ReidentificationKeys | None = None
 
     def receive(self, dataset: Dataset, *, client: str, route: str) -> Received:
         """Turn `dataset` into a job; image errors (`ImageError`) propagate to the caller."""
@@ -101,7 +106,8 @@ class DicomIntake:
                 submit_job(self.storage, self.jobs, self.queue, job_id=job_id, client=client,
                            data=data, filename=None, decoded=decoded, source="dicom",
                            extra=extra,
-                           site=self.site_of(client) if self.site_of else DEFAULT_SITE)
+                           site=self.site_of(client) if self.site_of else DEFAULT_SITE,
+                           reid=self.reid, original=dataset)
             except JobExistsError:
                 existing = self.jobs.get(job_id)
                 known = existing.extra.get("dicom", {}).get("pixel_sha256") if existing else None

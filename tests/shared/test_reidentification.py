@@ -36,8 +36,11 @@ def test_identifiers_are_stored_encrypted_and_read_back_for_the_job(tmp_path):
     original = instance.dataset
     assert store.lookup("dicom-abc") == {
         "PatientID": original.PatientID, "PatientName": str(original.PatientName),
+        "PatientBirthDate": original.PatientBirthDate, "PatientSex": original.PatientSex,
         "AccessionNumber": original.AccessionNumber,
-        "StudyInstanceUID": original.StudyInstanceUID}
+        "StudyInstanceUID": original.StudyInstanceUID, "StudyID": original.StudyID,
+        "StudyDate": original.StudyDate, "StudyTime": original.StudyTime,
+        "ReferringPhysicianName": str(original.ReferringPhysicianName)}
     assert store.lookup("dicom-unknown") is None
 
 
@@ -78,3 +81,21 @@ def test_erasing_a_job_also_erases_its_reidentification_key(tmp_path, redis_url)
     erase_job(storage, jobs, "dicom-1", reid=keys)
     assert keys.lookup("dicom-1") is None and keys.lookup("dicom-2") is not None
     assert storage.list() == []
+
+
+def test_the_scheduled_purge_deletes_expired_keys_of_jobs_still_kept(tmp_path, redis_url):
+    from services.worker.retention import run_purge
+    from services.worker.settings import WorkerSettings
+
+    key = Fernet.generate_key().decode()
+    settings = WorkerSettings(reid_keys=key, reid_storage_root=str(tmp_path / "reid"),
+                              retention_days=0, audit_log=str(tmp_path / "audit.log"))
+    keys = keys_in(tmp_path / "reid", key)
+    keys.record("dicom-new", identified_chest_dx().dataset)
+    old = Fernet(key.encode()).encrypt_at_time(b"{}", int(time.time()) - 31 * 86400)
+    (tmp_path / "reid" / PREFIX / "dicom-old").write_bytes(old)
+    storage = LocalStorage(tmp_path / "jobs")
+
+    run_purge(settings, storage, JobStore(redis.Redis.from_url(redis_url), storage))
+
+    assert sorted(path.name for path in (tmp_path / "reid" / PREFIX).iterdir()) == ["dicom-new"]

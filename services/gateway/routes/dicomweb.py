@@ -37,7 +37,7 @@ def _intake(resources: GatewayResources) -> DicomIntake:
                        limits=resources.limits,
                        keep_identifiers=resources.settings.pacs_keep_identifiers,
                        site_of=resources.settings.site_of_client,
-                       refuse_out_of_scope=True)
+                       refuse_out_of_scope=True, reid=resources.reid)
 
 
 def _store_all(resources: GatewayResources, client: str, parts: list[bytes],

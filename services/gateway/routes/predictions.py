@@ -133,7 +133,9 @@ async def _accept_upload(request: Request, resources: GatewayResources, client: 
             lambda: submit_job(resources.storage, resources.jobs, resources.queue,
                                job_id=job_id, client=client, data=stored,
                                filename=file.filename, decoded=decoded,
-                               site=resources.settings.site_of_client(client)))
+                               site=resources.settings.site_of_client(client),
+                               reid=resources.reid,
+                               original=data if decoded.format == "dicom" else None))
     except Exception:
         if idempotency_key is not None:
             await idem.release(client, idempotency_key)
