@@ -33,6 +33,9 @@ UNKNOWN_SUBTYPE = len(CLASS_NAMES)
 ASSETS_EXTRA = "assets.extra"
 MODEL_INFO_FILE = "model_info.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
+# The model's reference distribution for the drift check (shared/drift.py), computed on its
+# validation (gate) films: `<version>/assets.extra/drift_reference.json`.
+DRIFT_REFERENCE_FILE = "drift_reference.json"
 
 # MLflow Model Registry aliases and TF Serving version labels.
 CHAMPION_ALIAS = "champion"

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from services.trainer.drift_reference import DRIFT_SUBCOMMANDS
 from services.trainer.registry_cli import REGISTRY_SUBCOMMANDS
 from services.trainer.scope_cli import SCOPE_SUBCOMMANDS
 from services.trainer.site_cli import SITE_SUBCOMMANDS
@@ -68,6 +69,7 @@ SUBCOMMANDS += REGISTRY_SUBCOMMANDS
 SUBCOMMANDS += TRAINING_SUBCOMMANDS
 SUBCOMMANDS += SITE_SUBCOMMANDS
 SUBCOMMANDS += SCOPE_SUBCOMMANDS
+SUBCOMMANDS += DRIFT_SUBCOMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import keras
@@ -113,6 +114,18 @@ def max_output_difference(old_dir: Path, new_dir: Path, images: np.ndarray) -> f
     return worst
 
 
+def carry_drift_reference(model_dir: Path, target: Path) -> None:
+    """The version's drift reference goes with it: the outputs it describes are the same."""
+    from services.trainer.drift_reference import reference_path
+
+    source = reference_path(model_dir)
+    if source.is_file():
+        destination = reference_path(target)
+        partial = destination.with_name(destination.name + ".partial")
+        shutil.copyfile(source, partial)
+        partial.replace(destination)
+
+
 def reexport(model_dir: Path, base_path: Path, version: int, images: np.ndarray,
              scope: ScopeScreen | None = None) -> tuple[Path, float]:
     """Export `model_dir` again as `<base_path>/<name>/<version>/`; its outputs must match.
@@ -131,6 +144,7 @@ def reexport(model_dir: Path, base_path: Path, version: int, images: np.ndarray,
         temperature=float(info["temperature"]), model_name=info["model_name"], extra_info=extra,
         scope=scope,
     )
+    carry_drift_reference(model_dir, target)
     difference = max_output_difference(model_dir, target, images)
     if difference > PARITY_TOLERANCE:
         raise ValueError(f"the re-export answers differently (max difference {difference:.2e}); "

@@ -35,5 +35,5 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
 
 
 app = Celery("cxr-worker", include=["services.worker.tasks", "services.worker.retention",
-                                  "services.worker.lifecycle"])
+                                  "services.worker.drift", "services.worker.lifecycle"])
 app.conf.update(celery_config(get_settings()))
