@@ -5,15 +5,19 @@ sent to the queue sets the drift gauges in the worker's /metrics."""
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+import yaml
 from celery import Celery
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.trainer.drift_reference import compute_reference, write_reference
 from shared.drift import STATISTICS, films_key
@@ -29,6 +33,7 @@ from tests.worker.jobs import JobClient, metric_value, wait_for_metric, xray_jpe
 pytestmark = pytest.mark.slow
 
 FILMS_PER_SITE = 20
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def inverted_jpeg(seed: int) -> bytes:
@@ -119,3 +124,12 @@ def test_answered_films_are_recorded_counted_and_checked(stack):
     assert metric_value(text, "cxr_drift_last_check_timestamp_seconds", site="steady") > 0
     log = stack.worker.log_tail(20000)
     assert "drift check site=inverted version=1 films=20" in log and "state=ALERT" in log
+
+    # Every metric the drift alert rules read is one the worker exports.
+    rules = yaml.safe_load((REPO_ROOT / "infra" / "prometheus" / "alerts.yml").read_text())
+    (group,) = [g for g in rules["groups"] if g["name"] == "cxr-drift"]
+    read_by_rules = {name for rule in group["rules"]
+                     for name in re.findall(r"\bcxr_[a-z_]+\b", rule["expr"])}
+    exported = {s.name for family in text_string_to_metric_families(text)
+                for s in family.samples}
+    assert read_by_rules and read_by_rules <= exported, read_by_rules - exported
