@@ -3,8 +3,9 @@
 Every answered film gives a few numbers (`film_statistics`): the model's own p(pneumonia) (before
 a site's calibration), the mean and the standard deviation of the model input's pixels (in 0..1),
 and, for a model with a scope screen, each screening score. The worker records them per site in
-Redis (`DriftRecorder`: a sorted set per site scored by time, capped in count and age; a film is
-named by a digest of its job id, nothing else about it is kept).
+Redis (`DriftRecorder`: a sorted set per site scored by time, capped in count and age; each member
+is a packed record, `FILM_DTYPE`: a digest of the job id, the model version and the statistics as
+float32; nothing else about the film is kept).
 
 The reference (`DriftReference`, `assets.extra/drift_reference.json` beside the SavedModel) holds
 the same numbers on the model's validation (gate) films: each statistic's sorted values, and the
@@ -144,10 +145,11 @@ class StatisticReference:
 
     @classmethod
     def from_values(cls, values: Iterable[float]) -> StatisticReference:
-        data = np.sort(np.asarray(list(values), dtype=float))
+        # float32, as films are recorded: a value both sides share compares equal.
+        data = np.sort(np.asarray(list(values), dtype=np.float32).astype(np.float64))
         if data.size == 0 or not np.all(np.isfinite(data)):
             raise ValueError("a reference statistic needs finite values")
-        edges = psi_edges(data)
+        edges = np.unique(psi_edges(data).astype(np.float32).astype(np.float64))
         return cls(data, edges, bin_shares(data, edges))
 
 
@@ -180,10 +182,8 @@ class DriftReference:
         }
         lines = [json.dumps(head)[:-1] + ', "statistics": {']
         entries = [
-            json.dumps(name) + ": " + json.dumps({
-                "edges": [_short(v) for v in ref.edges],
-                "shares": [_short(v) for v in ref.shares],
-                "values": [_short(v) for v in ref.values]}, separators=(",", ":"))
+            json.dumps(name) + ': {"edges":' + _floats(ref.edges) + ',"shares":'
+            + _floats(ref.shares) + ',"values":' + _floats(ref.values) + "}"
             for name, ref in self.statistics.items()]
         lines.append(",\n".join(entries))
         lines.append("}}")
@@ -196,8 +196,8 @@ class DriftReference:
             raise ValueError(f"unknown drift reference format {body.get('format')!r}")
         stats = {}
         for name, entry in body["statistics"].items():
-            values = np.sort(np.asarray(entry["values"], dtype=float))
-            edges = np.asarray(entry["edges"], dtype=float)
+            values = np.sort(np.asarray(entry["values"], dtype=np.float32).astype(np.float64))
+            edges = np.asarray(entry["edges"], dtype=np.float32).astype(np.float64)
             shares = np.asarray(entry["shares"], dtype=float)
             if len(shares) != len(edges) + 1 or values.size == 0:
                 raise ValueError(f"drift reference statistic {name!r} is malformed")
@@ -205,21 +205,30 @@ class DriftReference:
         return cls(stats, int(body["films"]), dict(body.get("source") or {}))
 
 
-def _short(value: float) -> float:
-    return float(f"{float(value):.6g}")
+def _floats(values: np.ndarray) -> str:
+    """A JSON list of the values as float32, each in the fewest digits that read back exactly."""
+    return "[" + ",".join(str(v) for v in np.asarray(values, dtype=np.float32)) + "]"
 
 
 # --- recorded films ---------------------------------------------------------------------------
 
 
-def film_token(job_id: str) -> str:
-    """What names a recorded film: a digest of its job id (so a film is recorded once)."""
-    return hashlib.sha256(job_id.encode()).hexdigest()[:16]
+# One recorded film, as the member of the site's sorted set: a digest of its job id (so a film is
+# recorded once), the model version that answered, and its statistics (NaN where not recorded).
+FILM_DTYPE = np.dtype([("token", "S8"), ("version", "<i4"), ("values", "<f4", (len(STATISTICS),))])
+FILM_BYTES = FILM_DTYPE.itemsize
 
 
-def encode_film(job_id: str, version: int, stats: Mapping[str, float]) -> str:
-    values = " ".join(f"{stats[name]:.6g}" if name in stats else "nan" for name in STATISTICS)
-    return f"{film_token(job_id)} {int(version)} {values}"
+def film_token(job_id: str) -> bytes:
+    return hashlib.sha256(job_id.encode()).digest()[:8]
+
+
+def encode_film(job_id: str, version: int, stats: Mapping[str, float]) -> bytes:
+    film = np.zeros((), dtype=FILM_DTYPE)
+    film["token"] = film_token(job_id)
+    film["version"] = int(version)
+    film["values"] = [stats.get(name, math.nan) for name in STATISTICS]
+    return film.tobytes()
 
 
 @dataclass(frozen=True)
@@ -239,17 +248,15 @@ class SiteFilms:
         return column[np.isfinite(column)]
 
 
-def decode_films(site: str, members: Sequence[bytes | str]) -> SiteFilms:
+def decode_films(site: str, members: Sequence[bytes]) -> SiteFilms:
     """Members newest first; the films of the newest member's version are kept."""
-    if not members:
+    known = [member for member in members if len(member) == FILM_BYTES]
+    if not known:
         return SiteFilms(site, None, np.empty((0, len(STATISTICS))))
-    rows = [(m.decode() if isinstance(m, bytes) else m).split() for m in members]
-    rows = [row for row in rows if len(row) == len(STATISTICS) + 2]
-    if not rows:
-        return SiteFilms(site, None, np.empty((0, len(STATISTICS))))
-    version = int(rows[0][1])
-    kept = [row[2:] for row in rows if int(row[1]) == version]
-    return SiteFilms(site, version, np.array(kept, dtype=float))
+    films = np.frombuffer(b"".join(known), dtype=FILM_DTYPE)
+    version = int(films["version"][0])
+    kept = films["values"][films["version"] == version]
+    return SiteFilms(site, version, kept.astype(np.float64))
 
 
 class DriftRecorder:

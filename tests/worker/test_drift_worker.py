@@ -20,7 +20,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.trainer.drift_reference import compute_reference, write_reference
-from shared.drift import STATISTICS, films_key
+from shared.drift import FILM_BYTES, films_key
 from shared.imaging import decode_xray, to_model_input
 from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE
 from shared.jobs import JobStore
@@ -102,7 +102,7 @@ def test_answered_films_are_recorded_counted_and_checked(stack):
     for site in ("steady", "inverted"):
         members = stack.redis.zrange(films_key(site), 0, -1)
         assert len(members) == FILMS_PER_SITE
-        assert all(len(m.split()) == len(STATISTICS) + 2 for m in members)
+        assert all(len(m) == FILM_BYTES for m in members)
         assert not any(job_id.encode() in m for m in members for job_id in sent)
 
     text = stack.worker.metrics_text()
