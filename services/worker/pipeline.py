@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import redis
@@ -99,9 +100,11 @@ class WorkerDeps:
 
 @dataclass(frozen=True)
 class FilmFacts:
-    """What the monitoring keeps of an answered film: its drift statistics and its input kind."""
+    """What the monitoring reads of an answered film: its model input and the model's outputs (for
+    the drift statistics) and its input kind."""
 
-    statistics: dict[str, float]
+    model_input: np.ndarray
+    outputs: Mapping[str, Any]
     image_format: str
     bit_depth: int | str
     width: int
@@ -210,7 +213,7 @@ def observe_film(record: JobRecord, result: PredictionResult, facts: FilmFacts,
         metrics.count_input(record.site, input_source(record), facts.image_format,
                             facts.bit_depth, facts.width, facts.height)
         deps.drift_recorder().record(record.site, record.job_id, result.model.version,
-                                     facts.statistics)
+                                     film_statistics(facts.model_input, facts.outputs))
     except Exception:  # the answer is stored; monitoring must not undo it
         log.exception("job %s: could not record its drift statistics", record.job_id)
 
@@ -249,7 +252,7 @@ def predict_record(record: JobRecord,
     point = deps.operating_points.get(answer.version, record.site)
     result = apply_operating_point(build_result(answer, 0, timings), record.site, point)
     meta = decoded.metadata
-    facts = FilmFacts(film_statistics(batch[0], answer.outputs), str(meta.get("format", "")),
+    facts = FilmFacts(batch[0], answer.outputs, str(meta.get("format", "")),
                       meta.get("bit_depth", ""), int(meta.get("width", decoded.pixels.shape[1])),
                       int(meta.get("height", decoded.pixels.shape[0])))
     return result.model_copy(update={"scope": film_scope}), attention, facts
