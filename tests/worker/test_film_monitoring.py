@@ -80,3 +80,34 @@ def test_a_record_that_fails_is_logged_and_the_job_goes_on(caplog):
         observe_film(record, result, facts, deps)  # no exception
     assert "could not record its drift statistics" in caplog.text
     assert _count("offline") == 1
+
+
+def test_the_drift_check_command_prints_each_site(redis_url, monkeypatch, capsys):
+    import json
+    import time
+    from pathlib import Path
+
+    from services.worker.__main__ import main
+    from services.worker.settings import get_settings
+    from shared.drift import DriftReference, reference_key
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    reference = DriftReference.from_json(
+        LocalStorage(models).get(reference_key("cxr-pneumonia", 3)))
+    # The reference's own films, recorded as a site's: no drift at all.
+    films = [{name: float(stat.values[i]) for name, stat in reference.statistics.items()}
+             for i in range(reference.films)]
+    client = redis.Redis.from_url(redis_url)
+    DriftRecorder(client, max_films=1000, window_s=3600).record_many(
+        "twin", [(f"twin-{i}", 3, film, time.time() - 60) for i, film in enumerate(films)])
+    monkeypatch.setenv("CXR_REDIS_URL", redis_url)
+    monkeypatch.setenv("CXR_MODEL_BASE_PATH", str(models))
+    get_settings.cache_clear()
+    try:
+        assert main(["drift-check"]) == 0
+    finally:
+        get_settings.cache_clear()
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert (line["site"], line["version"], line["films"], line["alert"]) == ("twin", 3, 524, False)
+    assert max(line["ks"].values()) == 0.0
+    client.close()
