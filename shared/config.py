@@ -111,6 +111,9 @@ class SharedSettings(BaseSettings):
     retention_purge_cron: str = Field(default="30 2 * * *", description=(
         "When Celery beat sends the retention purge (`cxr.purge`, run by the inference worker): "
         "a 5-field cron expression in UTC."))
+    drift_check_cron: str = Field(default="15 * * * *", description=(
+        "When Celery beat sends the drift check (`cxr.drift_check`, run by the inference worker, "
+        "`docs/monitoring.md`): a 5-field cron expression in UTC."))
 
     site_clients: str = Field(default="", description=(
         "`client:site,client2:site2`: the site of each API client (gateway, STOW-RS); a job is "

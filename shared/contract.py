@@ -37,6 +37,9 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 # `GET /v1/models/current` shows when no MLflow run holds them (a bundled version).
 MODEL_CARD_FILE = "model_card.md"
 METRICS_FILE = "metrics.json"
+# The model's reference distribution for the drift check (shared/drift.py), computed on its
+# validation (gate) films: `<version>/assets.extra/drift_reference.json`.
+DRIFT_REFERENCE_FILE = "drift_reference.json"
 
 # MLflow Model Registry aliases and TF Serving version labels.
 CHAMPION_ALIAS = "champion"

@@ -43,6 +43,8 @@ class JobQueue:
 
 # The retention purge (shared/retention.py): sent by Celery beat, run by the inference worker.
 PURGE_TASK = "cxr.purge"
+# The drift check (shared/drift.py): sent by Celery beat, run by the inference worker.
+DRIFT_CHECK_TASK = "cxr.drift_check"
 
 # Scheduled and requested retraining (services/trainer/celery_app.py).
 TRAINING_QUEUE = "training"

@@ -2,7 +2,8 @@
 
 Its beat is the project's one scheduler: it also sends the retention purge (`cxr.purge`) to the
 inference workers' queue on `CXR_RETENTION_PURGE_CRON` (a worker with `CXR_RETENTION_DAYS=0` keeps
-everything and the purge does nothing).
+everything and the purge does nothing), and the drift check (`cxr.drift_check`,
+`docs/monitoring.md`) to the same queue on `CXR_DRIFT_CHECK_CRON`.
 
 Run one beat only (`celery -A services.trainer.celery_app beat`) and a worker on the queue
 (`celery -A services.trainer.celery_app worker -Q training --concurrency 1`). Importing this module
@@ -22,7 +23,7 @@ from celery.schedules import crontab
 
 from services.trainer.config import TrainerSettings, TrainingDataMissingError, get_settings
 from shared.celery_config import reliable_queue_config
-from shared.job_queue import INFERENCE_QUEUE, PURGE_TASK
+from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE, PURGE_TASK
 from shared.job_queue import RETRAIN_TASK as TASK_NAME
 from shared.job_queue import TRAINING_QUEUE as QUEUE
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULE_ENTRY = "scheduled-retrain"
 PURGE_SCHEDULE_ENTRY = "scheduled-retention-purge"
+DRIFT_SCHEDULE_ENTRY = "scheduled-drift-check"
 # Redis redelivers an unacked (acks_late) message after this; it must outlast the lock, so a
 # redelivery of a still-running retraining finds the lock taken, or of a dead one finds it free.
 VISIBILITY_MARGIN_S = 3600
@@ -59,6 +61,10 @@ def celery_config(settings: TrainerSettings) -> dict[str, object]:
             PURGE_SCHEDULE_ENTRY: {
                 "task": PURGE_TASK,
                 "schedule": parse_cron(settings.retention_purge_cron, "CXR_RETENTION_PURGE_CRON"),
+                "options": {"queue": INFERENCE_QUEUE}},
+            DRIFT_SCHEDULE_ENTRY: {
+                "task": DRIFT_CHECK_TASK,
+                "schedule": parse_cron(settings.drift_check_cron, "CXR_DRIFT_CHECK_CRON"),
                 "options": {"queue": INFERENCE_QUEUE}},
         },
         "timezone": "UTC",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services.trainer.dataset_cli import DATASET_SUBCOMMANDS
+from services.trainer.drift_reference import DRIFT_SUBCOMMANDS
 from services.trainer.registry_cli import REGISTRY_SUBCOMMANDS
 from services.trainer.scope_cli import SCOPE_SUBCOMMANDS
 from services.trainer.site_cli import SITE_SUBCOMMANDS
@@ -70,6 +71,7 @@ SUBCOMMANDS += TRAINING_SUBCOMMANDS
 SUBCOMMANDS += SITE_SUBCOMMANDS
 SUBCOMMANDS += SCOPE_SUBCOMMANDS
 SUBCOMMANDS += DATASET_SUBCOMMANDS
+SUBCOMMANDS += DRIFT_SUBCOMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:

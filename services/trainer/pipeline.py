@@ -102,6 +102,7 @@ def retrain(settings: TrainerSettings | None = None,
         log.info("trained: validation AUROC %s at threshold %.4f",
                  outcome.validation.get("auroc"), outcome.threshold)
         saved_model = _export(outcome, work / "export", settings.model_name)
+        _write_drift_reference(saved_model, gate_set, settings)
         logged = _log_run(outcome, saved_model, settings, gate_set, len(trainable), data.manifest)
         version = registry.register(logged.model_uri, logged.run_id, tags={
             "threshold": f"{outcome.threshold:.6f}", "temperature": f"{outcome.temperature:.6f}",
@@ -167,6 +168,17 @@ def _export(outcome, base: Path, model_name: str) -> Path:
                               threshold=outcome.threshold, temperature=outcome.temperature,
                               model_name=model_name,
                               extra_info=architecture_info(outcome.params))
+
+
+def _write_drift_reference(saved_model: Path, gate_set: GateSet,
+                           settings: TrainerSettings) -> None:
+    """The drift check's reference (`shared/drift.py`), from the gate films, in the export."""
+    from services.trainer.drift_reference import compute_reference, write_reference
+
+    source = {"films": f"gate set of the data set (gate fraction {settings.gate_fraction}, "
+                       f"seed {settings.gate_seed})",
+              "data_fingerprint": gate_set.fingerprint}
+    write_reference(saved_model, compute_reference(saved_model, gate_set.images, source))
 
 
 def _card(outcome, settings: TrainerSettings, version: int | None = None,

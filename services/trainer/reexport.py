@@ -132,6 +132,18 @@ def max_output_difference(old_dir: Path, new_dir: Path, images: np.ndarray) -> f
     return max(output_differences(old_dir, new_dir, images).values())
 
 
+def carry_drift_reference(model_dir: Path, target: Path) -> None:
+    """The version's drift reference goes with it: the outputs it describes are the same."""
+    from services.trainer.drift_reference import reference_path
+
+    source = reference_path(model_dir)
+    if source.is_file():
+        destination = reference_path(target)
+        partial = destination.with_name(destination.name + ".partial")
+        shutil.copyfile(source, partial)
+        partial.replace(destination)
+
+
 def reexport(model_dir: Path, base_path: Path, version: int, images: np.ndarray,
              scope: ScopeScreen | None = None) -> tuple[Path, float]:
     """Export `model_dir` again as `<base_path>/<name>/<version>/`; its outputs must match.
@@ -150,6 +162,7 @@ def reexport(model_dir: Path, base_path: Path, version: int, images: np.ndarray,
         temperature=float(info["temperature"]), model_name=info["model_name"], extra_info=extra,
         scope=scope,
     )
+    carry_drift_reference(model_dir, target)
     differences = output_differences(model_dir, target, images)
     beyond = {key: value for key, value in differences.items()
               if value > TOLERANCES.get(key, PARITY_TOLERANCE)}

@@ -1,5 +1,5 @@
 """Operator commands: `python -m services.worker COMMAND`: `reconcile`, `dead-letters`,
-`requeue-dead-letters`, `purge`.
+`requeue-dead-letters`, `purge`, `drift-check`.
 
 The worker itself runs as `celery -A services.worker.celery_app worker -Q inference`.
 
@@ -10,6 +10,9 @@ then exits 0; a failed pass is logged and tried again at the next tick.
 
 `purge` runs one retention pass now (what Celery beat sends as `cxr.purge`): every job created
 more than `CXR_RETENTION_DAYS` days ago is erased; it prints `{"purged": [job ids]}`.
+
+`drift-check` runs one drift check now (what Celery beat sends as `cxr.drift_check`,
+`docs/monitoring.md`) and prints one JSON line per compared site.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     requeue = commands.add_parser("requeue-dead-letters", help="send dead-lettered jobs again")
     requeue.add_argument("--job-id", help="only this job (default: every entry)")
     commands.add_parser("purge", help="erase the jobs older than CXR_RETENTION_DAYS now")
+    commands.add_parser("drift-check", help="compare every site's recent films with the served "
+                        "model's reference now")
     return parser
 
 
@@ -152,6 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = run_purge(settings, storage, jobs)
         print(json.dumps({"purged": result.purged}))
+        return EXIT_OK
+    elif args.command == "drift-check":
+        from services.worker.drift import check_now
+
+        for site in check_now(settings, client):
+            print(json.dumps({"site": site.site, "version": site.version, "films": site.films,
+                              "test": site.test, "threshold": site.threshold,
+                              "alert": site.alert, "ks": site.ks, "psi": site.psi}))
         return EXIT_OK
     elif args.command == "dead-letters":
         for entry in dead_letter.entries(client, settings.dead_letter_key):

@@ -35,6 +35,6 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
 
 
 app = Celery("cxr-worker", include=["services.worker.tasks", "services.worker.webhook",
-                                  "services.worker.retention",
+                                  "services.worker.retention", "services.worker.drift",
                                   "services.worker.lifecycle", "services.worker.shadow"])
 app.conf.update(celery_config(get_settings()))

@@ -15,6 +15,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     multiprocess,
     start_http_server,
@@ -90,6 +91,56 @@ def count_prediction(site: str, model_version: int, label: str, probability: flo
     version = str(model_version)
     PNEUMONIA_PROBABILITY.labels(site, version).observe(probability)
     PREDICTED_LABELS.labels(site, version, label).inc()
+
+
+# What the sites send: each answered film's source (upload, stow-rs, c-store), format, bit depth
+# and size, per site.
+SIDE_BUCKETS = (224, 256, 512, 768, 1024, 1536, 2048, 2560, 3072, 4096)
+INPUT_FILMS = Counter(
+    "cxr_worker_input_films",
+    "Answered films by site, source (upload, stow-rs, c-store), format and bit depth.",
+    ["site", "source", "format", "bit_depth"])
+INPUT_SIDE_PIXELS = Histogram(
+    "cxr_worker_input_side_pixels",
+    "Decoded size of each answered film, in pixels, by site and side (width, height).",
+    ["site", "side"], buckets=SIDE_BUCKETS)
+
+
+def count_input(site: str, source: str, image_format: str, bit_depth: int | str,
+                width: int, height: int) -> None:
+    INPUT_FILMS.labels(site, source, image_format, str(bit_depth)).inc()
+    INPUT_SIDE_PIXELS.labels(site, "width").observe(width)
+    INPUT_SIDE_PIXELS.labels(site, "height").observe(height)
+
+
+# The drift check (shared/drift.py, docs/monitoring.md): the latest figures per site. Set in the
+# process that ran the check; across pool processes the most recent value counts.
+DRIFT_KS = Gauge(
+    "cxr_drift_ks", "Kolmogorov-Smirnov D of a site's recent films against the model's "
+    "reference, by statistic.", ["site", "statistic"], multiprocess_mode="mostrecent")
+DRIFT_PSI = Gauge(
+    "cxr_drift_psi", "Population stability index of a site's recent films against the model's "
+    "reference, by statistic.", ["site", "statistic"], multiprocess_mode="mostrecent")
+DRIFT_ALERT = Gauge(
+    "cxr_drift_alert", "1 when a site's recent films crossed the drift threshold, else 0.",
+    ["site"], multiprocess_mode="mostrecent")
+DRIFT_FILMS = Gauge(
+    "cxr_drift_films", "Films the last drift check of a site compared.", ["site"],
+    multiprocess_mode="mostrecent")
+DRIFT_CHECKED = Gauge(
+    "cxr_drift_last_check_timestamp_seconds", "When a site's drift was last checked (Unix time).",
+    ["site"], multiprocess_mode="mostrecent")
+
+
+def set_drift(site: str, films: int, alert: bool, ks: dict[str, float],
+              psi: dict[str, float], checked_at: float) -> None:
+    DRIFT_FILMS.labels(site).set(films)
+    DRIFT_ALERT.labels(site).set(1 if alert else 0)
+    DRIFT_CHECKED.labels(site).set(checked_at)
+    for name, value in ks.items():
+        DRIFT_KS.labels(site, name).set(value)
+    for name, value in psi.items():
+        DRIFT_PSI.labels(site, name).set(value)
 
 
 def clear_multiprocess_dir() -> None:

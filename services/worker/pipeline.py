@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import redis
@@ -29,6 +30,8 @@ from services.worker.serving_client import ServingClient
 from services.worker.settings import WorkerSettings
 from services.worker.sites import OperatingPoints, apply_operating_point
 from shared.contract import HEATMAP
+from shared.dicom_intake.receive import intake_route
+from shared.drift import DriftRecorder, film_statistics
 from shared.errors import CXRError, JobNotFoundError, NotChestRadiographError
 from shared.heatmap import encode_attention
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
@@ -85,10 +88,27 @@ class WorkerDeps:
         return cls(settings, client, storage, JobStore(client, storage), serving,
                    operating_points)
 
+    def drift_recorder(self) -> DriftRecorder:
+        return DriftRecorder(self.redis, max_films=self.settings.drift_max_films,
+                             window_s=self.settings.drift_window_days * 86400)
+
     def close(self) -> None:
         self.writer.shutdown(wait=True)
         self.serving.close()
         self.redis.close()
+
+
+@dataclass(frozen=True)
+class FilmFacts:
+    """What the monitoring reads of an answered film: its model input and the model's outputs (for
+    the drift statistics) and its input kind."""
+
+    model_input: np.ndarray
+    outputs: Mapping[str, Any]
+    image_format: str
+    bit_depth: int | str
+    width: int
+    height: int
 
 
 class StageTimer:
@@ -142,7 +162,7 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
                 f"Job {job_id} was started {record.attempts - 1} times without finishing."
             )
         try:
-            result, attention = predict_record(record, deps)
+            result, attention, facts = predict_record(record, deps)
         except CXRError as error:
             if error.transient:
                 raise
@@ -175,7 +195,27 @@ def process_job(job_id: str, deps: WorkerDeps) -> Outcome:
         scope.count(result.scope.reasons if result.scope else ())
         metrics.count_prediction(record.site, result.model.version, result.label,
                                  result.pneumonia_probability)
+        observe_film(record, result, facts, deps)
         return Outcome.SUCCEEDED
+
+
+def input_source(record: JobRecord) -> str:
+    """How the film came: `upload` (HTTPS API), `stow-rs` or `c-store`."""
+    if record.source != "dicom":
+        return "upload"
+    return intake_route(record) or "dicom"
+
+
+def observe_film(record: JobRecord, result: PredictionResult, facts: FilmFacts,
+                 deps: WorkerDeps) -> None:
+    """Input metrics and the drift record of an answered film; never fails the job."""
+    try:
+        metrics.count_input(record.site, input_source(record), facts.image_format,
+                            facts.bit_depth, facts.width, facts.height)
+        deps.drift_recorder().record(record.site, record.job_id, result.model.version,
+                                     film_statistics(facts.model_input, facts.outputs))
+    except Exception:  # the answer is stored; monitoring must not undo it
+        log.exception("job %s: could not record its drift statistics", record.job_id)
 
 
 def job_failure(error: CXRError) -> Failure:
@@ -185,8 +225,10 @@ def job_failure(error: CXRError) -> Failure:
                    reasons=[ScopeReason(reason) for reason in reasons] if reasons else None)
 
 
-def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResult, bytes]:
-    """The prediction for one job's upload and its Grad-CAM map as `.npy` bytes (no writes)."""
+def predict_record(record: JobRecord,
+                   deps: WorkerDeps) -> tuple[PredictionResult, bytes, FilmFacts]:
+    """The prediction for one job's upload, its Grad-CAM map as `.npy` bytes and what the
+    monitoring keeps of the film (no writes)."""
     started = record.started_at or utc_now()
     queue_seconds = max(0.0, (started - record.created_at).total_seconds())
     metrics.QUEUE_SECONDS.observe(queue_seconds)
@@ -209,7 +251,11 @@ def predict_record(record: JobRecord, deps: WorkerDeps) -> tuple[PredictionResul
     # The job's site answers at its own operating point for the version that answered.
     point = deps.operating_points.get(answer.version, record.site)
     result = apply_operating_point(build_result(answer, 0, timings), record.site, point)
-    return result.model_copy(update={"scope": film_scope}), attention
+    meta = decoded.metadata
+    facts = FilmFacts(batch[0], answer.outputs, str(meta.get("format", "")),
+                      meta.get("bit_depth", ""), int(meta.get("width", decoded.pixels.shape[1])),
+                      int(meta.get("height", decoded.pixels.shape[0])))
+    return result.model_copy(update={"scope": film_scope}), attention, facts
 
 
 def fail_job(job_id: str, failure: Failure, deps: WorkerDeps) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -111,6 +112,30 @@ class WorkerSettings(SharedSettings):
         "Port of the worker's Prometheus endpoint; unset: none is served."))
     worker_metrics_address: str = Field(default="0.0.0.0", description=(
         "Listen address of the Prometheus endpoint."))
+
+    drift_test: Literal["ks", "psi"] = Field(default="ks", description=(
+        "The drift check's test (`docs/monitoring.md`): `ks`, the two-sample Kolmogorov-Smirnov "
+        "statistic D, or `psi`, the population stability index over the reference's deciles. "
+        "Both are exported; this one decides the alert."))
+    drift_ks_threshold: float = Field(default=0.25, gt=0, le=1, description=(
+        "A site is in drift alert when the KS statistic D of any recorded statistic reaches "
+        "this (with `CXR_DRIFT_TEST=ks`)."))
+    drift_psi_threshold: float = Field(default=0.25, gt=0, description=(
+        "A site is in drift alert when the PSI of any recorded statistic reaches this (with "
+        "`CXR_DRIFT_TEST=psi`)."))
+    drift_min_films: int = Field(default=200, ge=1, description=(
+        "Fewest recorded films of a site (in the window, of the version answering) before the "
+        "drift check judges it; below, it reports the count and no alert."))
+    drift_window_days: float = Field(default=7.0, gt=0, description=(
+        "The drift check compares the films of this many last days; older records are dropped."))
+    drift_max_films: int = Field(default=100_000, ge=1, description=(
+        "Most films kept per site for the drift check (the newest); also the most one check "
+        "reads."))
+
+    @property
+    def drift_threshold(self) -> float:
+        """The threshold of the chosen drift test."""
+        return self.drift_ks_threshold if self.drift_test == "ks" else self.drift_psi_threshold
 
     webhook_urls: str = Field(default="", description=(
         "`client:https://host/path,client2:https://...`: the URL that hears each of that API "

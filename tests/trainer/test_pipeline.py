@@ -16,6 +16,7 @@ from services.trainer.manifest import load_manifest
 from services.trainer.pipeline import retrain
 from services.trainer.publish import CONFIG_KEY, parse_models_config
 from services.trainer.registry import CHALLENGER, ModelRegistry
+from shared.drift import DriftReference, reference_key
 from shared.operating_point import OperatingPoint, site_operating_point_key
 from shared.storage import LocalStorage
 from tests.shared.xray_files import png_bytes
@@ -86,6 +87,11 @@ def test_retrain_registers_a_challenger_that_serves_once_approved(mlflow_server,
         lenient.model_name, 1, "sample")).read_bytes())
     assert published.model_version == 1 and published.threshold == point.threshold
     assert "gate.site.sample.specificity" in tags
+    # The drift check's reference, computed on the gate films, is published with the version.
+    reference = DriftReference.from_json((tmp_path / "serving" / reference_key(
+        lenient.model_name, 1)).read_bytes())
+    assert reference.films == int(tags["gate.n"])
+    assert reference.source["data_fingerprint"] == tags["gate.set_fingerprint"]
 
     client = MlflowClient(mlflow_server.tracking_uri)
     run = client.get_run(first["run_id"])

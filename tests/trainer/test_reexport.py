@@ -41,6 +41,24 @@ def test_a_different_network_is_noticed(tmp_path):
         reexport(one, tmp_path / "c", 1, images)
 
 
+def test_the_drift_reference_travels_with_the_reexport(tmp_path):
+    from services.trainer.drift_reference import compute_reference, reference_path, write_reference
+    from shared.drift import DriftReference
+
+    old = export_for_serving(build_cnn(width=4, seed=5), base_path=tmp_path / "old", version=3,
+                             threshold=0.5)
+    images = np.random.RandomState(3).randint(0, 256, (6, 224, 224, 1)).astype(np.uint8)
+    written = write_reference(old, compute_reference(old, images, {"films": "fixture"}))
+    new, _ = reexport(old, tmp_path / "new", 4, images)
+    assert reference_path(new).read_bytes() == written.read_bytes()
+    assert DriftReference.from_json(reference_path(new).read_text()).films == 6
+    # A version exported without one gets none.
+    bare = export_for_serving(build_cnn(width=4, seed=6), base_path=tmp_path / "bare", version=1,
+                              threshold=0.5)
+    copy, _ = reexport(bare, tmp_path / "new", 5, images)
+    assert not reference_path(copy).exists()
+
+
 def test_the_cli_checks_the_copy_on_the_sample_xrays(tmp_path, capsys):
     from services.trainer.cli import main
 

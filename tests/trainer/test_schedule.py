@@ -65,6 +65,22 @@ def test_beat_also_sends_the_retention_purge_to_the_inference_workers(monkeypatc
                                                                            tzinfo=UTC)
 
 
+def test_beat_sends_the_drift_check_to_the_inference_workers(monkeypatch):
+    from services.trainer.celery_app import DRIFT_SCHEDULE_ENTRY
+    from shared.job_queue import DRIFT_CHECK_TASK
+
+    monkeypatch.setenv("CXR_DRIFT_CHECK_CRON", "45 */6 * * *")
+    entry = celery_config(TrainerSettings())["beat_schedule"][DRIFT_SCHEDULE_ENTRY]
+    assert entry["task"] == DRIFT_CHECK_TASK and entry["options"] == {"queue": INFERENCE_QUEUE}
+    after = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
+    entry["schedule"].nowfun = lambda: after
+    assert after + entry["schedule"].remaining_estimate(after) == datetime(2026, 12, 2, 12, 45,
+                                                                           tzinfo=UTC)
+    monkeypatch.setenv("CXR_DRIFT_CHECK_CRON", "hourly")
+    with pytest.raises(ValueError, match="CXR_DRIFT_CHECK_CRON"):
+        celery_config(TrainerSettings())
+
+
 def test_a_bad_purge_cron_is_refused_with_its_setting_name(monkeypatch):
     monkeypatch.setenv("CXR_RETENTION_PURGE_CRON", "0 3 * *")
     with pytest.raises(ValueError, match="CXR_RETENTION_PURGE_CRON"):
