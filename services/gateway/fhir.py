@@ -27,8 +27,10 @@ What it holds, and why:
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Literal
 
+from fhir.resources.R4B.annotation import Annotation
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.coding import Coding
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
@@ -36,6 +38,7 @@ from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
+from fhir.resources.R4B.resource import Resource
 
 from shared.schemas import Feedback, JobRecord, JobStatus, PredictionResult
 from shared.scope import describe
@@ -90,7 +93,8 @@ def _local(code: str, text: str) -> CodeableConcept:
 
 
 def _ratio(value: float) -> Quantity:
-    return Quantity(value=value, unit="1", system=UCUM, code="1")
+    # The float's shortest repr, so the JSON value is the one the JSON result shows.
+    return Quantity(value=Decimal(repr(value)), unit="1", system=UCUM, code="1")
 
 
 def label_concept(label: str) -> CodeableConcept:
@@ -163,11 +167,11 @@ def model_text(result: PredictionResult) -> str:
 def prediction_observation(record: JobRecord, result: PredictionResult) -> Observation:
     """The model's reading of the film (`preliminary`: no person signed it)."""
     model = model_text(result)
-    notes = []
+    notes: list[Annotation] = []
     if result.scope is not None and not result.scope.in_validated_population:
-        notes.append({"text": "Outside the validated population: "
-                              f"{describe(result.scope.reasons)}. Read the answer with that "
-                              "in mind."})
+        notes.append(Annotation(text="Outside the validated population: "
+                                     f"{describe(result.scope.reasons)}. Read the answer with "
+                                     "that in mind."))
     return Observation(
         id=PREDICTION_ID, status="preliminary", category=[IMAGING_CATEGORY], code=FINDING_CODE,
         issued=record.finished_at, valueCodeableConcept=label_concept(result.label),
@@ -223,7 +227,7 @@ def diagnostic_report(record: JobRecord) -> DiagnosticReport:
     if not record.status.finished:
         raise ValueError("only a finished job has a report")
     status = report_status(record)
-    contained: list[Observation] = []
+    contained: list[Resource] = []
     if record.status == JobStatus.SUCCEEDED:
         if record.result is None:
             raise ValueError("a succeeded job without a result")
