@@ -26,6 +26,7 @@ What it holds, and why:
 
 from __future__ import annotations
 
+import html
 import re
 from decimal import Decimal
 from typing import Literal
@@ -35,6 +36,7 @@ from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.coding import Coding
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.identifier import Identifier
+from fhir.resources.R4B.narrative import Narrative
 from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
@@ -78,6 +80,7 @@ SUBTYPE_CONCEPTS: dict[str, tuple[str, str]] = {
     "bacterial": ("53084003", "Bacterial pneumonia"),
     "viral": ("75570004", "Viral pneumonia"),
 }
+_XHTML = '<div xmlns="http://www.w3.org/1999/xhtml"><p>{}</p></div>'
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 ReportStatus = Literal["preliminary", "final", "amended", "cancelled"]
@@ -238,8 +241,10 @@ def diagnostic_report(record: JobRecord) -> DiagnosticReport:
     if record.result is not None and status != "cancelled":
         shown = record.feedback.label if record.feedback is not None else record.result.label
         label_code = [label_concept(shown)]
+    conclusion = _conclusion(record)
     return DiagnosticReport(
         id=record.job_id if _FHIR_ID.match(record.job_id) else None,
+        text=Narrative(status="generated", div=_XHTML.format(html.escape(conclusion))),
         identifier=[Identifier(system=JOB_IDENTIFIER_SYSTEM, value=record.job_id)],
         status=status, category=[REPORT_CATEGORY], code=REPORT_CODE,
         issued=record.finished_at,
@@ -247,7 +252,7 @@ def diagnostic_report(record: JobRecord) -> DiagnosticReport:
         result=[Reference(reference=f"#{obs.id}") for obs in contained] or None,
         resultsInterpreter=([Reference(display=record.feedback.reader)]
                             if record.feedback is not None and status != "cancelled" else None),
-        conclusion=_conclusion(record), conclusionCode=label_code)
+        conclusion=conclusion, conclusionCode=label_code)
 
 
 def report_json(record: JobRecord) -> str:

@@ -228,6 +228,33 @@ def test_a_refused_film_is_a_cancelled_report_with_the_reason_and_no_observation
     assert_anonymous(report, "refused_job-1")
 
 
+@pytest.mark.parametrize("failure", [
+    Failure(code="corrupt_image", message="The image file is damaged or incomplete."),
+    Failure(code="model_unavailable", message="The model server is unavailable right now."),
+    None,
+])
+def test_any_failed_job_is_cancelled(failure):
+    record = JobRecord(job_id="failed-1", client_id="alice", upload_key="uploads/failed-1",
+                       status=JobStatus.FAILED, finished_at=utc_now(), failure=failure)
+    report = parsed(fhir.report_json(record))
+    assert (report.status, report.contained, report.id) == ("cancelled", None, "failed-1")
+    assert report.conclusion.startswith("Not analysed")
+    if failure is not None:
+        assert failure.code in report.conclusion and failure.message in report.conclusion
+
+
+def test_the_narrative_is_the_conclusion_with_a_readers_name_escaped():
+    record = succeeded()
+    assert record.result is not None
+    feedback = Feedback(label="NORMAL", reader="Dr <b>Angle</b> & Co", confirmed_at=utc_now(),
+                        client_id="alice", revision=1, agrees=False)
+    report = parsed(fhir.report_json(record.model_copy(update={"feedback": feedback})))
+    assert report.text.status == "generated"
+    assert "Dr &lt;b&gt;Angle&lt;/b&gt; &amp; Co" in report.text.div
+    assert "<b>" not in report.text.div
+    assert "Corrected by reader Dr <b>Angle</b> & Co: NORMAL" in report.conclusion
+
+
 def test_an_unfinished_job_has_no_report():
     for status in (JobStatus.QUEUED, JobStatus.RUNNING):
         record = JobRecord(job_id="running-1", client_id="alice", upload_key="uploads/r",
@@ -370,6 +397,7 @@ def test_a_readers_verdict_makes_the_report_final_then_amended(stack, tmp_path):
         view = finished(http, film_png(pixels, tmp_path / "film.png"))
         assert view["status"] == "succeeded", view
         job_id, model_label = view["job_id"], view["result"]["label"]
+        assert view["links"]["fhir"] == f"/v1/predictions/{job_id}/fhir"
         assert fhir_answer(http, job_id).status == "preliminary"
 
         confirm = http.post(f"/v1/predictions/{job_id}/feedback", json={
