@@ -14,6 +14,7 @@ class JobLinks(BaseModel):
     self: str
     heatmap: str
     feedback: str
+    fhir: str = Field(description="The finished job as a FHIR DiagnosticReport.")
 
 
 class JobView(BaseModel):
@@ -57,7 +58,8 @@ class JobList(BaseModel):
 
 def job_links(job_id: str) -> JobLinks:
     return JobLinks(self=f"/v1/predictions/{job_id}", heatmap=f"/v1/predictions/{job_id}/heatmap",
-                    feedback=f"/v1/predictions/{job_id}/feedback")
+                    feedback=f"/v1/predictions/{job_id}/feedback",
+                    fhir=f"/v1/predictions/{job_id}/fhir")
 
 
 class CurrentModel(BaseModel):

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway.api_models import JobList, JobView
 from services.gateway.deps import ClientDep, ResourcesDep
 from services.gateway.errors import HeatmapNotReadyError, TooManyFilesError
+from services.gateway.fhir import FHIR_MEDIA_TYPE, report_json
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
 from shared.audit import AuditEntry, audited
@@ -277,6 +278,41 @@ async def get_original(resources: ResourcesDep, client: ClientDep, job_id: JobId
         png = await run_in_threadpool(film_png, upload, resources.limits,
                                       resources.settings.heatmap_max_side)
         return Response(png, media_type="image/png", headers=NO_STORE)
+
+
+FHIR_NOT_FINISHED = ("The job is still queued or running: its FHIR report exists once it has "
+                     "finished (GET the job with ?wait= to know when).")
+
+
+@router.get(
+    "/{job_id}/fhir", summary="The job's result as a FHIR R4 / R4B DiagnosticReport",
+    response_class=Response,
+    responses={200: {"content": {FHIR_MEDIA_TYPE: {"schema": {"type": "object"}}},
+                     "description": (
+                         "A FHIR DiagnosticReport (JSON) with the model's reading as a contained "
+                         "Observation: `preliminary`; `final` or `amended` once a reader "
+                         "confirmed or corrected it; `cancelled` for a failed or refused film")},
+               **problem_responses(401, 404, 409, 422, 429, 503)},
+)
+async def get_fhir_report(resources: ResourcesDep, client: ClientDep,
+                          job_id: JobIdPath) -> Response:
+    """The finished job as a FHIR `DiagnosticReport` (`application/fhir+json`), built and
+    validated with `fhir.resources` R4B (the resources used read the same in R4).
+
+    The model's reading is a contained `Observation`: SNOMED CT Pneumonia or Normal, with
+    components for the probability, the threshold, the operating point, the subtype and the
+    scope statement; `method` and `device` name the model version. A reader's verdict adds a
+    second Observation and makes the report `final` (confirmed) or `amended` (corrected). A
+    failed job, a refused film included, is `cancelled` with the reason in `conclusion`. The
+    report names no patient: its `identifier` is the job id. 409 `job_not_finished` while the
+    job runs; 404 for an unknown job or another client's.
+    """
+    with audited(client, "read_fhir", job_id):
+        record = await _owned_job(resources, job_id, client)
+        if not record.status.finished:
+            raise JobNotFinishedError(FHIR_NOT_FINISHED)
+        body = await run_in_threadpool(report_json, record)
+        return Response(body, media_type=FHIR_MEDIA_TYPE, headers=NO_STORE)
 
 
 @router.delete(
