@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contract import MODEL_NAME
@@ -97,8 +97,23 @@ class SharedSettings(BaseSettings):
     reid_keys: SecretStr = Field(default=SecretStr(""), description=(
         "Fernet keys for the re-identification keys (`docs/privacy.md`), comma-separated: the "
         "first encrypts, all decrypt; empty: no re-identification key is kept."))
+    reid_storage_backend: Literal["local", "s3"] = Field(default="local", description=(
+        "Where re-identification keys are kept, apart from the job storage: `local` (folder "
+        "`CXR_REID_STORAGE_ROOT`, one machine or a volume shared by the services that use it) "
+        "or `s3` (bucket `CXR_REID_S3_BUCKET`, for containers and pods on several hosts)."))
     reid_storage_root: str = Field(default="var/reidentification", description=(
-        "Where re-identification keys are kept, apart from the job storage."))
+        "Folder of the `local` re-identification key storage."))
+    reid_s3_bucket: str = Field(default="", description=(
+        "Bucket of the `s3` re-identification key storage: its own bucket, never "
+        "`CXR_S3_BUCKET`, so that a bucket policy can grant it to the services that use keys "
+        "only. Reached at `CXR_S3_ENDPOINT_URL` in `CXR_S3_REGION`."))
+    reid_s3_prefix: str = Field(default="", description=(
+        "Key prefix inside `CXR_REID_S3_BUCKET`."))
+    reid_s3_access_key_id: SecretStr = Field(default=SecretStr(""), description=(
+        "Access key of the S3 user that may use `CXR_REID_S3_BUCKET`; empty: the default AWS "
+        "credentials (`AWS_ACCESS_KEY_ID`, a pod or instance role)."))
+    reid_s3_secret_access_key: SecretStr = Field(default=SecretStr(""), description=(
+        "Secret key going with `CXR_REID_S3_ACCESS_KEY_ID`."))
     reid_retention_days: int = Field(default=30, ge=1, description=(
         "Days a re-identification key stays readable after it was written; then it is purged."))
 
@@ -122,6 +137,21 @@ class SharedSettings(BaseSettings):
     site_ae_titles: str = Field(default="", description=(
         "`AETITLE:site,...`: the site of each calling DICOM AE title (C-STORE SCP); unlisted "
         "titles belong to `default`."))
+
+    @model_validator(mode="after")
+    def _check_reidentification_storage(self) -> SharedSettings:
+        if self.reid_storage_backend == "s3":
+            if not self.reid_s3_bucket:
+                raise ValueError("CXR_REID_STORAGE_BACKEND=s3 needs CXR_REID_S3_BUCKET.")
+            if self.reid_s3_bucket == self.s3_bucket:
+                raise ValueError(
+                    "CXR_REID_S3_BUCKET must be a bucket of its own, not CXR_S3_BUCKET: the "
+                    "re-identification keys are kept apart from the job storage.")
+        if (not self.reid_s3_access_key_id.get_secret_value()) != (
+                not self.reid_s3_secret_access_key.get_secret_value()):
+            raise ValueError("Set both CXR_REID_S3_ACCESS_KEY_ID and "
+                             "CXR_REID_S3_SECRET_ACCESS_KEY, or neither.")
+        return self
 
     @field_validator("site_clients", "site_ae_titles")
     @classmethod

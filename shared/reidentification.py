@@ -3,7 +3,8 @@
 For a DICOM job, the original identifiers a PACS files a result by (`FIELDS`: the Patient and
 General Study attributes the SR and Secondary Capture carry, and the Study Instance UID),
 encrypted with Fernet (AES-128-CBC + HMAC-SHA256, `cryptography`) under `CXR_REID_KEYS`, in their
-own storage (`CXR_REID_STORAGE_ROOT`, never the job storage), one object per job. A key is
+own storage, never the job storage (`CXR_REID_STORAGE_BACKEND`: the folder `CXR_REID_STORAGE_ROOT`
+or the bucket `CXR_REID_S3_BUCKET`, optionally with its own S3 user), one object per job. A key is
 readable for `CXR_REID_RETENTION_DAYS` after it was written (the token's own timestamp); after that
 `lookup` answers None and `purge_expired` deletes it. Several keys (comma-separated) allow
 rotation: the first encrypts, all decrypt.
@@ -20,13 +21,15 @@ import json
 import time
 from dataclasses import dataclass
 
+import boto3
+from botocore.config import Config
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from shared.config import SharedSettings
 from shared.errors import ObjectNotFoundError
-from shared.storage import LocalStorage, Storage
+from shared.storage import LocalStorage, S3Storage, Storage
 
 PREFIX = "reidentification/"
 # What a PACS files an object by and checks it against: the Patient module's name, ID, birth date
@@ -44,6 +47,28 @@ def original_identifiers(original: Dataset | bytes) -> dict[str, str]:
     return {field: str(original.get(field, "") or "") for field in FIELDS}
 
 
+def reidentification_storage(settings: SharedSettings) -> Storage:
+    """The key storage `CXR_REID_STORAGE_BACKEND` names, never the job storage.
+
+    `s3`: the bucket `CXR_REID_S3_BUCKET` at the job storage's endpoint and region, signed with
+    `CXR_REID_S3_ACCESS_KEY_ID` when set (a user that may use that bucket only), else with the
+    default AWS credentials.
+    """
+    if settings.reid_storage_backend == "local":
+        return LocalStorage(settings.reid_storage_root)
+    access_key = settings.reid_s3_access_key_id.get_secret_value()
+    client = None
+    if access_key:
+        client = boto3.client(
+            "s3", endpoint_url=settings.s3_endpoint_url or None,
+            region_name=settings.s3_region or None, aws_access_key_id=access_key,
+            aws_secret_access_key=settings.reid_s3_secret_access_key.get_secret_value(),
+            config=Config(retries={"mode": "standard", "max_attempts": 5},
+                          connect_timeout=5, read_timeout=30))
+    return S3Storage(settings.reid_s3_bucket, settings.reid_s3_prefix, settings.s3_endpoint_url,
+                     settings.s3_region, client=client)
+
+
 @dataclass(frozen=True)
 class ReidentificationKeys:
     storage: Storage
@@ -57,7 +82,7 @@ class ReidentificationKeys:
                 if key.strip()]
         if not keys:
             return None
-        return cls(LocalStorage(settings.reid_storage_root),
+        return cls(reidentification_storage(settings),
                    MultiFernet([Fernet(key) for key in keys]),
                    settings.reid_retention_days * 86400)
 

@@ -153,7 +153,7 @@ def test_receiver_and_sender_read_the_same_settings(overlay_objects):
     scp, sender = container(overlay_objects, "pacs"), container(overlay_objects, "pacs-sender")
     assert scp["envFrom"] == sender["envFrom"]
     maps = {source["configMapRef"]["name"].rsplit("-", 1)[0] for source in scp["envFrom"]}
-    assert maps == {"cxr-settings", "cxr-pacs-settings"}
+    assert maps == {"cxr-settings", "cxr-pacs-settings", "cxr-reid-settings"}
     listening = {"CXR_PACS_HOST", "CXR_PACS_PORT"}
     assert [e for e in scp["env"] if e["name"] not in listening] == sender["env"]
 

@@ -22,6 +22,13 @@ from tests.deploy.loaders import (
 CLI = ["python", "-m", "services.worker"]
 # Read by the Celery worker process only, not by the reconciler.
 WORKER_ONLY_ENV = {"CXR_WORKER_METRICS_PORT", "CXR_SERVING_VERSION_LABEL", "CXR_WORKER_CONCURRENCY"}
+# The re-identification keys: the worker's retention purge deletes them, the reconciler never
+# touches them (tests/deploy/test_reidentification_keys.py).
+REID_PREFIX, REID_SETTINGS = "CXR_REID_", "cxr-reid-settings"
+
+
+def worker_only(name: str) -> bool:
+    return name in WORKER_ONLY_ENV or name.startswith(REID_PREFIX)
 EVERY_N_MINUTES = re.compile(r"\*/([1-9][0-9]*) \* \* \* \*")
 HEARTBEAT_MAX_AGE = re.compile(r"st_mtime > (\d+)\)")
 
@@ -86,8 +93,9 @@ def test_the_cronjob_uses_the_workers_image_settings_and_hardening(overlay_objec
     worker = find(overlay_objects, "Deployment", "worker")
     ours, theirs = only_container(reconciler), only_container(worker)
     assert ours["image"] == theirs["image"]
-    assert ours["envFrom"] == theirs["envFrom"]
-    assert ours["env"] == [e for e in theirs["env"] if e["name"] not in WORKER_ONLY_ENV]
+    assert ours["envFrom"] == [source for source in theirs["envFrom"] if not source[
+        "configMapRef"]["name"].startswith(REID_SETTINGS)]
+    assert ours["env"] == [e for e in theirs["env"] if not worker_only(e["name"])]
     assert ours["securityContext"] == theirs["securityContext"]
     # The writable /tmp, as the worker has it (only the worker reads the serving folder).
     assert ours["volumeMounts"] == [m for m in theirs["volumeMounts"] if m["name"] == "tmp"]
@@ -102,7 +110,7 @@ def test_compose_runs_the_loop_from_the_worker_image_with_its_settings():
     assert reconciler["build"] == worker["build"] and reconciler["image"] == worker["image"]
     args = parse_cli([*reconciler["entrypoint"], *reconciler["command"]])
     assert args.command == "reconcile" and args.every > 0 and args.min_age_s > 0
-    expected_env = {k: v for k, v in worker["environment"].items() if k not in WORKER_ONLY_ENV}
+    expected_env = {k: v for k, v in worker["environment"].items() if not worker_only(k)}
     assert reconciler["environment"] == expected_env
     assert set(reconciler["depends_on"]) == {"redis", "minio-init"}
     assert reconciler["read_only"] is True
