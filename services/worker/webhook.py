@@ -34,12 +34,12 @@ import httpx
 import redis
 from celery.utils.time import get_exponential_backoff_interval
 
-from services.gateway.api_models import JobView
 from services.worker import dead_letter, metrics
 from services.worker.celery_app import QUEUE, app
 from services.worker.settings import WebhookEndpoint, WorkerSettings, get_settings
 from shared.audit import AuditEntry, ensure_audit
 from shared.errors import CXRError
+from shared.job_view import JobView
 from shared.jobs import JobStore
 from shared.process_local import PerProcess
 from shared.redis_clients import redis_client
