@@ -236,10 +236,28 @@ def get_storage(settings: SharedSettings | None = None) -> Storage:
     return LocalStorage(settings.storage_root)
 
 
+S3_SCHEME = "s3://"
+
+
+def is_s3_uri(location: str) -> bool:
+    """Whether `location` names S3 (`s3://bucket/prefix`) rather than a local folder."""
+    return location.startswith(S3_SCHEME)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` as `("bucket", "some/prefix")`; ValueError without a bucket."""
+    if not is_s3_uri(uri):
+        raise ValueError(f"{uri!r} is not an {S3_SCHEME}bucket/prefix URI.")
+    bucket, _, prefix = uri.removeprefix(S3_SCHEME).partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket ({S3_SCHEME}bucket/prefix).")
+    return bucket, prefix
+
+
 def storage_at(location: str, s3_endpoint_url: str | None = None,
                s3_region: str | None = None) -> Storage:
     """A `Storage` over `location`: `s3://bucket/prefix` or a local folder (the serving base)."""
-    if location.startswith("s3://"):
-        bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    if is_s3_uri(location):
+        bucket, prefix = split_s3_uri(location)
         return S3Storage(bucket, prefix, s3_endpoint_url, s3_region)
     return LocalStorage(location)

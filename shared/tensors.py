@@ -1,11 +1,11 @@
 """numpy arrays <-> TensorFlow `TensorProto`s, the tensors of TF Serving's gRPC API.
 
-`tf.make_tensor_proto` and `tf.make_ndarray` are general (every dtype, every `*_val` field) and,
-for one 224 x 224 image and three small outputs, cost more than a millisecond per Predict call on
-each side. Numeric arrays travel as raw little-endian bytes in `tensor_content`, as TF Serving
-itself writes them; these helpers do that directly and fall back to TensorFlow's own functions for
-everything else (strings, protos that use the typed `*_val` fields), so any valid TensorProto is
-read and what they write is what TF Serving reads.
+`tf.make_tensor_proto` and `tf.make_ndarray` are general (every dtype, every `*_val` field) and
+slow for the one image and few small outputs of a Predict call, on each side of it (the saving is
+in `docs/benchmarks.md`, "Serving latency"). Numeric arrays travel as raw little-endian bytes in
+`tensor_content`, as TF Serving itself writes them; these helpers do that directly and fall back
+to TensorFlow's own functions for everything else (strings, protos that use the typed `*_val`
+fields), so any valid TensorProto is read and what they write is what TF Serving reads.
 """
 
 from __future__ import annotations

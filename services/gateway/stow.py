@@ -13,16 +13,6 @@ from pydicom.sequence import Sequence
 from shared.errors import CXRError
 
 DICOM_MEDIA_TYPE = "application/dicom"
-# Failure Reason values (PS3.4 Annex GG / PS3.18 Table 10.5.3-1; PS3.7 C.4 for 0x0110/0x0111).
-CANNOT_UNDERSTAND = 0xC000
-OUT_OF_RESOURCES = 0xA700
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_SOP_INSTANCE = 0x0111
-# A part whose Study Instance UID is not the study the request path names (`POST
-# /studies/{study}`): an error of the "cannot understand" class (0xCxxx); the value is the one
-# dcm4chee-arc answers for it, as the standard defines none.
-STUDY_MISMATCH = 0xC409
 # What a Study Instance UID in the request path may look like (PS3.5 9.1: digits and dots).
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from shared.config import get_settings
-from shared.storage import S3Storage
+from shared.storage import S3Storage, is_s3_uri, split_s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class S3Source(VersionSource):
 
     def __init__(self, base_path: str, cache_dir: Path) -> None:
         super().__init__(base_path)
-        bucket, _, prefix = base_path.removeprefix("s3://").partition("/")
+        bucket, prefix = split_s3_uri(base_path)
         settings = get_settings()
         # endpoint None lets boto3 read AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL itself.
         self.storage = S3Storage(
@@ -128,6 +128,6 @@ class S3Source(VersionSource):
 
 
 def open_source(base_path: str, cache_dir: Path) -> VersionSource:
-    if base_path.startswith("s3://"):
+    if is_s3_uri(base_path):
         return S3Source(base_path, cache_dir)
     return LocalSource(base_path)

@@ -38,12 +38,17 @@ from services.pacs.settings import PacsSettings
 from shared.audit import AuditEntry, caller_address
 from shared.dicom_intake.receive import C_STORE, DicomIntake, Disposition, read_instance
 from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
+from shared.dicom_intake.status import (
+    CANNOT_UNDERSTAND,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+)
 from shared.errors import CXRError, ImageError
 
 log = logging.getLogger("cxr.pacs")
 
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
-PROCESSING_FAILURE, DUPLICATE_SOP_INSTANCE = 0x0110, 0x0111
 # After the ACSE timeout, how long pynetdicom gets to close a connection without an association
 # itself before the socket is shut down under it.
 ACSE_GRACE_S = 1.0

@@ -39,13 +39,12 @@ VISIBILITY_MARGIN_S = 3600
 
 def parse_cron(expression: str, name: str = "CXR_RETRAIN_CRON") -> crontab:
     """`"minute hour day-of-month month day-of-week"` (5-field cron) as a Celery crontab."""
-    if len(expression.split()) != 5:
-        raise ValueError(f"{name} must have 5 fields "
-                         f"(minute hour day-of-month month day-of-week), got {expression!r}")
     try:
-        return crontab.from_string(expression)
+        # from_string splits on single spaces: runs of whitespace are folded first.
+        return crontab.from_string(" ".join(expression.split()))
     except ValueError as err:
-        raise ValueError(f"{name} {expression!r} is not a valid schedule: {err}") from err
+        raise ValueError(f"{name} {expression!r} is not a valid schedule (5 fields: minute hour "
+                         f"day-of-month month day-of-week): {err}") from err
 
 
 def celery_config(settings: TrainerSettings) -> dict[str, object]:

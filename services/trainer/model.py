@@ -12,9 +12,9 @@ residual shortcut, BatchNorm and ReLU. Each image is standardised to zero mean a
 inside the graph, which removes global brightness and contrast differences between machines and
 periods before the first convolution.
 
-BatchNorm momentum is 0.9, not Keras's 0.99: an epoch is only ~140 steps, and with 0.99 the moving
-statistics used at inference lagged the weights so far that a model with training AUROC 0.97 scored
-0.82 on the same (clean) images in inference mode.
+BatchNorm momentum is lower than Keras's default (`BN_MOMENTUM`) because an epoch has few steps:
+with the default, the moving statistics used at inference lag the weights, and a model scores far
+worse in inference mode than in training on the same images.
 """
 
 from __future__ import annotations
@@ -143,9 +143,9 @@ def build_pretrained(image_size: int = 224, dropout: float = 0.3, seed: int = 0,
     """EfficientNet-Lite0 with ImageNet weights (`imagenet=False`: the same graph, untrained, for
     rebuilding an export), a dropout and a 3-class head on its pooled 1280-channel map.
 
-    Its BatchNorm layers stay in inference mode (their ImageNet statistics are kept: batches of
-    32 grey films would give noisy estimates); `frozen_blocks` more leaves the stem and the first
-    blocks untrained, which also spares their backward pass. `folded`: the serving form, each
+    Its BatchNorm layers stay in inference mode (their ImageNet statistics are kept: small
+    batches of grey films would give noisy estimates); `frozen_blocks` more leaves the stem and the
+    first blocks untrained, which also spares their backward pass. `folded`: the serving form, each
     BatchNorm folded into its convolution (`serving_form` fills it), never trained.
     `internal_size`: the film is resized to this many pixels inside the network (area averaging)
     before the backbone; the input stays `image_size` (the serving contract).

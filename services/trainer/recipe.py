@@ -11,9 +11,9 @@ K folds (`folds` >= 2, `patient_folds`): one network per fold, early-stopped on 
 out-of-fold logits (every image scored by a network that never trained on it) fit the temperature,
 choose the threshold and give the validation metrics; per-fold metrics with mean and sd are
 reported. The shipped model is one network retrained on all images for the median best epoch count
-(`ship="refit"`, the default) or the fold ensemble (`ship="ensemble"`). Refit is the default by
-measurement: one exported network costs ~7 ms of CPU per image at batch 1 on the 2-core machine,
-so a 5-fold ensemble (~35 ms) would break the 10 ms/image serving budget.
+(`ship="refit"`, the default) or the fold ensemble (`ship="ensemble"`). Refit is the default
+because an ensemble costs each served image the CPU of every one of its networks, which the
+serving budget per image does not allow (`docs/benchmarks.md`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,10 +21,16 @@ def _settings():
     return get_settings()
 
 
+# Where `_print` writes the summary while a registry handler runs with library prints (MLflow's
+# run links) sent to stderr.
+_summary_streams: list = []
+
+
 def _print(summary) -> int:
     if dataclasses.is_dataclass(summary):
         summary = dataclasses.asdict(summary)
-    print(json.dumps(summary, indent=2, default=str))
+    out = _summary_streams[-1] if _summary_streams else sys.stdout
+    print(json.dumps(summary, indent=2, default=str), file=out)
     return 0
 
 
@@ -34,11 +41,15 @@ def _registry_errors(handler):
         from services.trainer.registry import RegistryError
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        _summary_streams.append(sys.stdout)
         try:
-            return handler(args)
+            with contextlib.redirect_stdout(sys.stderr):
+                return handler(args)
         except (RegistryError, BootstrapError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        finally:
+            _summary_streams.pop()
     return run
 
 

@@ -13,20 +13,6 @@ def fresh_settings():
     get_settings.cache_clear()
 
 
-def test_defaults_match_the_architecture_table(monkeypatch, fresh_settings):
-    for name in ("CXR_ENV", "CXR_STORAGE_BACKEND", "CXR_MAX_UPLOAD_BYTES", "CXR_DATA_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    settings = get_settings()
-    assert settings.env == "development"
-    assert settings.data_dir == "../shared/data/chest_xray"
-    assert settings.storage_backend == "local"
-    assert settings.max_upload_bytes == 52_428_800
-    assert settings.max_image_pixels == 100_000_000
-    assert settings.min_image_side == 64
-    assert settings.image_size == 224
-    assert settings.model_name == "cxr-pneumonia"
-
-
 def test_environment_variables_with_prefix_override_defaults(monkeypatch, fresh_settings):
     monkeypatch.setenv("CXR_STORAGE_BACKEND", "s3")
     monkeypatch.setenv("CXR_S3_BUCKET", "xrays")

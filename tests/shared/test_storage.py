@@ -7,7 +7,7 @@ import pytest
 
 from shared.config import SharedSettings
 from shared.errors import InvalidStorageKeyError, ObjectNotFoundError, StorageError
-from shared.storage import LocalStorage, S3Storage, Storage, get_storage
+from shared.storage import LocalStorage, S3Storage, Storage, get_storage, split_s3_uri, storage_at
 from tests.support.procs import free_port
 
 
@@ -194,3 +194,19 @@ def test_put_unsynced_lands_whole_and_local_skips_only_the_fsync(storage, monkey
     assert synced == []
     storage.put("jobs/b.json", b"{}")
     assert len(synced) == (1 if isinstance(storage, LocalStorage) else 0)
+
+
+def test_storage_at_an_s3_uri_writes_under_its_bucket_and_prefix(s3_server, tmp_path):
+    bucket = s3_server.make_bucket(f"uri-{uuid.uuid4().hex[:12]}")
+    storage_at(f"s3://{bucket}/serving/base", s3_server.endpoint_url).put("1/model.txt", b"m")
+    storage_at(f"s3://{bucket}", s3_server.endpoint_url).put("top.txt", b"t")
+    keys = sorted(o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["serving/base/1/model.txt", "top.txt"]
+    storage_at(str(tmp_path)).put("1/model.txt", b"m")
+    assert (tmp_path / "1" / "model.txt").read_bytes() == b"m"
+
+
+@pytest.mark.parametrize("uri", ["s3://", "s3:///prefix", "/var/serving"])
+def test_an_s3_uri_without_a_bucket_is_refused(uri):
+    with pytest.raises(ValueError, match="bucket"):
+        split_s3_uri(uri)

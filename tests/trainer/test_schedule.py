@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 from celery import Celery
+from celery.beat import Scheduler
 
 from services.trainer.celery_app import (
     PURGE_SCHEDULE_ENTRY,
@@ -55,14 +57,37 @@ def test_a_bad_cron_is_refused_with_the_setting_name(bad):
         parse_cron(bad)
 
 
-def test_beat_also_sends_the_retention_purge_to_the_inference_workers(monkeypatch):
+def _beat_sends(redis_url: str, entry_name: str) -> dict[str, int]:
+    """Beat's own scheduler sends `entry_name` once; how many messages each Redis queue holds."""
+    app = Celery("beat-under-test")
+    app.conf.update(celery_config(TrainerSettings(redis_url=redis_url)))
+    scheduler = Scheduler(app)
+    scheduler.apply_async(scheduler.schedule[entry_name], advance=False)
+    client = redis.Redis.from_url(redis_url)
+    return {queue: client.llen(queue) for queue in (QUEUE, INFERENCE_QUEUE)}
+
+
+def _queued_task_names(redis_url: str, queue: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url)
+    return [json.loads(raw)["headers"]["task"] for raw in client.lrange(queue, 0, -1)]
+
+
+def test_beat_sends_the_retention_purge_to_the_inference_workers_queue(redis_url):
+    assert _beat_sends(redis_url, PURGE_SCHEDULE_ENTRY) == {QUEUE: 0, INFERENCE_QUEUE: 1}
+    assert _queued_task_names(redis_url, INFERENCE_QUEUE) == [PURGE_TASK]
+
+
+def test_beat_sends_the_retraining_to_the_training_queue(redis_url):
+    assert _beat_sends(redis_url, SCHEDULE_ENTRY) == {QUEUE: 1, INFERENCE_QUEUE: 0}
+    assert _queued_task_names(redis_url, QUEUE) == [TASK_NAME]
+
+
+def test_the_purge_runs_on_its_own_cron_setting(monkeypatch):
     monkeypatch.setenv("CXR_RETENTION_PURGE_CRON", "15 1 * * *")
-    entry = celery_config(TrainerSettings())["beat_schedule"][PURGE_SCHEDULE_ENTRY]
-    assert entry["task"] == PURGE_TASK and entry["options"] == {"queue": INFERENCE_QUEUE}
+    schedule = celery_config(TrainerSettings())["beat_schedule"][PURGE_SCHEDULE_ENTRY]["schedule"]
     after = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
-    entry["schedule"].nowfun = lambda: after
-    assert after + entry["schedule"].remaining_estimate(after) == datetime(2026, 12, 3, 1, 15,
-                                                                           tzinfo=UTC)
+    schedule.nowfun = lambda: after
+    assert after + schedule.remaining_estimate(after) == datetime(2026, 12, 3, 1, 15, tzinfo=UTC)
 
 
 def test_beat_sends_the_drift_check_to_the_inference_workers(monkeypatch):
@@ -87,12 +112,15 @@ def test_a_bad_purge_cron_is_refused_with_its_setting_name(monkeypatch):
         celery_config(TrainerSettings())
 
 
-def test_retrain_task_is_routed_to_the_training_queue_and_acked_late():
+def test_a_retraining_sent_by_name_goes_to_the_training_queue_and_outlives_its_lock(redis_url):
+    """Sent by name without a queue (as another process would), it still reaches `training`; Redis
+    redelivers an unacked run only after the lock and the task's hard limit have both expired."""
     from services.trainer.celery_app import app
-    from services.trainer.tasks import retrain
 
-    assert retrain.name == TASK_NAME
-    assert app.amqp.router.route({}, TASK_NAME)["queue"].name == QUEUE
+    sender = Celery("sender-under-test")
+    sender.conf.update(celery_config(TrainerSettings(redis_url=redis_url)))
+    sender.send_task(TASK_NAME)
+    assert _queued_task_names(redis_url, QUEUE) == [TASK_NAME]
     assert app.conf.task_acks_late and app.conf.worker_prefetch_multiplier == 1
     visibility = app.conf.broker_transport_options["visibility_timeout"]
     assert visibility > TrainerSettings().retrain_lock_ttl_s > app.conf.task_time_limit
@@ -196,3 +224,12 @@ def _base_env() -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
     return {**env, "PYTHONPATH": str(REPO_ROOT)}
+
+
+def test_a_cron_with_runs_of_whitespace_is_read_like_single_spaces(monkeypatch):
+    after = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    monkeypatch.setenv("CXR_RETRAIN_CRON", "30  4\t1,15 *  *")
+    spaced = _next_run(TrainerSettings(), after)
+    monkeypatch.setenv("CXR_RETRAIN_CRON", "30 4 1,15 * *")
+    assert spaced == _next_run(TrainerSettings(), after) == datetime(2026, 12, 15, 4, 30,
+                                                                     tzinfo=UTC)

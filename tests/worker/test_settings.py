@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
+import redis
+from celery import Celery
 from pydantic import ValidationError
 
 from services.worker.celery_app import QUEUE, TASK_NAME, celery_config
 from services.worker.settings import WorkerSettings
-
-
-def test_reads_cxr_variables(monkeypatch):
-    monkeypatch.setenv("CXR_PREDICT_TIMEOUT_S", "3.5")
-    monkeypatch.setenv("CXR_TASK_MAX_RETRIES", "2")
-    monkeypatch.setenv("CXR_SERVING_VERSION_LABEL", "stable")
-    settings = WorkerSettings()
-    assert settings.predict_timeout_s == 3.5
-    assert settings.task_max_retries == 2
-    assert settings.serving_version_label == "stable"
 
 
 def test_visibility_timeout_must_outlast_a_task_and_its_longest_backoff():
@@ -35,15 +30,25 @@ def test_soft_time_limit_must_come_before_the_hard_one():
         WorkerSettings(task_soft_time_limit_s=60, task_time_limit_s=60)
 
 
-def test_production_celery_settings():
-    settings = WorkerSettings(redis_url="redis://127.0.0.1:1/3")
-    config = celery_config(settings)
-    assert config["broker_url"] == "redis://127.0.0.1:1/3"
-    assert config["task_acks_late"] and config["task_reject_on_worker_lost"]
-    assert config["worker_prefetch_multiplier"] == 1
-    assert config["accept_content"] == ["json"] and config["task_serializer"] == "json"
-    assert config["task_routes"] == {TASK_NAME: {"queue": QUEUE}}
+def test_a_prediction_sent_by_name_reaches_the_inference_queue_as_json(redis_url):
+    """What the gateway's intake relies on: the task name alone routes it, and the message body is
+    JSON (no pickle), so any process can send it and no worker unpickles what it receives."""
+    app = Celery("sender-under-test")
+    app.conf.update(celery_config(WorkerSettings(redis_url=redis_url)))
+    app.send_task(TASK_NAME, args=["job-1"])
+    [raw] = redis.Redis.from_url(redis_url).lrange(QUEUE, 0, -1)
+    message = json.loads(raw)
+    assert message["headers"]["task"] == TASK_NAME
+    assert message["content-type"] == "application/json"
+    assert json.loads(base64.b64decode(message["body"]))[0] == ["job-1"]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"task_time_limit_s": 1800,
+                                            "task_soft_time_limit_s": 1700,
+                                            "broker_visibility_timeout_s": 2400}])
+def test_redelivery_waits_for_a_task_to_end(overrides):
+    """Redis hands an unacked message to another worker after the visibility timeout: for the
+    defaults and for a longer task, that comes after the task's soft and hard limits."""
+    config = celery_config(WorkerSettings(**overrides))
     visibility = config["broker_transport_options"]["visibility_timeout"]
     assert visibility > config["task_time_limit"] > config["task_soft_time_limit"]
-    assert config["worker_cancel_long_running_tasks_on_connection_loss"] is True
-

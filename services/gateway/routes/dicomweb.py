@@ -13,19 +13,17 @@ from starlette.concurrency import run_in_threadpool
 from services.gateway.deps import ClientDep, ResourcesDep
 from services.gateway.problems import problem_responses
 from services.gateway.resources import GatewayResources
-from services.gateway.stow import (
+from services.gateway.stow import UID_PATTERN, StowResponse, dicom_parts
+from shared.dicom_intake.receive import STOW_RS, DicomIntake, Disposition, read_instance
+from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
+from shared.dicom_intake.status import (
     CANNOT_UNDERSTAND,
     DUPLICATE_SOP_INSTANCE,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
     SOP_CLASS_NOT_SUPPORTED,
     STUDY_MISMATCH,
-    UID_PATTERN,
-    StowResponse,
-    dicom_parts,
 )
-from shared.dicom_intake.receive import STOW_RS, DicomIntake, Disposition, read_instance
-from shared.dicom_intake.screening import ACCEPTED_SOP_CLASSES
 from shared.errors import CXRError, ImageError, NotChestRadiographError
 
 log = logging.getLogger("cxr.gateway")
