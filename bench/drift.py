@@ -2,7 +2,7 @@
 (default 100,000, the most `CXR_DRIFT_MAX_FILMS` keeps), and what recording one film costs a job.
 
 Fills one site's record in Redis (`CXR_REDIS_URL`, under a site name of its own, removed at the
-end) with films drawn from the bundled version's reference (`models/cxr-pneumonia/3`), each value
+end) with films drawn from the bundled version's reference (`models/cxr-pneumonia/4`), each value
 jittered so no two films are alike, then runs the check the worker runs
 (`services.worker.drift.run_drift_check`, with the reference read from `models/`) `--repeat`
 times, timing the read of the window (Redis and parsing) and the tests apart. Prints a Markdown
@@ -11,7 +11,7 @@ table; `--json` writes the numbers.
     python -m bench.drift --films 100000 --json out/bench/drift.json
 
 `--real-films` prints instead each statistic's KS D and PSI for `nih_adult` and
-`site_acceptance` against version 3's reference (the figures in docs/monitoring.md; loads
+`site_acceptance` against version 4's reference (the figures in docs/monitoring.md; loads
 TensorFlow and runs the model over 813 films, about a minute on 2 cores):
 
     python -m bench.drift --real-films

@@ -103,7 +103,7 @@ def test_a_bundled_champion_shows_its_own_folders_metrics_and_card(mlflow_server
     name = f"cxr-bundled-{uuid.uuid4().hex[:8]}"
     version = _register_bare_champion(mlflow_server.tracking_uri, name)
     # What publishing the bundled version into the serving base puts there.
-    bundled = REPO_ROOT / "models" / "cxr-pneumonia" / "3" / "assets.extra"
+    bundled = REPO_ROOT / "models" / "cxr-pneumonia" / "4" / "assets.extra"
     extra = tmp_path / "serving" / name / version / "assets.extra"
     extra.mkdir(parents=True)
     for file in ("metrics.json", "model_card.md"):

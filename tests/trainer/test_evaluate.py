@@ -58,7 +58,7 @@ def test_train_cli_trains_writes_outcome_and_exports(tmp_path):
     outcome = json.loads((tmp_path / "train" / "outcome.json").read_text())
     assert set(METRIC_KEYS) <= set(outcome["validation"])
     assert outcome["params"]["epochs"] == 1
-    version_dir = tmp_path / "serving" / "cxr-pneumonia" / "3"
+    version_dir = tmp_path / "serving" / "cxr-pneumonia" / "4"
     assert (version_dir / "saved_model.pb").is_file()
     info = json.loads((version_dir / "assets.extra" / "model_info.json").read_text())
     assert info["threshold"] == pytest.approx(outcome["threshold"])
@@ -86,7 +86,7 @@ def test_evaluate_only_the_named_split(sample_export, tmp_path):
     assert only_test["n"] == 4 and only_test["splits"] == ["test"]
 
 
-BUNDLED = REPO_ROOT / "models" / "cxr-pneumonia" / "3"
+BUNDLED = REPO_ROOT / "models" / "cxr-pneumonia" / "4"
 
 
 def test_evaluate_at_a_sites_operating_point_keeps_its_keys(tmp_path):
