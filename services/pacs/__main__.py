@@ -1,4 +1,5 @@
-"""`python -m services.pacs`: run the DICOM C-STORE SCP until stopped (SIGTERM/SIGINT)."""
+"""`python -m services.pacs`: run the DICOM C-STORE SCP until stopped (SIGTERM/SIGINT), with its
+`/metrics` on `CXR_PACS_METRICS_ADDRESS:CXR_PACS_METRICS_PORT` when that port is set."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import signal
 import threading
 
+from services.pacs import metrics
 from services.pacs.scp import start_scp
 from services.pacs.settings import get_settings
 from shared.audit import configure_audit
@@ -30,6 +32,11 @@ def main() -> None:
                          site_of=settings.site_of_ae_title,
                          reid=ReidentificationKeys.from_settings(settings))
     server = start_scp(settings, intake)
+    if settings.pacs_metrics_port is not None:
+        metrics.serve_metrics(settings.pacs_metrics_port, settings.pacs_metrics_address,
+                              pool=False)
+        logging.getLogger("cxr.pacs").info("metrics on %s:%s", settings.pacs_metrics_address,
+                                           settings.pacs_metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -34,6 +34,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from services.pacs import metrics
 from services.pacs.settings import PacsSettings
 from shared.audit import AuditEntry, caller_address
 from shared.dicom_intake.receive import C_STORE, DicomIntake, Disposition, read_instance
@@ -85,37 +86,54 @@ def association_handler(settings: PacsSettings, accepted: bool):
             extra["reason"] = ("calling_ae_title_not_allowed" if not_allowed
                                else "association_limit")
             status = 403 if not_allowed else 503
+        metrics.count_association(accepted, str(extra.get("reason", "")))
         AuditEntry(calling, ASSOCIATION_ACTION, status=status, extra=extra,
                    address=requestor.address or None).emit()
 
     return handle
 
 
+# The `status` label of each status code the store handler answers.
+STATUS_NAMES = {SUCCESS: "success", DUPLICATE_SOP_INSTANCE: "duplicate_sop_instance",
+                CANNOT_UNDERSTAND: "cannot_understand", OUT_OF_RESOURCES: "out_of_resources",
+                PROCESSING_FAILURE: "processing_failure"}
+
+
 def store_handler(intake: DicomIntake):
     def handle_store(event: evt.Event) -> int:
+        status, reason, received_bytes = store_instance(event)
+        metrics.count_c_store(STATUS_NAMES[status], reason, received_bytes)
+        return status
+
+    def store_instance(event: evt.Event) -> tuple[int, str, int]:
+        """(status answered, reason for the metrics, bytes received) of one C-STORE request."""
         calling = event.assoc.requestor.ae_title
         caller_address.set(event.assoc.requestor.address or None)  # for the audit line
+        received_bytes = 0
         try:
             # The bytes as sent, checked before pydicom parses them (never `event.dataset`).
-            dataset = read_instance(event.encoded_dataset(include_meta=True), intake.limits)
+            encoded = event.encoded_dataset(include_meta=True)
+            received_bytes = len(encoded)
+            dataset = read_instance(encoded, intake.limits)
             received = intake.receive(dataset, client=calling, route=C_STORE)
         except ImageError as exc:
             log.warning("C-STORE from %s refused: %s (%s)", calling, exc.code, exc.message)
-            return CANNOT_UNDERSTAND
+            return CANNOT_UNDERSTAND, exc.code, received_bytes
         except CXRError as exc:
             log.error("C-STORE from %s not stored: %s (%s)", calling, exc.code, exc.message)
-            return OUT_OF_RESOURCES if exc.transient else CANNOT_UNDERSTAND
+            return (OUT_OF_RESOURCES if exc.transient else CANNOT_UNDERSTAND), exc.code, \
+                received_bytes
         except (redis.RedisError, OSError):
             log.exception("C-STORE from %s not stored: storage or Redis failed", calling)
-            return OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES, "storage_unavailable", received_bytes
         except Exception:
             log.exception("C-STORE from %s failed", calling)
-            return PROCESSING_FAILURE
+            return PROCESSING_FAILURE, "", received_bytes
         # The job id, not the SOP Instance UID: the audit line holds the UID, the log need not.
         log.info("C-STORE from %s: %s job %s", calling, received.disposition, received.job_id)
         if received.disposition == Disposition.CONFLICT:
-            return DUPLICATE_SOP_INSTANCE
-        return SUCCESS
+            return DUPLICATE_SOP_INSTANCE, received.reason or "", received_bytes
+        return SUCCESS, str(received.disposition), received_bytes
 
     return handle_store
 
@@ -177,6 +195,7 @@ class BoundedAssociationServer(ThreadedAssociationServer):
                 self._open[address] += 1
                 refused = False
         if refused:
+            metrics.CONNECTIONS_CLOSED.inc()
             log.warning("DICOM connection from %s closed: it already holds %d open connections "
                         "(CXR_PACS_SCP_MAX_CONNECTIONS_PER_ADDRESS)", address, self.max_per_address)
         return not refused
@@ -204,6 +223,7 @@ def start_scp(settings: PacsSettings, intake: DicomIntake) -> BoundedAssociation
                             max_per_address=settings.pacs_scp_max_connections_per_address)
     # As `AE.start_server` does: the AE knows its servers (`server.shutdown()` removes it).
     ae._servers.append(server)  # noqa: SLF001 - pynetdicom has no public way to add one
+    metrics.watch_open_associations(lambda: len(server.active_associations))
     log.info("DICOM SCP %s listening on %s:%s", settings.pacs_ae_title, settings.pacs_host,
              settings.pacs_port)
     threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True).start()

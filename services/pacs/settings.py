@@ -56,6 +56,16 @@ class PacsSettings(SharedSettings):
     pacs_scp_max_connections_per_address: int = Field(default=4, ge=1, description=(
         "Connections one sender address may hold open to the C-STORE SCP at once; a further "
         "connection from that address is closed at once, so one host cannot take every slot."))
+    pacs_metrics_port: int | None = Field(default=None, ge=1, le=65535, description=(
+        "Port of the C-STORE SCP's Prometheus endpoint (plain HTTP `GET /metrics`, for the "
+        "scraper only; never the DICOM port); unset: none is served."))
+    pacs_sender_metrics_port: int | None = Field(default=None, ge=1, le=65535, description=(
+        "Port of the report sender's Prometheus endpoint, served by the Celery worker's main "
+        "process; with the prefork pool `PROMETHEUS_MULTIPROC_DIR` must name a writable folder. "
+        "Unset: none is served."))
+    pacs_metrics_address: str = Field(default="127.0.0.1", description=(
+        "Listen address of both Prometheus endpoints: `0.0.0.0` in a container, where the port "
+        "is not published (compose) and a network policy admits only Prometheus (Kubernetes)."))
     pacs_report_max_retries: int = Field(default=8, ge=0, description=(
         "Retries of a report send that failed transiently."))
     pacs_report_backoff_s: int = Field(default=2, ge=1, description=(
@@ -80,6 +90,13 @@ class PacsSettings(SharedSettings):
         if self.env == "production" and not self.allowed_calling_ae_titles:
             raise ValueError("CXR_PACS_ALLOWED_CALLING_AE_TITLES must list the AE titles allowed "
                              "to send images when CXR_ENV=production")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_apart_from_dicom(self) -> PacsSettings:
+        if self.pacs_metrics_port is not None and self.pacs_metrics_port == self.pacs_port:
+            raise ValueError("CXR_PACS_METRICS_PORT must differ from CXR_PACS_PORT (the DICOM "
+                             "port serves no metrics)")
         return self
 
     @property

@@ -14,6 +14,7 @@ import logging
 import redis
 from celery.utils.time import get_exponential_backoff_interval
 
+from services.pacs import metrics
 from services.pacs.celery_app import app
 from services.pacs.delivery import ReportDeps, deliver_report, record_state
 from services.pacs.sender import SendError
@@ -51,6 +52,7 @@ def pacs_report(self, job_id: str) -> str:
         state = deliver_report(job_id, deps, attempt)
         if state == "not_applicable":
             deps.redis.zrem(PENDING_KEY, job_id)  # nothing to deliver: no longer pending
+        metrics.REPORT_ATTEMPTS.labels(state).inc()
         return state
     except Exception as error:  # noqa: BLE001 - every delivery ends sent, failed or retried
         permanent, detail = _classify(error)
@@ -61,10 +63,12 @@ def pacs_report(self, job_id: str) -> str:
             else:
                 log.exception("report for job %s failed: %s", job_id, reason)
             record_state(deps, job_id, "failed", attempt, reason=reason, permanent=permanent)
+            metrics.REPORT_ATTEMPTS.labels("failed").inc()
             return "failed"
         countdown = get_exponential_backoff_interval(
             factor=deps.settings.pacs_report_backoff_s, retries=self.request.retries,
             maximum=deps.settings.pacs_report_backoff_max_s, full_jitter=True)
         log.warning("report for job %s: %s; retry in %ss", job_id, detail, countdown)
         record_state(deps, job_id, "pending", attempt, last_error=detail)
+        metrics.REPORT_ATTEMPTS.labels("retried").inc()
         raise self.retry(exc=error, countdown=countdown) from error
