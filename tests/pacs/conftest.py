@@ -51,9 +51,10 @@ def pacs_env(redis_url: str, storage_root: Path, audit_log: Path, **extra: str) 
             "CXR_PACS_NETWORK_TIMEOUT_S": "5", **extra}
 
 
-def start_sender(log_dir: Path, name: str, env: dict[str, str]) -> ManagedProcess:
+def start_sender(log_dir: Path, name: str, env: dict[str, str],
+                 pool: tuple[str, ...] = ("--pool", "solo")) -> ManagedProcess:
     argv = python_argv("-m", "celery", "-A", "services.pacs.celery_app", "worker", "-Q", "pacs",
-                       "--pool", "solo", "--loglevel", "INFO", "--without-gossip",
+                       *pool, "--loglevel", "INFO", "--without-gossip",
                        "--without-mingle", "--hostname", f"{name}@%h")
     sender = ManagedProcess(name, argv, log_dir, env=env)
     wait_until(lambda: "ready." in sender.log_tail(20000), 120, "pacs report sender", sender)
@@ -61,7 +62,10 @@ def start_sender(log_dir: Path, name: str, env: dict[str, str]) -> ManagedProces
 
 
 def start_node(tmp: Path, *, model_server_target: str | None,
-               destination_allows: list[str], env: dict[str, str] | None = None) -> PacsNode:
+               destination_allows: list[str], env: dict[str, str] | None = None,
+               sender_env: dict[str, str] | None = None,
+               sender_pool: tuple[str, ...] = ("--pool", "solo")) -> PacsNode:
+    """`env` is the SCP's and the sender's; `sender_env` the sender's only."""
     redis_server = start_redis(tmp / "redis")
     storage_root, audit_log = tmp / "storage", tmp / "audit.log"
     hospital = ReceivingPacs(free_port(), destination_allows)
@@ -73,7 +77,7 @@ def start_node(tmp: Path, *, model_server_target: str | None,
                    CXR_PACS_DESTINATION=f"{PACS_AE}@127.0.0.1:{hospital.port}", **(env or {}))
     scp = ManagedProcess("pacs-scp", python_argv("-m", "services.pacs"), tmp, env=env)
     wait_until(lambda: port_open(scp_port), 60, "pacs scp", scp)
-    sender = start_sender(tmp, "pacs-sender", env)
+    sender = start_sender(tmp, "pacs-sender", {**env, **(sender_env or {})}, sender_pool)
     worker = None
     if model_server_target is not None:
         worker = start_celery_worker(tmp, redis_url=redis_server.url, storage_root=storage_root,
