@@ -4,7 +4,8 @@
 server and UI, the bundled model's registration and publication (first start only), the model
 server, the inference worker and the job reconciler, the trainer worker and beat, the DICOM node
 (C-STORE SCP, AE `CXR`) and its report sender, and the gateway; it returns once each answers.
-Process ids go to `var/run/`, logs to `var/log/`. `down` stops what `up` started.
+Process ids go to `var/run/`, logs to `var/log/`. `down` stops what `up` started. The gateway, the
+worker, the DICOM node and the report sender serve their Prometheus `/metrics` on loopback ports.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class StackSettings(BaseSettings):
     pacs_destination: str = Field(default="DEMOPACS@127.0.0.1:11113", description=(
         "Where the local DICOM node sends its SR and heatmap reports (AET@host:port); "
         "`make demo` listens there while it runs."))
+    worker_metrics_port: int = Field(default=9100, description=(
+        "The inference worker's Prometheus endpoint (`/metrics`, loopback only)."))
+    pacs_metrics_port: int = Field(default=9103, description=(
+        "The DICOM node's Prometheus endpoint (`/metrics`, loopback only)."))
+    pacs_sender_metrics_port: int = Field(default=9104, description=(
+        "The DICOM report sender's Prometheus endpoint (`/metrics`, loopback only)."))
     model_base_path: Path | None = Field(default=None, description=(
         "The serving model folder; default `<stack_dir>/serving`."))
 
@@ -65,6 +72,11 @@ GRPC_PORT = SETTINGS.model_server_grpc_port
 REST_PORT = SETTINGS.model_server_rest_port
 REDIS_PORT = SETTINGS.redis_port
 PACS_PORT = SETTINGS.pacs_port
+WORKER_METRICS_PORT = SETTINGS.worker_metrics_port
+PACS_METRICS_PORT = SETTINGS.pacs_metrics_port
+PACS_SENDER_METRICS_PORT = SETTINGS.pacs_sender_metrics_port
+# Celery's prefork pool processes write their metric samples here; each worker its own folder.
+PROMETHEUS_DIR = VAR / "run" / "prometheus"
 SERVING_BASE = SETTINGS.model_base_path or VAR / "serving"
 # The local stack's re-identification key (Fernet), made on first start, readable by its owner
 # only; the keys it encrypts live in REID_ROOT, apart from the job storage (docs/privacy.md).
@@ -163,6 +175,7 @@ class Service:
     ready: Callable[[], bool]
     timeout: float = 120.0
     needed: Callable[[], bool] = field(default=lambda: True)
+    env: dict[str, str] = field(default_factory=dict)  # this service's own settings
 
 
 RECONCILER_HEARTBEAT = VAR / "run" / "reconciler.heartbeat"
@@ -254,6 +267,9 @@ def services() -> list[Service]:
                 # Pool processes: CXR_WORKER_CONCURRENCY, else two per CPU (WorkerSettings).
             ),
             lambda: _celery_ping("services.worker.celery_app", INFERENCE_QUEUE),
+            env={"CXR_WORKER_METRICS_PORT": str(WORKER_METRICS_PORT),
+                 "CXR_WORKER_METRICS_ADDRESS": "127.0.0.1",
+                 "PROMETHEUS_MULTIPROC_DIR": str(PROMETHEUS_DIR / "worker")},
         ),
         Service(
             # jobs storage holds as unfinished but the broker lost (a Redis restart) go back on
@@ -298,6 +314,8 @@ def services() -> list[Service]:
             "dicom-node",
             [py, "-m", "services.pacs"],
             lambda: _port_open(PACS_PORT),
+            env={"CXR_PACS_METRICS_PORT": str(PACS_METRICS_PORT),
+                 "CXR_PACS_METRICS_ADDRESS": "127.0.0.1"},
         ),
         Service(
             "report-sender",
@@ -315,6 +333,9 @@ def services() -> list[Service]:
                 "INFO",
             ),
             lambda: _celery_ping("services.pacs.celery_app", REPORT_QUEUE),
+            env={"CXR_PACS_SENDER_METRICS_PORT": str(PACS_SENDER_METRICS_PORT),
+                 "CXR_PACS_METRICS_ADDRESS": "127.0.0.1",
+                 "PROMETHEUS_MULTIPROC_DIR": str(PROMETHEUS_DIR / "report-sender")},
         ),
         Service(
             "gateway",
@@ -365,7 +386,7 @@ def _start(service: Service) -> None:
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        env=local_environment(),
+        env={**local_environment(), **service.env},
         cwd=ROOT,
         start_new_session=True,
     )
@@ -417,6 +438,10 @@ def up(only: Collection[str] | None = None) -> None:
             _bootstrap_model()
     key_file = VAR / "demo-api-key"
     key = key_file.read_text().strip() if key_file.exists() else "(see var/log/gateway.log)"
+    from services.gateway.config import GatewaySettings
+
+    default_gateway_metrics = GatewaySettings.model_fields["gateway_metrics_port"].default
+    gateway_metrics = os.environ.get("CXR_GATEWAY_METRICS_PORT", str(default_gateway_metrics))
     print(f"""
 cxr-pneumonia is up.
   Gateway (API and web page): https://localhost:{GATEWAY_PORT}/   (self-signed certificate)
@@ -424,6 +449,9 @@ cxr-pneumonia is up.
   MLflow UI:                  http://localhost:{MLFLOW_PORT}/
   DICOM node (C-STORE):       AE CXR at localhost:{PACS_PORT}
   DICOM reports sent to:      {SETTINGS.pacs_destination}
+  Prometheus /metrics (plain HTTP, loopback only):
+    gateway {gateway_metrics}, worker {WORKER_METRICS_PORT}, DICOM node {PACS_METRICS_PORT}, \
+report sender {PACS_SENDER_METRICS_PORT}
   API key for the demo:       {key}
   (set CXR_API_KEYS="client:key,..." before `make up` to choose your own keys)
 Stop everything with `make down`.""")
