@@ -121,6 +121,8 @@ def test_prometheus_scrapes_ports_the_services_listen_on(compose):
     listening = {
         "gateway": int(services["gateway"]["environment"]["CXR_GATEWAY_METRICS_PORT"]),
         "worker": int(services["worker"]["environment"]["CXR_WORKER_METRICS_PORT"]),
+        "pacs": int(services["pacs"]["environment"]["CXR_PACS_METRICS_PORT"]),
+        "pacs-sender": int(services["pacs-sender"]["environment"]["CXR_PACS_SENDER_METRICS_PORT"]),
         "tf-serving": int(from_compose(compose).flag("rest_api_port")),
     }
     scraped = {}

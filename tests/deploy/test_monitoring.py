@@ -1,8 +1,9 @@
 """Alerting rules and the Grafana dashboard: well formed, and reading only metrics the code exports.
 
 promtool is not installed: the rules are checked for their structure, balanced brackets, known
-PromQL functions, and every metric they read against the collectors of `services.gateway.metrics`
-and `services.worker.metrics` (the sample names prometheus_client exposes for them).
+PromQL functions, and every metric they read against the collectors of `services.gateway.metrics`,
+`services.worker.metrics` and `services.pacs.metrics` (the sample names prometheus_client exposes
+for them).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
 def exported_samples() -> set[str]:
-    """Every sample name the gateway's and the worker's collectors expose."""
+    """Every sample name the gateway's, the worker's and the DICOM node's collectors expose."""
+    import services.pacs.metrics  # noqa: F401 - registers the DICOM node's and sender's collectors
     import services.worker.metrics  # noqa: F401 - registers the worker's collectors
     from services.gateway.metrics import GatewayMetrics
 

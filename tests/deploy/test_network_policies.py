@@ -29,6 +29,8 @@ NEEDED = [
     (app("gateway"), app("tf-serving"), 8501),
     (PROMETHEUS, app("tf-serving"), 8501),
     (PROMETHEUS, app("worker"), 9100),
+    (PROMETHEUS, app("pacs"), 9103),  # the DICOM node's metrics port
+    (PROMETHEUS, app("pacs-sender"), 9104),  # the report sender's
     (app("trainer-worker"), app("mlflow"), 5000),
     (app("trainer-bootstrap"), app("mlflow"), 5000),
     (app("gateway"), app("mlflow"), 5000),
@@ -63,6 +65,9 @@ REFUSED = [
     (app("pacs"), app("mlflow"), 5000),
     (app("reconciler"), app("tf-serving"), 8500),  # it sends tasks; the workers predict
     (app("reconciler"), app("mlflow"), 5000),
+    (INGRESS_CONTROLLER, app("pacs"), 9103),  # the metrics ports admit Prometheus only
+    (app("gateway"), app("pacs"), 9103),
+    (app("worker"), app("pacs-sender"), 9104),
 ]
 # Nothing in the cluster sends images to the DICOM port.
 DICOM_CALLERS_REFUSED = [INGRESS_CONTROLLER, PROMETHEUS, app("gateway"), app("worker"),

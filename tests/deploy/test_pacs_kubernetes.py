@@ -20,6 +20,7 @@ from tests.deploy.loaders import (
     image_target,
     load_compose,
     pod_specs,
+    pod_template,
     render,
 )
 from tests.support.procs import REPO_ROOT
@@ -118,7 +119,7 @@ def test_the_receiver_listens_where_service_probes_and_policy_point(overlay_obje
     scp = container(overlay_objects, "pacs")
     assert int(literal_env(scp)["CXR_PACS_PORT"]) == port
     assert literal_env(scp)["CXR_PACS_HOST"] == "0.0.0.0"
-    (declared,) = scp["ports"]
+    (declared,) = [p for p in scp["ports"] if p["name"] == "dicom"]
     assert declared["containerPort"] == port
     (service_port,) = find(overlay_objects, "Service", "pacs")["spec"]["ports"]
     assert service_port["port"] == port
@@ -127,6 +128,31 @@ def test_the_receiver_listens_where_service_probes_and_policy_point(overlay_obje
         assert scp[probe]["tcpSocket"]["port"] in (declared["name"], port), probe
     policy = find(overlay_objects, "NetworkPolicy", "pacs-dicom-ingress")
     assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [port]
+
+
+@pytest.mark.parametrize(("deployment", "variable"), [
+    ("pacs", "CXR_PACS_METRICS_PORT"), ("pacs-sender", "CXR_PACS_SENDER_METRICS_PORT")])
+def test_metrics_are_served_where_the_pod_declares_and_prometheus_scrapes(
+        overlay_objects, deployment, variable):
+    """The metrics port: the one the process is told, the one declared, annotated for scraping,
+    admitted for Prometheus only, and in compose the same, unpublished, on all interfaces."""
+    pod = pod_template(find(overlay_objects, "Deployment", deployment))
+    process = pod["spec"]["containers"][0]
+    env = literal_env(process)
+    port = int(env[variable])
+    assert env["CXR_PACS_METRICS_ADDRESS"] == "0.0.0.0"
+    declared = {p["name"]: p["containerPort"] for p in process["ports"]}
+    dicom_port = int(load_compose()["services"]["pacs"]["environment"]["CXR_PACS_PORT"])
+    assert declared["metrics"] == port and port != dicom_port
+    annotations = pod["metadata"]["annotations"]
+    assert (annotations["prometheus.io/scrape"], int(annotations["prometheus.io/port"])) == (
+        "true", port)
+    if deployment == "pacs-sender":  # a prefork pool: the main process sums the children's files
+        assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
+    service = load_compose()["services"][deployment]
+    assert int(service["environment"][variable]) == port
+    assert service["environment"]["CXR_PACS_METRICS_ADDRESS"] == "0.0.0.0"
+    assert str(port) not in {str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])}
 
 
 def test_the_receiver_runs_the_images_scp_and_the_sender_composes_command(overlay_objects):
@@ -146,7 +172,8 @@ def test_the_receiver_runs_the_images_scp_and_the_sender_composes_command(overla
     assert sender["livenessProbe"]["exec"]["command"] == [
         "sh", "-c", compose_check.replace("$$", "$")]
     assert '"pacs@$HOSTNAME"' in sender["livenessProbe"]["exec"]["command"][2]
-    assert "ports" not in sender  # it only calls out to the PACS
+    # it only calls out to the PACS; its one port is for Prometheus
+    assert [p["name"] for p in sender["ports"]] == ["metrics"]
 
 
 def test_receiver_and_sender_read_the_same_settings(overlay_objects):
@@ -154,8 +181,10 @@ def test_receiver_and_sender_read_the_same_settings(overlay_objects):
     assert scp["envFrom"] == sender["envFrom"]
     maps = {source["configMapRef"]["name"].rsplit("-", 1)[0] for source in scp["envFrom"]}
     assert maps == {"cxr-settings", "cxr-pacs-settings", "cxr-reid-settings"}
-    listening = {"CXR_PACS_HOST", "CXR_PACS_PORT"}
-    assert [e for e in scp["env"] if e["name"] not in listening] == sender["env"]
+    listening = {"CXR_PACS_HOST", "CXR_PACS_PORT", "CXR_PACS_METRICS_PORT"}
+    sender_only = {"CXR_PACS_SENDER_METRICS_PORT", "PROMETHEUS_MULTIPROC_DIR"}
+    assert ([e for e in scp["env"] if e["name"] not in listening]
+            == [e for e in sender["env"] if e["name"] not in sender_only])
 
 
 def pod_environment(objects: list[dict], c: dict) -> dict[str, str]:
