@@ -14,11 +14,11 @@ from pydantic import ValidationError
 
 from services.pacs.settings import PacsSettings
 from shared.job_queue import REPORT_QUEUE, REPORT_TASK
-from tests.pacs.conftest import PacsNode, start_node, stop_node
+from tests.pacs.conftest import PacsNode, pacs_env, start_node, stop_node
 from tests.pacs.peers import c_store, modality_ae
 from tests.pacs.studies import chest_dx, sample_pixels
 from tests.pacs.test_permanent_rejection import succeeded_dicom_job
-from tests.support.procs import free_port, port_open, wait_until
+from tests.support.procs import ManagedProcess, free_port, port_open, python_argv, wait_until
 
 START_TIMEOUT_S = 60
 
@@ -183,3 +183,20 @@ def test_the_senders_pool_attempts_reach_its_main_process_endpoint(metered):
                "report attempts counted", node.sender)
     assert node.job(job_id).extra["pacs_report"]["state"] == "sent"
     assert attempts("failed") == 0 and attempts("retried") == 0
+
+
+def test_a_prefork_sender_without_a_multiprocess_folder_refuses_to_start(metered, tmp_path):
+    """Its pool processes' attempts would never reach the endpoint: it stops, and says why."""
+    node = metered.node
+    env = pacs_env(node.redis.url, node.storage_root, tmp_path / "audit.log",
+                   CXR_PACS_SENDER_METRICS_PORT=str(free_port()), PROMETHEUS_MULTIPROC_DIR="")
+    argv = python_argv("-m", "celery", "-A", "services.pacs.celery_app", "worker", "-Q",
+                       "pacs-unused", "--pool", "prefork", "--concurrency", "1",
+                       "--without-gossip", "--without-mingle", "--hostname", "refused@%h")
+    sender = ManagedProcess("pacs-sender-refused", argv, tmp_path, env=env)
+    try:
+        sender.popen.wait(START_TIMEOUT_S)
+        assert sender.popen.returncode != 0
+        assert "PROMETHEUS_MULTIPROC_DIR" in sender.log_tail(20000)
+    finally:
+        sender.stop()
