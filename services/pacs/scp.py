@@ -16,7 +16,8 @@ Status codes answered to the sender:
 
 Every association request is one audit line (action `dicom_association`: the calling AE title,
 the caller's address, accepted 200 or rejected: 403 for a calling AE title not allowed, 503 for
-the association limit).
+the association limit). Each association request, refused connection and C-STORE answer is
+also counted in `services.pacs.metrics`.
 """
 
 from __future__ import annotations
