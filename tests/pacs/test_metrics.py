@@ -185,15 +185,18 @@ def test_the_senders_pool_attempts_reach_its_main_process_endpoint(metered):
     assert attempts("failed") == 0 and attempts("retried") == 0
 
 
-def test_a_prefork_sender_without_a_multiprocess_folder_refuses_to_start(metered, tmp_path):
+def test_a_prefork_sender_without_a_multiprocess_folder_refuses_to_start(metered, tmp_path,
+                                                                         monkeypatch):
     """Its pool processes' attempts would never reach the endpoint: it stops, and says why."""
     node = metered.node
+    # prometheus-client takes the variable's presence, even empty, for multiprocess mode
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     env = pacs_env(node.redis.url, node.storage_root, tmp_path / "audit.log",
-                   CXR_PACS_SENDER_METRICS_PORT=str(free_port()), PROMETHEUS_MULTIPROC_DIR="")
+                   CXR_PACS_SENDER_METRICS_PORT=str(free_port()))
     argv = python_argv("-m", "celery", "-A", "services.pacs.celery_app", "worker", "-Q",
                        "pacs-unused", "--pool", "prefork", "--concurrency", "1",
                        "--without-gossip", "--without-mingle", "--hostname", "refused@%h")
-    sender = ManagedProcess("pacs-sender-refused", argv, tmp_path, env=env)
+    sender = ManagedProcess("pacs-sender-refused", argv, tmp_path, env=env, cwd=tmp_path)
     try:
         sender.popen.wait(START_TIMEOUT_S)
         assert sender.popen.returncode != 0
