@@ -7,9 +7,9 @@ import logging
 import signal
 import threading
 
-from services.pacs import metrics
 from services.pacs.scp import start_scp
 from services.pacs.settings import get_settings
+from shared import pool_metrics
 from shared.audit import configure_audit
 from shared.dicom_intake.receive import DicomIntake
 from shared.imaging import DecodeLimits
@@ -33,8 +33,8 @@ def main() -> None:
                          reid=ReidentificationKeys.from_settings(settings))
     server = start_scp(settings, intake)
     if settings.pacs_metrics_port is not None:
-        metrics.serve_metrics(settings.pacs_metrics_port, settings.pacs_metrics_address,
-                              pool=False)
+        pool_metrics.serve_metrics(settings.pacs_metrics_port, settings.pacs_metrics_address,
+                                   pool=False)
         logging.getLogger("cxr.pacs").info("metrics on %s:%s", settings.pacs_metrics_address,
                                            settings.pacs_metrics_port)
     stop = threading.Event()

@@ -14,29 +14,14 @@ The sender counts attempts; finished deliveries are counted by the gateway from 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
     Counter,
     Gauge,
-    multiprocess,
-    start_http_server,
 )
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def multiprocess_dir() -> Path | None:
-    value = os.environ.get(MULTIPROC_ENV)
-    return Path(value) if value else None
-
-
-if multiprocess_dir() is not None:  # each metric opens its sample file there when created
-    multiprocess_dir().mkdir(parents=True, exist_ok=True)
+from shared import pool_metrics  # noqa: F401 - makes the multiprocess folder before any metric
 
 # ---- the C-STORE SCP ----
 ASSOCIATIONS = Counter(
@@ -82,31 +67,3 @@ def count_c_store(status: str, reason: str = "", received_bytes: int = 0) -> Non
 def watch_open_associations(count: Callable[[], int]) -> None:
     """The gauge reads `count()` at each scrape (the SCP's single process only)."""
     OPEN_ASSOCIATIONS.set_function(count)
-
-
-def clear_multiprocess_dir() -> None:
-    """Drop samples of earlier runs; call in the main process before the pool starts."""
-    folder = multiprocess_dir()
-    if folder is None:
-        return
-    own_suffix = f"_{os.getpid()}.db"  # sample files are named <kind>[_<mode>]_<pid>.db
-    for stale in folder.glob("*.db"):
-        if not stale.name.endswith(own_suffix):
-            stale.unlink()
-
-
-def serve_metrics(port: int, address: str, *, pool: bool) -> None:
-    """Expose `/metrics` on `address:port`. `pool`: a Celery worker's main process, which sums
-    every pool process in multiprocess mode; else this process's own metrics."""
-    if not pool or multiprocess_dir() is None:
-        start_http_server(port, addr=address, registry=REGISTRY)
-        return
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, addr=address, registry=registry)
-
-
-def forget_process(pid: int) -> None:
-    """A pool process exited: its live gauges no longer count (counters keep their totals)."""
-    if multiprocess_dir() is not None:
-        multiprocess.mark_process_dead(pid)

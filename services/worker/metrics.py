@@ -8,31 +8,17 @@ with the `solo` or `threads` pool tasks run in the main process and it is not ne
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    multiprocess,
-    start_http_server,
 )
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from shared import pool_metrics  # noqa: F401 - makes the multiprocess folder before any metric
+
 # Seconds; inference and queue times of a CPU model server span milliseconds to minutes.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
-
-def multiprocess_dir() -> Path | None:
-    value = os.environ.get(MULTIPROC_ENV)
-    return Path(value) if value else None
-
-
-if multiprocess_dir() is not None:  # each metric opens its sample file there when created
-    multiprocess_dir().mkdir(parents=True, exist_ok=True)
 
 JOBS = Counter("cxr_worker_jobs", "Prediction tasks finished, by outcome.", ["outcome"])
 RETRIES = Counter("cxr_worker_retries", "Tasks scheduled again after a transient error.", ["code"])
@@ -141,30 +127,3 @@ def set_drift(site: str, films: int, alert: bool, ks: dict[str, float],
         DRIFT_KS.labels(site, name).set(value)
     for name, value in psi.items():
         DRIFT_PSI.labels(site, name).set(value)
-
-
-def clear_multiprocess_dir() -> None:
-    """Drop samples of earlier runs; call in the main process before the pool starts."""
-    folder = multiprocess_dir()
-    if folder is None:
-        return
-    own_suffix = f"_{os.getpid()}.db"  # sample files are named <kind>[_<mode>]_<pid>.db
-    for stale in folder.glob("*.db"):
-        if not stale.name.endswith(own_suffix):
-            stale.unlink()
-
-
-def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
-    """Expose `/metrics` on `port`, summing every pool process when in multiprocess mode."""
-    if multiprocess_dir() is None:
-        start_http_server(port, addr=address, registry=REGISTRY)
-        return
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, addr=address, registry=registry)
-
-
-def forget_process(pid: int) -> None:
-    """A pool process exited: its live gauges no longer count (counters keep their totals)."""
-    if multiprocess_dir() is not None:
-        multiprocess.mark_process_dead(pid)
