@@ -41,8 +41,8 @@ from shared.schemas import (
 from shared.storage import LocalStorage
 from tests.gateway.uploads import sample_xray
 from tests.support.gateway import GatewayProcess
-from tests.support.scope_model import mark, start_scope_model_server
-from tests.support.stack import Stack, finished, gateway_stack
+from tests.support.scope_model import mark
+from tests.support.stack import Stack, finished, scope_stack
 
 OTHER = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
 COMMENT = "Seen with the film of the week before; Dr Fhircheck-Comment"
@@ -268,13 +268,8 @@ def test_an_unfinished_job_has_no_report():
 def stack(tmp_path_factory, redis_server) -> Iterator[Stack]:
     redis_server.client().flushall()
     work = tmp_path_factory.mktemp("fhir-stack")
-    model_server = start_scope_model_server(work / "model")
-    try:
-        with gateway_stack(work, redis_server.url, model_server,
-                           env={"CXR_SITE_CLIENTS": "alice:north"}) as started:
-            yield started
-    finally:
-        model_server.stop()
+    with scope_stack(work, redis_server.url, env={"CXR_SITE_CLIENTS": "alice:north"}) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

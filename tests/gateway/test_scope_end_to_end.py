@@ -31,8 +31,8 @@ from tests.gateway.uploads import sample_xray
 from tests.pacs.studies import chest_dx, photograph
 from tests.shared.xray_files import dicom_bytes
 from tests.support.browser import chromium_page
-from tests.support.scope_model import mark, start_scope_model_server
-from tests.support.stack import Stack, finished, gateway_stack
+from tests.support.scope_model import mark
+from tests.support.stack import Stack, finished, scope_stack
 
 pytestmark = pytest.mark.slow
 RNG = np.random.default_rng(5)
@@ -42,12 +42,8 @@ RNG = np.random.default_rng(5)
 def stack(tmp_path_factory, redis_server) -> Iterator[Stack]:
     redis_server.client().flushall()
     work = tmp_path_factory.mktemp("scope-stack")
-    model_server = start_scope_model_server(work / "model")
-    try:
-        with gateway_stack(work, redis_server.url, model_server) as started:
-            yield started
-    finally:
-        model_server.stop()
+    with scope_stack(work, redis_server.url) as started:
+        yield started
 
 
 def encoded(pixels: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -1,5 +1,5 @@
 """The whole path as separate processes: a TLS gateway and a Celery worker sharing its storage, in
-front of a model server the caller owns; and the client's upload-and-wait over HTTP."""
+front of a model server; and the client's upload-and-wait over HTTP."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.model_server import ModelServer
+from tests.support.scope_model import start_scope_model_server
 from tests.support.worker import CeleryWorker, start_celery_worker
 
 
@@ -40,6 +41,19 @@ def gateway_stack(work: Path, redis_url: str, model_server: ModelServer, *,
     finally:
         worker.stop()
         gateway.stop()
+
+
+@contextmanager
+def scope_stack(work: Path, redis_url: str, *,
+                env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """`gateway_stack` in front of its own model server serving the screening test model
+    (tests/support/scope_model.py); all three stopped on leaving."""
+    model_server = start_scope_model_server(work / "model")
+    try:
+        with gateway_stack(work, redis_url, model_server, env=env) as stack:
+            yield stack
+    finally:
+        model_server.stop()
 
 
 def finished(http, data: bytes, name: str = "film.png") -> dict:
