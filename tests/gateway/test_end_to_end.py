@@ -10,45 +10,23 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from PIL import Image
 
 from tests.gateway.uploads import sample_xray
 from tests.support.browser import chromium_page
-from tests.support.gateway import GatewayProcess, start_gateway
-from tests.support.model_server import ModelServer
-from tests.support.worker import CeleryWorker, start_celery_worker
+from tests.support.stack import Stack, gateway_stack
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Stack:
-    gateway: GatewayProcess
-    worker: CeleryWorker
-    model_server: ModelServer
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_server, shared_model_server) -> Iterator[Stack]:
     redis_server.client().flushall()  # no task left over from other modules' gateways
     work = tmp_path_factory.mktemp("stack")
-    gateway = start_gateway(work, redis_server.url, tls=True, env={
-        "CXR_MODEL_SERVER_REST": shared_model_server.rest_url,
-        "CXR_RATE_LIMIT_PER_MINUTE": "100000",
-    })
-    try:
-        worker = start_celery_worker(work / "worker", redis_url=redis_server.url,
-                                     storage_root=gateway.storage_root,
-                                     model_server_target=shared_model_server.grpc_target)
-    except BaseException:
-        gateway.stop()
-        raise
-    yield Stack(gateway, worker, shared_model_server)
-    worker.stop()
-    gateway.stop()
+    with gateway_stack(work, redis_server.url, shared_model_server) as started:
+        yield started
 
 
 def predict(http, path, **upload_kwargs) -> dict:

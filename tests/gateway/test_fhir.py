@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
@@ -41,10 +40,9 @@ from shared.schemas import (
 )
 from shared.storage import LocalStorage
 from tests.gateway.uploads import sample_xray
-from tests.support.gateway import GatewayProcess, start_gateway
-from tests.support.model_server import ModelServer
-from tests.support.scope_model import mark, start_scope_model_server
-from tests.support.worker import CeleryWorker, start_celery_worker
+from tests.support.gateway import GatewayProcess
+from tests.support.scope_model import mark
+from tests.support.stack import Stack, finished, scope_stack
 
 OTHER = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
 COMMENT = "Seen with the film of the week before; Dr Fhircheck-Comment"
@@ -266,54 +264,22 @@ def test_an_unfinished_job_has_no_report():
 # --- the route, end to end -------------------------------------------------------------------
 
 
-@dataclass
-class Stack:
-    gateway: GatewayProcess
-    worker: CeleryWorker
-    model_server: ModelServer
-    jobs: JobStore
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_server) -> Iterator[Stack]:
     redis_server.client().flushall()
     work = tmp_path_factory.mktemp("fhir-stack")
-    model_server = start_scope_model_server(work / "model")
-    try:
-        gateway = start_gateway(work, redis_server.url, tls=True, env={
-            "CXR_MODEL_SERVER_REST": model_server.rest_url,
-            "CXR_RATE_LIMIT_PER_MINUTE": "100000", "CXR_SITE_CLIENTS": "alice:north"})
-        try:
-            worker = start_celery_worker(work / "worker", redis_url=redis_server.url,
-                                         storage_root=gateway.storage_root,
-                                         model_server_target=model_server.grpc_target)
-        except BaseException:
-            gateway.stop()
-            raise
-    except BaseException:
-        model_server.stop()
-        raise
-    jobs = JobStore(redis_server.client(), LocalStorage(gateway.storage_root))
-    yield Stack(gateway, worker, model_server, jobs)
-    worker.stop()
-    gateway.stop()
-    model_server.stop()
+    with scope_stack(work, redis_server.url, env={"CXR_SITE_CLIENTS": "alice:north"}) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def jobs(stack, redis_server) -> JobStore:
+    return JobStore(redis_server.client(), LocalStorage(stack.gateway.storage_root))
 
 
 def film_png(pixels: np.ndarray, path) -> bytes:
     Image.fromarray(pixels).save(path, "PNG")
     return path.read_bytes()
-
-
-def finished(http, data: bytes, name: str = "film.png") -> dict:
-    response = http.post("/v1/predictions", params={"wait": 60}, files={"file": (name, data)})
-    assert response.status_code in (200, 202), response.text
-    view = response.json()
-    for _ in range(6):
-        if view["status"] in ("succeeded", "failed"):
-            return view
-        view = http.get(f"/v1/predictions/{view['job_id']}", params={"wait": 30}).json()
-    raise AssertionError(f"job did not finish: {view}")
 
 
 def fhir_answer(http, job_id: str) -> DiagnosticReport:
@@ -374,12 +340,12 @@ def test_another_clients_job_and_an_unknown_job_are_not_found(stack, flagged_job
 
 
 @pytest.mark.slow
-def test_an_unfinished_job_answers_409_job_not_finished(stack):
+def test_an_unfinished_job_answers_409_job_not_finished(stack, jobs):
     for status in (JobStatus.QUEUED, JobStatus.RUNNING):
         job_id = f"fhir-{status.value}-1"
         # A record as the gateway writes it, for a job no worker is ever given.
-        stack.jobs.create(JobRecord(job_id=job_id, client_id="alice", site="north",
-                                    upload_key=f"uploads/{job_id}", status=status))
+        jobs.create(JobRecord(job_id=job_id, client_id="alice", site="north",
+                              upload_key=f"uploads/{job_id}", status=status))
         with stack.gateway.client("alice") as http:
             response = http.get(f"/v1/predictions/{job_id}/fhir")
         assert response.status_code == 409, response.text

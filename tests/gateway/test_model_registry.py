@@ -34,6 +34,14 @@ def _register_champion(tracking_uri: str, name: str) -> tuple[str, str]:
     return run.info.run_id, first.version
 
 
+def _settings(mlflow_server, redis_url: str, tmp_path, name: str, **extra) -> GatewaySettings:
+    """A gateway's settings reading `name` from the test MLflow, its model server down."""
+    return GatewaySettings(env="test", api_keys="alice:k-1", redis_url=redis_url,
+                           storage_root=str(tmp_path / "jobs"), model_name=name,
+                           mlflow_tracking_uri=mlflow_server.tracking_uri,
+                           model_server_rest=f"http://127.0.0.1:{free_port()}", **extra)
+
+
 def _current_model(settings: GatewaySettings) -> dict:
     async def call() -> httpx.Response:
         app = create_app(settings)
@@ -51,10 +59,7 @@ def test_current_model_shows_the_champions_metrics_and_model_card(mlflow_server,
                                                                    tmp_path):
     name = f"cxr-gateway-{uuid.uuid4().hex[:8]}"
     run_id, version = _register_champion(mlflow_server.tracking_uri, name)
-    settings = GatewaySettings(env="test", api_keys="alice:k-1", redis_url=redis_url,
-                               storage_root=str(tmp_path), model_name=name,
-                               mlflow_tracking_uri=mlflow_server.tracking_uri,
-                               model_server_rest=f"http://127.0.0.1:{free_port()}")
+    settings = _settings(mlflow_server, redis_url, tmp_path, name)
     body = _current_model(settings)
     registry = body["registry"]
     assert registry["model_version"] == version and registry["alias"] == "champion"
@@ -68,11 +73,8 @@ def test_current_model_shows_the_champions_metrics_and_model_card(mlflow_server,
 
 
 def test_a_registry_without_champion_is_a_note(mlflow_server, redis_url, tmp_path):
-    settings = GatewaySettings(env="test", api_keys="alice:k-1", redis_url=redis_url,
-                               storage_root=str(tmp_path),
-                               model_name=f"cxr-unregistered-{uuid.uuid4().hex[:8]}",
-                               mlflow_tracking_uri=mlflow_server.tracking_uri,
-                               model_server_rest=f"http://127.0.0.1:{free_port()}")
+    settings = _settings(mlflow_server, redis_url, tmp_path,
+                         f"cxr-unregistered-{uuid.uuid4().hex[:8]}")
     body = _current_model(settings)
     assert body["registry"] is None
     assert any("champion" in note for note in body["notes"])
@@ -108,11 +110,8 @@ def test_a_bundled_champion_shows_its_own_folders_metrics_and_card(mlflow_server
     extra.mkdir(parents=True)
     for file in ("metrics.json", "model_card.md"):
         shutil.copyfile(bundled / file, extra / file)
-    settings = GatewaySettings(env="test", api_keys="alice:k-1", redis_url=redis_url,
-                               storage_root=str(tmp_path / "jobs"), model_name=name,
-                               model_base_path=str(tmp_path / "serving"),
-                               mlflow_tracking_uri=mlflow_server.tracking_uri,
-                               model_server_rest=f"http://127.0.0.1:{free_port()}")
+    settings = _settings(mlflow_server, redis_url, tmp_path, name,
+                         model_base_path=str(tmp_path / "serving"))
     registry = _current_model(settings)["registry"]
     expected = json.loads((bundled / "metrics.json").read_text())["metrics"]
     assert registry["model_version"] == version
@@ -126,11 +125,8 @@ def test_the_registrys_own_card_wins_and_a_folder_without_files_is_no_error(
         mlflow_server, redis_url, tmp_path):
     name = f"cxr-bare-{uuid.uuid4().hex[:8]}"
     _register_bare_champion(mlflow_server.tracking_uri, name, description=CARD)
-    settings = GatewaySettings(env="test", api_keys="alice:k-1", redis_url=redis_url,
-                               storage_root=str(tmp_path / "jobs"), model_name=name,
-                               model_base_path=str(tmp_path / "empty-serving"),
-                               mlflow_tracking_uri=mlflow_server.tracking_uri,
-                               model_server_rest=f"http://127.0.0.1:{free_port()}")
+    settings = _settings(mlflow_server, redis_url, tmp_path, name,
+                         model_base_path=str(tmp_path / "empty-serving"))
     registry = _current_model(settings)["registry"]
     assert registry["model_card"] == CARD and registry["metrics"] == {}
     assert registry["from_version_files"] == []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -32,42 +31,19 @@ from tests.gateway.uploads import sample_xray
 from tests.pacs.studies import chest_dx, photograph
 from tests.shared.xray_files import dicom_bytes
 from tests.support.browser import chromium_page
-from tests.support.gateway import GatewayProcess, start_gateway
-from tests.support.model_server import ModelServer
-from tests.support.scope_model import mark, start_scope_model_server
-from tests.support.worker import CeleryWorker, start_celery_worker
+from tests.support.scope_model import mark
+from tests.support.stack import Stack, finished, scope_stack
 
 pytestmark = pytest.mark.slow
 RNG = np.random.default_rng(5)
-
-
-@dataclass
-class Stack:
-    gateway: GatewayProcess
-    worker: CeleryWorker
-    model_server: ModelServer
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_server) -> Iterator[Stack]:
     redis_server.client().flushall()
     work = tmp_path_factory.mktemp("scope-stack")
-    model_server = start_scope_model_server(work / "model")
-    try:
-        gateway = start_gateway(work, redis_server.url, tls=True, env={
-            "CXR_MODEL_SERVER_REST": model_server.rest_url,
-            "CXR_RATE_LIMIT_PER_MINUTE": "100000",
-        })
-        worker = start_celery_worker(work / "worker", redis_url=redis_server.url,
-                                     storage_root=gateway.storage_root,
-                                     model_server_target=model_server.grpc_target)
-    except BaseException:
-        model_server.stop()
-        raise
-    yield Stack(gateway, worker, model_server)
-    worker.stop()
-    gateway.stop()
-    model_server.stop()
+    with scope_stack(work, redis_server.url) as started:
+        yield started
 
 
 def encoded(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -82,17 +58,6 @@ def film(label: str = "NORMAL", index: int = 0) -> np.ndarray:
 
 def upload(http, data: bytes, name: str = "film.png"):
     return http.post("/v1/predictions", params={"wait": 60}, files={"file": (name, data)})
-
-
-def finished(http, data: bytes, name: str = "film.png") -> dict:
-    response = upload(http, data, name)
-    assert response.status_code in (200, 202), response.text
-    view = response.json()
-    for _ in range(6):
-        if view["status"] in ("succeeded", "failed"):
-            return view
-        view = http.get(f"/v1/predictions/{view['job_id']}", params={"wait": 30}).json()
-    raise AssertionError(f"job did not finish: {view}")
 
 
 def metric(text: str, name: str, **labels: str) -> float:

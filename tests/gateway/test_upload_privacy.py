@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,50 +14,27 @@ from pydicom import dcmread
 from tests.shared.identified_dicom import KEPT, identified_chest_dx
 from tests.shared.test_strip_metadata import NAME, jpeg_with_names, png_with_names, xray
 from tests.shared.xray_files import dicom_bytes, raw_implicit_dicom_bytes
-from tests.support.gateway import GatewayProcess, start_gateway
+from tests.support.gateway import GatewayProcess
 from tests.support.redis import start_redis
-from tests.support.worker import CeleryWorker, start_celery_worker
+from tests.support.stack import Stack, finished, gateway_stack
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Stack:
-    gateway: GatewayProcess
-    worker: CeleryWorker
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, shared_model_server) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("privacy")
     redis_server = start_redis(work / "redis")
-    gateway = start_gateway(work, redis_server.url, tls=True,
-                            env={"CXR_RATE_LIMIT_PER_MINUTE": "100000"})
     try:
-        worker = start_celery_worker(work / "worker", redis_url=redis_server.url,
-                                     storage_root=gateway.storage_root,
-                                     model_server_target=shared_model_server.grpc_target)
-    except BaseException:
-        gateway.stop()
+        with gateway_stack(work, redis_server.url, shared_model_server) as started:
+            yield started
+    finally:
         redis_server.process.stop()
-        raise
-    yield Stack(gateway, worker)
-    worker.stop()
-    gateway.stop()
-    redis_server.process.stop()
 
 
 def upload_and_wait(gateway: GatewayProcess, name: str, data: bytes) -> dict:
     with gateway.client("alice", timeout=60) as http:
-        response = http.post("/v1/predictions", params={"wait": 60},
-                             files={"file": (name, data)})
-        assert response.status_code in (200, 202), response.text
-        view = response.json()
-        for _ in range(6):
-            if view["status"] in ("succeeded", "failed"):
-                return view
-            view = http.get(f"/v1/predictions/{view['job_id']}", params={"wait": 30}).json()
-    raise AssertionError(f"job did not finish: {view}")
+        return finished(http, data, name)
 
 
 def stored_files(gateway: GatewayProcess, job_id: str) -> dict[str, bytes]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -17,48 +16,19 @@ from shared.heatmap import HEAT_COLOURS, display_size
 from tests.gateway.uploads import sample_xray
 from tests.shared.xray_files import dicom_bytes, xray_dataset
 from tests.support.browser import chromium_page
-from tests.support.gateway import GatewayProcess, start_gateway
-from tests.support.worker import CeleryWorker, start_celery_worker
+from tests.support.stack import Stack, finished, gateway_stack
 
 pytestmark = pytest.mark.slow
 
 PATIENT_NAME = "Qzwebpage^Identifiable"
 
 
-@dataclass
-class Stack:
-    gateway: GatewayProcess
-    worker: CeleryWorker
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, redis_server, shared_model_server) -> Iterator[Stack]:
     redis_server.client().flushall()
     work = tmp_path_factory.mktemp("web-jobs")
-    gateway = start_gateway(work, redis_server.url, tls=True, env={
-        "CXR_MODEL_SERVER_REST": shared_model_server.rest_url,
-        "CXR_RATE_LIMIT_PER_MINUTE": "100000"})
-    try:
-        worker = start_celery_worker(work / "worker", redis_url=redis_server.url,
-                                     storage_root=gateway.storage_root,
-                                     model_server_target=shared_model_server.grpc_target)
-    except BaseException:
-        gateway.stop()
-        raise
-    yield Stack(gateway, worker)
-    worker.stop()
-    gateway.stop()
-
-
-def finished(http, name: str, data: bytes) -> dict:
-    response = http.post("/v1/predictions", params={"wait": 60}, files={"file": (name, data)})
-    assert response.status_code in (200, 202), response.text
-    view = response.json()
-    for _ in range(6):
-        if view["status"] in ("succeeded", "failed"):
-            return view
-        view = http.get(f"/v1/predictions/{view['job_id']}", params={"wait": 30}).json()
-    raise AssertionError(f"job did not finish: {view}")
+    with gateway_stack(work, redis_server.url, shared_model_server) as started:
+        yield started
 
 
 def sample_dicom() -> tuple[bytes, tuple[int, int]]:
@@ -74,8 +44,8 @@ def alice_jobs(stack) -> dict[str, dict]:
     data, shape = sample_dicom()
     with stack.gateway.client("alice", timeout=90) as http:
         jpeg = sample_xray("NORMAL", 3)
-        jobs = {"jpeg": finished(http, jpeg.name, jpeg.read_bytes()),
-                "dicom": finished(http, "film.dcm", data)}
+        jobs = {"jpeg": finished(http, jpeg.read_bytes(), jpeg.name),
+                "dicom": finished(http, data, "film.dcm")}
     jobs["dicom"]["shape"] = shape
     return jobs
 
@@ -112,7 +82,7 @@ def page() -> Iterator:
 def test_web_page_lists_the_clients_jobs_and_reopens_a_dicom(stack, alice_jobs, page):
     with stack.gateway.client("bob", timeout=90) as http:  # bob's job never shows for alice
         bob_file = sample_xray("NORMAL", 4)
-        bob_job = finished(http, bob_file.name, bob_file.read_bytes())["job_id"]
+        bob_job = finished(http, bob_file.read_bytes(), bob_file.name)["job_id"]
     with stack.gateway.client("alice") as http:
         listed = http.get("/v1/predictions", params={"limit": 10}).json()["items"]
 

@@ -7,7 +7,7 @@ the trainer's own export code, and wait until that version is AVAILABLE.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -128,3 +128,26 @@ def shared_model_server(tmp_path_factory) -> Iterator[ModelServer]:
     server = start_model_server(tmp_path_factory.mktemp("shared-model-server"))
     yield server
     server.stop()
+
+
+def labelled_models_config(server: ModelServer, labels: Mapping[str, int]) -> str:
+    """The model config serving versions 1 and 2 of `server`'s model with `labels` (label ->
+    version) on them, as the trainer's publishing writes it."""
+    from services.trainer.publish import render_models_config
+
+    return render_models_config(server.model_name, server.model_base_path, [1, 2], stable=None,
+                                labels=labels)
+
+
+def start_labelled_server(tmp_dir: Path, labels: Mapping[str, int]) -> ModelServer:
+    """A model server holding version 1 (threshold 0.5) and version 2 (threshold 0.3), `labels`
+    on them, rereading its config file every second so a test can move a label."""
+    server = ModelServer(tmp_dir / "models", tmp_dir / "logs",
+                         config_file=tmp_dir / "models.config",
+                         extra_args=["--model_config_file_poll_wait_seconds", "1"])
+    server.publish(1, threshold=0.5)
+    server.publish(2, threshold=0.3)
+    server.config_file.write_text(labelled_models_config(server, labels))
+    server.start(wait_for=1)
+    server.wait_for_version(2)
+    return server

@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import redis
 from celery import Celery
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +20,8 @@ from services.worker.celery_app import QUEUE, TASK_NAME
 from shared.jobs import JobStore
 from shared.schemas import JobRecord, JobStatus
 from shared.storage import LocalStorage
+from tests.support.model_server import ModelServer
+from tests.support.worker import CeleryWorker, start_celery_worker
 
 
 def xray_jpeg(height: int = 480, width: int = 400, seed: int = 0) -> bytes:
@@ -74,6 +80,33 @@ class JobClient:
 
     def close(self) -> None:
         self.celery.close()
+
+
+@dataclass
+class WorkerStack:
+    jobs: JobClient
+    storage: LocalStorage
+    model_server: ModelServer
+    worker: CeleryWorker
+    redis: redis.Redis
+
+
+@contextmanager
+def worker_stack(root: Path, redis_url: str, model_server: ModelServer,
+                 env: dict[str, str] | None = None) -> Iterator[WorkerStack]:
+    """A Celery worker (`env` added) on storage under `root`, answered by `model_server`, and a
+    job client; the worker stopped on leaving, the model server left running."""
+    storage = LocalStorage(root / "storage")
+    worker = start_celery_worker(root / "logs", redis_url=redis_url, storage_root=storage.root,
+                                 model_server_target=model_server.grpc_target, env=env)
+    client = redis.Redis.from_url(redis_url)
+    jobs = JobClient(JobStore(client, storage), storage, redis_url)
+    try:
+        yield WorkerStack(jobs, storage, model_server, worker, client)
+    finally:
+        jobs.close()
+        worker.stop()
+        client.close()
 
 
 def storage_file(storage: LocalStorage, key: str) -> Path:

@@ -8,14 +8,11 @@ import io
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 import yaml
-from celery import Celery
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,12 +20,15 @@ from services.trainer.drift_reference import compute_reference, write_reference
 from shared.drift import FILM_BYTES, films_key
 from shared.imaging import decode_xray, to_model_input
 from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE
-from shared.jobs import JobStore
 from shared.schemas import JobRecord, JobStatus
-from shared.storage import LocalStorage
-from tests.support.model_server import ModelServer, start_model_server
-from tests.support.worker import CeleryWorker, start_celery_worker
-from tests.worker.jobs import JobClient, metric_value, wait_for_metric, xray_jpeg
+from tests.support.model_server import start_model_server
+from tests.worker.jobs import (
+    WorkerStack,
+    metric_value,
+    wait_for_metric,
+    worker_stack,
+    xray_jpeg,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,45 +44,27 @@ def inverted_jpeg(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-@dataclass
-class Stack:
-    jobs: JobClient
-    storage: LocalStorage
-    model_server: ModelServer
-    worker: CeleryWorker
-    redis: redis.Redis
-    celery: Celery
-
-
 @pytest.fixture(scope="module")
-def stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
+def stack(redis_server, tmp_path_factory) -> Iterator[WorkerStack]:
     root = tmp_path_factory.mktemp("drift-worker")
     server = start_model_server(root / "serving")
-    # Version 1's reference, from films like the steady site's, as the export would write it.
-    version_dir = server.base_path / "cxr-pneumonia" / "1"
-    images = np.stack([to_model_input(decode_xray(xray_jpeg(seed=seed)).pixels)
-                       for seed in range(40)])
-    write_reference(version_dir, compute_reference(version_dir, images, {"films": "fixture"}))
-    storage = LocalStorage(root / "storage")
-    worker = start_celery_worker(
-        root / "logs", redis_url=redis_server.url, storage_root=storage.root,
-        model_server_target=server.grpc_target,
-        env={"CXR_MODEL_BASE_PATH": str(server.base_path), "CXR_DRIFT_MIN_FILMS": "15",
-             # 20 films against 40: KS noise alone reaches about 0.4; a real shift is near 1.
-             "CXR_DRIFT_KS_THRESHOLD": "0.6"})
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
-    jobs = JobClient(JobStore(client, storage), storage, redis_server.url)
-    celery = Celery("drift-tests", broker=redis_server.url)
-    yield Stack(jobs, storage, server, worker, client, celery)
-    celery.close()
-    jobs.close()
-    worker.stop()
-    server.stop()
-    client.close()
+    try:
+        # Version 1's reference, from films like the steady site's, as the export would write it.
+        version_dir = server.base_path / "cxr-pneumonia" / "1"
+        images = np.stack([to_model_input(decode_xray(xray_jpeg(seed=seed)).pixels)
+                           for seed in range(40)])
+        write_reference(version_dir, compute_reference(version_dir, images, {"films": "fixture"}))
+        with worker_stack(root, redis_server.url, server, env={
+                "CXR_MODEL_BASE_PATH": str(server.base_path), "CXR_DRIFT_MIN_FILMS": "15",
+                # 20 films against 40: KS noise alone reaches about 0.4; a real shift is near 1.
+                "CXR_DRIFT_KS_THRESHOLD": "0.6"}) as started:
+            started.redis.flushall()
+            yield started
+    finally:
+        server.stop()
 
 
-def submit(stack: Stack, data: bytes, site: str) -> str:
+def submit(stack: WorkerStack, data: bytes, site: str) -> str:
     job_id = uuid.uuid4().hex
     upload_key = f"uploads/{job_id}"
     stack.storage.put(upload_key, data)
@@ -113,7 +95,7 @@ def test_answered_films_are_recorded_counted_and_checked(stack):
     assert metric_value(text, "cxr_worker_input_side_pixels_sum", site="steady",
                         side="width") == 400 * FILMS_PER_SITE
 
-    stack.celery.send_task(DRIFT_CHECK_TASK, queue=INFERENCE_QUEUE)
+    stack.jobs.celery.send_task(DRIFT_CHECK_TASK, queue=INFERENCE_QUEUE)
     read = stack.worker.metrics_text
     wait_for_metric(read, "cxr_drift_films", FILMS_PER_SITE, timeout=60, site="inverted")
     wait_for_metric(read, "cxr_drift_films", FILMS_PER_SITE, timeout=60, site="steady")

@@ -15,30 +15,16 @@ from shared.jobs import JobStore, result_key, shadow_key, storage_key
 from shared.schemas import JobStatus
 from shared.shadow import read_shadow
 from shared.storage import LocalStorage
-from tests.support.model_server import ModelServer
+from tests.support.model_server import labelled_models_config, start_labelled_server
 from tests.support.procs import wait_until
 from tests.worker.jobs import JobClient, metric_value, wait_for_metric, xray_jpeg
 
 pytestmark = pytest.mark.slow
 
 
-def models_config(models_dir, labels: dict[str, int]) -> str:
-    label_text = " ".join(f'version_labels {{ key: "{k}" value: {v} }}' for k, v in labels.items())
-    return (f'model_config_list {{ config {{ name: "cxr-pneumonia" '
-            f'base_path: "{models_dir}/cxr-pneumonia" model_platform: "tensorflow" '
-            f'model_version_policy {{ specific {{ versions: 1 versions: 2 }} }} {label_text} }} }}')
-
-
 @pytest.fixture
 def shadow_server(tmp_path):
-    models_dir = tmp_path / "models"
-    server = ModelServer(models_dir, tmp_path / "logs", config_file=tmp_path / "models.config",
-                         extra_args=["--model_config_file_poll_wait_seconds", "1"])
-    server.publish(1, threshold=0.5)
-    server.publish(2, threshold=0.3)
-    server.config_file.write_text(models_config(models_dir, {"stable": 1, "shadow": 2}))
-    server.start(wait_for=1)
-    server.wait_for_version(2)
+    server = start_labelled_server(tmp_path, {"stable": 1, "shadow": 2})
     yield server
     server.stop()
 
@@ -87,7 +73,7 @@ def test_shadow_outputs_are_stored_apart_and_a_shadow_failure_leaves_the_job_alo
 
     # The shadow label is gone (the next champion publish drops it): shadow scoring fails, the
     # jobs do not.
-    shadow_server.config_file.write_text(models_config(shadow_server.base_path, {"stable": 1}))
+    shadow_server.config_file.write_text(labelled_models_config(shadow_server, {"stable": 1}))
     wait_until(lambda: not label_answers(shadow_server.grpc_target, "shadow"), 60,
                "label shadow removed")
     second = jobs.submit(xray_jpeg(seed=6))

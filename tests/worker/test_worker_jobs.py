@@ -5,53 +5,37 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import redis
 from PIL import Image
 
 from services.worker.keys import attention_key, heatmap_key, result_key
 from shared.heatmap import decode_attention, heatmap_png
 from shared.imaging import DecodeLimits
-from shared.jobs import JobStore
 from shared.schemas import JobStatus, PredictionResult
-from shared.storage import LocalStorage
-from tests.support.model_server import ModelServer, start_model_server
-from tests.support.worker import CeleryWorker, start_celery_worker
+from tests.support.model_server import start_model_server
 from tests.worker.jobs import (
-    JobClient,
+    WorkerStack,
     metric_value,
     storage_file,
     wait_for_metric,
+    worker_stack,
     xray_jpeg,
 )
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class Stack:
-    jobs: JobClient
-    storage: LocalStorage
-    model_server: ModelServer
-    worker: CeleryWorker
-
-
 @pytest.fixture(scope="module")
-def stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
+def stack(redis_server, tmp_path_factory) -> Iterator[WorkerStack]:
     root = tmp_path_factory.mktemp("worker-jobs")
     server = start_model_server(root / "serving")
-    storage = LocalStorage(root / "storage")
-    worker = start_celery_worker(root / "logs", redis_url=redis_server.url,
-                                 storage_root=storage.root, model_server_target=server.grpc_target)
-    client = redis.Redis.from_url(redis_server.url)
-    jobs = JobClient(JobStore(client, storage), storage, redis_server.url)
-    yield Stack(jobs, storage, server, worker)
-    jobs.close()
-    worker.stop()
-    server.stop()
+    try:
+        with worker_stack(root, redis_server.url, server) as started:
+            yield started
+    finally:
+        server.stop()
 
 
 def test_a_job_succeeds_with_every_field_and_a_png_heatmap(stack):
