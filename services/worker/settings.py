@@ -162,11 +162,13 @@ class WorkerSettings(SharedSettings):
     @model_validator(mode="after")
     def _check_webhooks(self) -> WorkerSettings:
         # A URL without a usable secret stops the worker at start-up, not at the first job.
-        webhook_endpoints(self.webhook_urls, self.webhook_secrets.get_secret_value())
-        if self.broker_visibility_timeout_s <= self.task_time_limit_s + self.webhook_backoff_max_s:
+        endpoints = webhook_endpoints(self.webhook_urls, self.webhook_secrets.get_secret_value())
+        if endpoints and (self.broker_visibility_timeout_s
+                          <= self.task_time_limit_s + self.webhook_backoff_max_s):
             raise ValueError(
                 "CXR_BROKER_VISIBILITY_TIMEOUT_S must exceed CXR_TASK_TIME_LIMIT_S + "
-                "CXR_WEBHOOK_BACKOFF_MAX_S, or waiting webhook retries are delivered twice")
+                "CXR_WEBHOOK_BACKOFF_MAX_S when webhooks are set, or waiting webhook retries are "
+                "delivered twice")
         return self
 
     @property

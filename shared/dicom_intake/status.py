@@ -8,9 +8,8 @@ describes each in `pynetdicom.status.STORAGE_SERVICE_CLASS_STATUS`.
 
 from __future__ import annotations
 
-from pynetdicom.status import Status
-
-SUCCESS = int(Status.SUCCESS)
+# Written out, not read from pynetdicom: the gateway's image (STOW-RS) has no pynetdicom.
+SUCCESS = 0x0000
 # Storage or the queue is down for now; the sender may try again later.
 OUT_OF_RESOURCES = 0xA700
 # The instance is malformed or not a usable image; resending the same bytes cannot succeed.

@@ -58,7 +58,7 @@ def test_train_cli_trains_writes_outcome_and_exports(tmp_path):
     outcome = json.loads((tmp_path / "train" / "outcome.json").read_text())
     assert set(METRIC_KEYS) <= set(outcome["validation"])
     assert outcome["params"]["epochs"] == 1
-    version_dir = tmp_path / "serving" / "cxr-pneumonia" / "4"
+    version_dir = tmp_path / "serving" / "cxr-pneumonia" / "3"
     assert (version_dir / "saved_model.pb").is_file()
     info = json.loads((version_dir / "assets.extra" / "model_info.json").read_text())
     assert info["threshold"] == pytest.approx(outcome["threshold"])

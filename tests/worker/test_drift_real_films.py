@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 VERSION_DIR = MODELS / "cxr-pneumonia" / "4"
+VERSION = int(VERSION_DIR.name)
 DATA = REPO.parent / "shared" / "data"
 SETS = {"adult-hospital": DATA / "nih_adult", "home-site": DATA / "site_acceptance"}
 
@@ -49,9 +50,9 @@ def film_statistics():
     return found
 
 
-def test_the_committed_reference_is_version_3s_gate_set():
+def test_the_committed_reference_is_the_bundled_versions_gate_set():
     storage = LocalStorage(MODELS)
-    reference = DriftReference.from_json(storage.get(reference_key("cxr-pneumonia", 3)))
+    reference = DriftReference.from_json(storage.get(reference_key("cxr-pneumonia", VERSION)))
     assert reference.films == 524  # the gate set: 10 % of the patients, never trained on
     assert "gate set" in reference.source["films"]
     assert PROBABILITY in reference.statistics and "scope_adult" in reference.statistics
@@ -66,7 +67,7 @@ def test_the_check_fires_on_adult_films_and_stays_quiet_on_the_sites_own(
                              window_s=settings.drift_window_days * 86400)
     now = 1_900_000_000.0
     for site, films in film_statistics.items():
-        recorder.record_many(site, [(f"{site}-{i}", 3, stats, now - i)
+        recorder.record_many(site, [(f"{site}-{i}", VERSION, stats, now - i)
                                     for i, stats in enumerate(films)])
     with caplog.at_level(logging.INFO, logger="services.worker.drift"):
         results = {r.site: r for r in run_drift_check(settings, recorder, LocalStorage(MODELS),
@@ -102,7 +103,7 @@ def test_psi_reads_the_sites_own_period_as_a_shift_of_the_model_output(film_stat
     specificity falls there, docs/model.md); the PSI over deciles rates that above the usual
     0.25, KS's largest CDF gap stays small."""
     reference = DriftReference.from_json(
-        LocalStorage(MODELS).get(reference_key("cxr-pneumonia", 3)))
+        LocalStorage(MODELS).get(reference_key("cxr-pneumonia", VERSION)))
     from shared.drift import bin_shares, ks_statistic, psi
 
     p = np.array([film[PROBABILITY] for film in film_statistics["home-site"]])

@@ -252,8 +252,12 @@ def test_bad_webhook_settings_stop_the_start(urls, secrets, message):
 
 
 def test_webhook_retries_must_fit_in_the_visibility_timeout():
+    hooks = {"webhook_urls": "alice:https://a.example/h", "webhook_secrets": f"alice:{SECRET}"}
     with pytest.raises(ValidationError, match="CXR_WEBHOOK_BACKOFF_MAX_S"):
-        WorkerSettings(webhook_backoff_max_s=500)
+        WorkerSettings(webhook_backoff_max_s=500, **hooks)
+    # without webhooks their backoff does not bound the visibility timeout
+    assert WorkerSettings(webhook_backoff_max_s=500).webhooks == {}
+
 
 
 def test_webhook_settings_parse():
