@@ -17,7 +17,6 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from celery import Celery
@@ -46,6 +45,7 @@ from tests.gateway.uploads import sample_xray
 from tests.support.gateway import start_gateway
 from tests.support.model_server import MODEL_NAME, ModelServer
 from tests.support.procs import REPO_ROOT, wait_until
+from tests.support.stack import predicted_sample
 from tests.support.worker import start_celery_worker
 from tests.worker.jobs import metric_value, wait_for_metric
 
@@ -76,17 +76,6 @@ def base_data_set(folder: Path) -> Path:
     return folder
 
 
-def predict(http: httpx.Client, label: str, index: int) -> dict:
-    path = sample_xray(label, index)
-    response = http.post("/v1/predictions", params={"wait": 60},
-                         files={"file": (path.name, path.read_bytes())})
-    assert response.status_code in (200, 202), response.text
-    view = response.json()
-    for _ in range(6):
-        if view["status"] == "succeeded":
-            return view
-        view = http.get(f"/v1/predictions/{view['job_id']}", params={"wait": 30}).json()
-    raise AssertionError(f"job did not succeed: {view}")
 
 
 def served(serving: Path) -> tuple[list[int], dict[str, int]]:
@@ -160,7 +149,8 @@ def test_the_loop_from_predictions_to_a_published_retrained_version(
         views: dict[str, list[tuple[str, dict]]] = {}
         for client, films in FILMS.items():
             with gateway.client(client, timeout=90) as http:
-                views[client] = [(truth, predict(http, truth, index)) for truth, index in films]
+                views[client] = [(truth, predicted_sample(http, truth, index))
+                                 for truth, index in films]
         assert all(view["result"]["model"]["version"] == 1
                    for found in views.values() for _, view in found)
 
@@ -225,7 +215,7 @@ def test_the_loop_from_predictions_to_a_published_retrained_version(
         wait_until(lambda: label_version(server.grpc_target, "shadow") == 2, 60,
                    "label shadow on version 2", server.process)
         with gateway.client("alice", timeout=90) as http:
-            view = predict(http, "PNEUMONIA", 3)
+            view = predicted_sample(http, "PNEUMONIA", 3)
             job_id = view["job_id"]
             assert view["result"]["model"]["version"] == 1
             wait_until(lambda: storage.exists(shadow_key(job_id)), 60, "shadow output stored")
@@ -247,7 +237,7 @@ def test_the_loop_from_predictions_to_a_published_retrained_version(
         wait_until(lambda: label_version(server.grpc_target, "stable") == 2, 60,
                    "label stable on version 2", server.process)
         with gateway.client("alice", timeout=90) as http:
-            assert predict(http, "NORMAL", 3)["result"]["model"]["version"] == 2
+            assert predicted_sample(http, "NORMAL", 3)["result"]["model"]["version"] == 2
 
         # 6. Drift against version 2's published reference: south's stream turns inverted (a
         # shift), north sends films like its own; the worker's check reads both windows.

@@ -37,6 +37,7 @@ from tests.shared.xray_files import dicom_bytes
 from tests.support.browser import chromium_page
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.procs import REPO_ROOT
+from tests.support.stack import predicted_sample
 from tests.support.worker import CeleryWorker, start_celery_worker
 
 pytestmark = pytest.mark.slow
@@ -79,17 +80,6 @@ def stack(tmp_path_factory, redis_server, s3_server, shared_model_server) -> Ite
     gateway.stop()
 
 
-def predict(http, label: str, index: int) -> dict:
-    path = sample_xray(label, index)
-    response = http.post("/v1/predictions", params={"wait": 60},
-                         files={"file": (path.name, path.read_bytes())})
-    assert response.status_code in (200, 202), response.text
-    view = response.json()
-    for _ in range(6):
-        if view["status"] == "succeeded":
-            return view
-        view = http.get(f"/v1/predictions/{view['job_id']}", params={"wait": 30}).json()
-    raise AssertionError(f"job did not succeed: {view}")
 
 
 def verdict(label: str, reader: str = "Reader A", **extra) -> dict:
@@ -104,7 +94,7 @@ def audit_entries(gateway: GatewayProcess, job_id: str, action: str = "feedback"
 
 def test_a_reader_confirms_then_corrects_a_result_and_the_film_becomes_site_data(stack):
     with stack.gateway.client("alice", timeout=60) as http:
-        view = predict(http, "NORMAL", 2)
+        view = predicted_sample(http, "NORMAL", 2)
         job_id, model_label = view["job_id"], view["result"]["label"]
         assert view["feedback"] is None
         assert view["links"]["feedback"] == f"/v1/predictions/{job_id}/feedback"
@@ -159,7 +149,7 @@ def test_a_reader_confirms_then_corrects_a_result_and_the_film_becomes_site_data
     with stack.gateway.client("bob", timeout=60) as http:
         refused = http.post(f"/v1/predictions/{job_id}/feedback", json=verdict("NORMAL"))
         assert refused.status_code == 404 and refused.json()["code"] == "job_not_found"
-        own = predict(http, "PNEUMONIA", 2)
+        own = predicted_sample(http, "PNEUMONIA", 2)
         assert http.post(own["links"]["feedback"], json=verdict("PNEUMONIA")).status_code == 201
     assert audit_entries(stack.gateway, job_id)[-1]["status"] == 404
     assert [f.job_id for f in confirmed_labels(stack.storage, "south")] == [own["job_id"]]
@@ -184,7 +174,7 @@ BAD_BODIES = [
 
 def test_bad_feedback_gets_a_clear_4xx_and_changes_nothing(stack):
     with stack.gateway.client("alice", timeout=60) as http:
-        view = predict(http, "PNEUMONIA", 3)
+        view = predicted_sample(http, "PNEUMONIA", 3)
         url = view["links"]["feedback"]
         for body, field in BAD_BODIES:
             response = http.post(url, json=body)
@@ -251,7 +241,7 @@ def samples(text: str, name: str) -> list:
 
 def test_metrics_count_verdicts_by_model_and_reader_label_and_the_prediction_mix(stack):
     with stack.gateway.client("carol", timeout=60) as http:
-        views = [predict(http, "NORMAL", 4), predict(http, "PNEUMONIA", 4)]
+        views = [predicted_sample(http, "NORMAL", 4), predicted_sample(http, "PNEUMONIA", 4)]
         first, second = views
         agree, disagree = first["result"]["label"], second["result"]["label"]
         http.post(first["links"]["feedback"], json=verdict(agree)).raise_for_status()
@@ -300,7 +290,7 @@ def test_metrics_count_verdicts_by_model_and_reader_label_and_the_prediction_mix
 
 def test_a_verdict_on_a_film_a_shadow_version_scored_counts_against_its_label(stack):
     with stack.gateway.client("bob", timeout=60) as http:
-        view = predict(http, "PNEUMONIA", 5)
+        view = predicted_sample(http, "PNEUMONIA", 5)
         job_id, model_label = view["job_id"], view["result"]["label"]
         shadow_label = OTHER[model_label]
         # What the worker's shadow task stores (services/worker/shadow.py) for a version 7 that

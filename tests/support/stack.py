@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.gateway.uploads import sample_xray
 from tests.support.gateway import GatewayProcess, start_gateway
 from tests.support.model_server import ModelServer
 from tests.support.scope_model import start_scope_model_server
@@ -67,3 +68,11 @@ def finished(http, data: bytes, name: str = "film.png") -> dict:
             return view
         view = http.get(f"/v1/predictions/{view['job_id']}", params={"wait": 30}).json()
     raise AssertionError(f"job did not finish: {view}")
+
+
+def predicted_sample(http, label: str, index: int) -> dict:
+    """Upload the sample film `label`/`index` and wait for its answer; the job must succeed."""
+    path = sample_xray(label, index)
+    view = finished(http, path.read_bytes(), path.name)
+    assert view["status"] == "succeeded", view
+    return view
