@@ -108,14 +108,14 @@ def _changed_kept(original: Dataset, out: Dataset) -> list[str]:
 def _uid_in_another_process(name: str, uid: str) -> str | None:
     """The replacement of `uid` made by the candidate in a fresh Python process."""
     code = (f"import sys, json; sys.path[:0] = {sys.path!r}\n"
-            "from bench.deid_candidates import CANDIDATES, _probe\n"
-            f"print(_probe(CANDIDATES[{name!r}](), {uid!r}))")
+            "from bench.deid_candidates import CANDIDATES, probe\n"
+            f"print(probe(CANDIDATES[{name!r}](), {uid!r}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False)
     return result.stdout.strip().splitlines()[-1] if result.returncode == 0 else None
 
 
-def _probe(run: Deidentifier, uid: str) -> str:
+def probe(run: Deidentifier, uid: str) -> str:
     instance = corpus.identified_chest_dx()
     instance.dataset.SOPInstanceUID = uid
     return str(run(instance.dataset).get("SOPInstanceUID", ""))
@@ -151,7 +151,7 @@ def measure(name: str, make: Callable[[], Deidentifier], instances: int) -> dict
             decode_failures += 1
     uid = "1.2.3.4.5.6.7.8.9"
     try:
-        here: str | None = _probe(run, uid)
+        here: str | None = probe(run, uid)
     except Exception:  # noqa: BLE001
         here = None
     there = _uid_in_another_process(name, uid) if here else None

@@ -12,7 +12,7 @@ table; `--json` writes the numbers.
 
 `--real-films` prints instead each statistic's KS D and PSI for `nih_adult` and
 `site_acceptance` against version 4's reference (the figures in docs/monitoring.md; loads
-TensorFlow and runs the model over 813 films, about a minute on 2 cores):
+TensorFlow and runs the model over 813 films):
 
     python -m bench.drift --real-films
 """

@@ -27,7 +27,7 @@ then train; data/sample when it is missing):
 
 Prints a Markdown table and the overheads; writes JSON (`--json`). `--profile DIR` adds a
 4-client pipeline run under py-spy (gateway, worker and its pool, model server) and writes
-their collapsed stacks and hottest functions. The default run takes about 4 minutes on 2 idle cores:
+their collapsed stacks and hottest functions. The default run:
 
     python -m bench.e2e --json out/bench/e2e.json
 """
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import itertools
 import json
 import os
 import secrets
@@ -60,7 +61,7 @@ import httpx
 import numpy as np
 import psutil
 
-from bench.serving_latency import MODEL_NAME, ROOT, free_port, latest_bundled_model
+from bench.serving_latency import MODEL_NAME, ROOT, free_port, latest_bundled_model, time_in_turn
 
 # Everything that serves predictions; MLflow, the trainer worker and beat only with --all-services.
 SERVING_SERVICES = ("redis", "model-server", "worker", "reconciler", "gateway")
@@ -135,26 +136,29 @@ class HttpTarget:
 
 async def send_to_pipeline(http: httpx.AsyncClient, image: Image) -> dict:
     """Upload and wait in the same request (`?wait=`); the finished view."""
+    return await _upload_and_wait(http, image, {"wait": WAIT_S})
+
+
+async def send_to_pipeline_two_requests(http: httpx.AsyncClient, image: Image) -> dict:
+    """Upload, then wait on the job with `GET ...?wait=` until it has finished."""
+    return await _upload_and_wait(http, image, {})
+
+
+async def _upload_and_wait(http: httpx.AsyncClient, image: Image, params: dict) -> dict:
     name, data = image
-    answer = await http.post("/v1/predictions", params={"wait": WAIT_S},
+    answer = await http.post("/v1/predictions", params=params,
                              files={"file": (name, data, "image/jpeg")})
     if answer.status_code == 200:
-        view = answer.json()
-        if view["status"] != "succeeded":
-            raise RuntimeError(f"job {view['job_id']} failed: {view['failure']}")
-        return view
+        return _succeeded(answer.json())
     if answer.status_code != 202:
         raise RuntimeError(f"upload refused: {answer.status_code} {answer.text}")
     return await _wait_for(http, answer.json()["job_id"])
 
 
-async def send_to_pipeline_two_requests(http: httpx.AsyncClient, image: Image) -> dict:
-    """Upload, then wait on the job with `GET ...?wait=` until it has finished."""
-    name, data = image
-    accepted = await http.post("/v1/predictions", files={"file": (name, data, "image/jpeg")})
-    if accepted.status_code != 202:
-        raise RuntimeError(f"upload refused: {accepted.status_code} {accepted.text}")
-    return await _wait_for(http, accepted.json()["job_id"])
+def _succeeded(view: dict) -> dict:
+    if view["status"] != "succeeded":
+        raise RuntimeError(f"job {view['job_id']} failed: {view['failure']}")
+    return view
 
 
 async def send_to_pipeline_with_heatmap(http: httpx.AsyncClient, image: Image) -> dict:
@@ -170,9 +174,7 @@ async def _wait_for(http: httpx.AsyncClient, job_id: str) -> dict:
     while True:
         view = (await http.get(f"/v1/predictions/{job_id}", params={"wait": WAIT_S})).json()
         if view["status"] in FINISHED:
-            if view["status"] != "succeeded":
-                raise RuntimeError(f"job {job_id} failed: {view['failure']}")
-            return view
+            return _succeeded(view)
 
 
 def send_to_inprocess(heatmap: bool) -> Callable[[httpx.AsyncClient, Image], Awaitable[dict]]:
@@ -186,10 +188,12 @@ def send_to_inprocess(heatmap: bool) -> Callable[[httpx.AsyncClient, Image], Awa
     return send
 
 
-async def _closed_loop(target: HttpTarget, images: list[Image], clients: int,
-                       requests: int) -> tuple[dict, list[dict]]:
+async def closed_loop(target: HttpTarget, images: list[Image], clients: int, requests: int,
+                      warm_up: bool = True,
+                      done: asyncio.Event | None = None) -> tuple[dict, list[dict]]:
     """`clients` clients, each with its own connection, sending back to back until `requests`
-    answers are in (after one unmeasured request each); latency of each, images/s over all."""
+    answers are in; latency of each, images/s over all. With `warm_up`, each client first sends
+    one unmeasured request; `done` is set when the loop ends."""
     latencies: list[float] = []
     answers: list[dict] = []
     issued = 0
@@ -198,7 +202,8 @@ async def _closed_loop(target: HttpTarget, images: list[Image], clients: int,
     async def one_client(index: int) -> None:
         nonlocal issued
         async with target.client() as http:
-            await target.send(http, images[index % len(images)])  # connection + warm-up
+            if warm_up:
+                await target.send(http, images[index % len(images)])  # connection + warm-up
             await ready.wait()
             while issued < requests:
                 image = images[issued % len(images)]
@@ -208,9 +213,13 @@ async def _closed_loop(target: HttpTarget, images: list[Image], clients: int,
                 latencies.append(time.perf_counter() - start)
 
     tasks = [asyncio.create_task(one_client(i)) for i in range(clients)]
-    await ready.wait()
-    start = time.perf_counter()
-    await asyncio.gather(*tasks)
+    try:
+        await ready.wait()
+        start = time.perf_counter()
+        await asyncio.gather(*tasks)
+    finally:
+        if done is not None:
+            done.set()
     return summarise(latencies, time.perf_counter() - start, clients), answers
 
 
@@ -219,7 +228,7 @@ def http_levels(target: HttpTarget, images: list[Image], levels: list[tuple[int,
     """A row per concurrency level, and the answers each level got."""
     rows, answers = {}, {}
     for clients, requests in levels:
-        row, answers[str(clients)] = asyncio.run(_closed_loop(target, images, clients, requests))
+        row, answers[str(clients)] = asyncio.run(closed_loop(target, images, clients, requests))
         print(f"  {label:22s} {clients:2d} client(s): p50 {row['p50_ms']:7.1f} ms, "
               f"{row['images_per_s']:6.1f} images/s", flush=True)
         rows[str(clients)] = row
@@ -239,31 +248,21 @@ def worker_stage_medians(views: list[dict]) -> dict[str, float]:
 
 
 def grpc_model_latency(target: str, batches: list[np.ndarray], calls: int) -> dict[str, dict]:
-    """Predict alone, and the prediction with its Grad-CAM as the worker asks for them."""
+    """Predict alone, and the prediction with its Grad-CAM as the worker asks for them, one
+    caller, timed in turn."""
     from services.worker.serving_client import ServingClient
 
     client = ServingClient(target, MODEL_NAME, timeout_s=30)
-
-    def predict(i: int) -> None:
-        client.predict(batches[i % len(batches)])
-
-    def predict_gradcam(i: int) -> None:
-        client.predict_with_heatmap(batches[i % len(batches)])
-
-    result = {}
+    predict_inputs, gradcam_inputs = itertools.cycle(batches), itertools.cycle(batches)
     try:
-        for name, call in (("predict", predict), ("predict_gradcam", predict_gradcam)):
-            for i in range(10):
-                call(i)
-            seconds = []
-            for i in range(calls):
-                start = time.perf_counter()
-                call(i)
-                seconds.append(time.perf_counter() - start)
-            result[name] = summarise(seconds, sum(seconds), 1)
+        seconds = time_in_turn({
+            "predict": lambda: client.predict(next(predict_inputs)),
+            "predict_gradcam": lambda: client.predict_with_heatmap(next(gradcam_inputs)),
+        }, calls)
     finally:
         client.close()
-    return result
+    return {name: summarise(list(values), float(values.sum()), 1)
+            for name, values in seconds.items()}
 
 
 def grpc_predict_levels(target: str, batches: list[np.ndarray], levels: list[tuple[int, int]],
@@ -618,29 +617,24 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
+def versus(rows: dict[str, dict], others: dict[str, dict]) -> dict[str, dict]:
+    """Per concurrency level both have: extra p50, p50 ratio and throughput ratio of `rows`."""
+    return {c: {"latency_p50_extra_ms": rows[c]["p50_ms"] - others[c]["p50_ms"],
+                "latency_p50_ratio": rows[c]["p50_ms"] / others[c]["p50_ms"],
+                "throughput_ratio": rows[c]["images_per_s"] / others[c]["images_per_s"]}
+            for c in rows if c in others}
+
+
 def compare(result: dict) -> dict:
-    pipe, inproc, grpc_rows = result["pipeline"], result["inprocess"], result["grpc_predict"]
-    # The in-process app draws the heatmap for every image: against it, the pipeline that does too.
-    drawn = result.get("pipeline_with_heatmap", {})
-    same = result["grpc_predict_gradcam"]
+    pipe = result["pipeline"]
     model = result["model_latency"]
     p50 = pipe["1"]["p50_ms"]
     out: dict = {
-        "vs_inprocess": {
-            c: {"latency_p50_extra_ms": drawn[c]["p50_ms"] - inproc[c]["p50_ms"],
-                "latency_p50_ratio": drawn[c]["p50_ms"] / inproc[c]["p50_ms"],
-                "throughput_ratio": drawn[c]["images_per_s"] / inproc[c]["images_per_s"]}
-            for c in drawn if c in inproc},
-        "vs_grpc_predict": {
-            c: {"latency_p50_extra_ms": pipe[c]["p50_ms"] - grpc_rows[c]["p50_ms"],
-                "latency_p50_ratio": pipe[c]["p50_ms"] / grpc_rows[c]["p50_ms"],
-                "throughput_ratio": pipe[c]["images_per_s"] / grpc_rows[c]["images_per_s"]}
-            for c in pipe},
-        "vs_grpc_predict_gradcam": {
-            c: {"latency_p50_extra_ms": pipe[c]["p50_ms"] - same[c]["p50_ms"],
-                "latency_p50_ratio": pipe[c]["p50_ms"] / same[c]["p50_ms"],
-                "throughput_ratio": pipe[c]["images_per_s"] / same[c]["images_per_s"]}
-            for c in pipe},
+        # The in-process app draws the heatmap for every image: against it, the pipeline that
+        # does too.
+        "vs_inprocess": versus(result.get("pipeline_with_heatmap", {}), result["inprocess"]),
+        "vs_grpc_predict": versus(pipe, result["grpc_predict"]),
+        "vs_grpc_predict_gradcam": versus(pipe, result["grpc_predict_gradcam"]),
         "latency_p50_over_model_ms": {
             "predict": p50 - model["predict"]["p50_ms"],
             "predict_gradcam": p50 - model["predict_gradcam"]["p50_ms"],

@@ -18,7 +18,7 @@ five bounded loops:
    brackets a machine whose load drifts.
 
 Prints a Markdown table (requests/s, p50/p95 latency) and the change in prediction latency and
-throughput with feedback arriving; writes JSON (`--json`). About 3 minutes on 2 cores:
+throughput with feedback arriving; writes JSON (`--json`):
 
     python -m bench.feedback --predictions 300 --json out/bench/feedback.json
 """
@@ -40,6 +40,7 @@ from bench.e2e import (
     HttpTarget,
     Image,
     bench_images,
+    closed_loop,
     running_stack,
     send_to_pipeline,
     summarise,
@@ -51,27 +52,10 @@ OTHER = {"NORMAL": "PNEUMONIA", "PNEUMONIA": "NORMAL"}
 
 async def _predictions(target: HttpTarget, images: list[Image], clients: int,
                        requests: int, done: asyncio.Event | None = None) -> dict:
-    """Closed loop of uploads until `requests` answers are in; sets `done` when it ends."""
-    latencies: list[float] = []
-    issued = 0
-
-    async def one_client(index: int) -> None:
-        nonlocal issued
-        async with target.client() as http:
-            while issued < requests:
-                image = images[(issued + index) % len(images)]
-                issued += 1
-                start = time.perf_counter()
-                await send_to_pipeline(http, image)
-                latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    try:
-        await asyncio.gather(*(one_client(i) for i in range(clients)))
-    finally:
-        if done is not None:
-            done.set()
-    return summarise(latencies, time.perf_counter() - start, clients)
+    """Uploads until `requests` answers are in (the stack is warm already); sets `done` when it
+    ends."""
+    row, _ = await closed_loop(target, images, clients, requests, warm_up=False, done=done)
+    return row
 
 
 async def _feedbacks(target: HttpTarget, jobs: list[dict], clients: int, limit: int,
@@ -166,8 +150,12 @@ def measure(args: argparse.Namespace) -> dict:
     return result
 
 
+def _rate(row: dict) -> float:
+    return row.get("requests_per_s", row.get("images_per_s"))
+
+
 def _line(row: dict) -> str:
-    rate = row.get("requests_per_s", row.get("images_per_s"))
+    rate = _rate(row)
     return (f"{row['requests']} requests, {rate:.1f}/s, p50 {row['p50_ms']:.1f} ms, "
             f"p95 {row['p95_ms']:.1f} ms")
 
@@ -180,7 +168,7 @@ def report(result: dict) -> str:
                  "feedback_with_predictions", "predictions_with_paced_feedback",
                  "paced_feedback", "predictions_alone_again"):
         row = result[name]
-        rate = row.get("requests_per_s", row.get("images_per_s"))
+        rate = _rate(row)
         lines.append(f"| {name.replace('_', ' ')} | {row['requests']} | {rate:.1f} | "
                      f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} |")
     for name, slow in result["prediction_slowdown"].items():

@@ -261,14 +261,14 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument(
         "--json", type=Path, default=ROOT / "out" / "bench" / "serving_latency.json"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = measure((args.model_dir or latest_bundled_model()).resolve(), args.requests)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

@@ -81,13 +81,13 @@ def report(result: dict) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument(
         "--json", type=Path, default=ROOT / "out" / "bench" / "training_throughput.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         parser.error("--steps and --warmup must be at least 1")
     result = measure(args.steps, args.warmup)
