@@ -12,7 +12,6 @@ from services.gateway.config import GatewaySettings
 from services.pacs.settings import PacsSettings
 from services.trainer.config import TrainerSettings
 from services.worker.settings import WorkerSettings
-from shared.config import SharedSettings
 from tests.deploy.loaders import (
     COMPOSE_FILE,
     IMAGE_TARGETS,
@@ -45,9 +44,15 @@ def any_service_reads() -> set[str]:
     return set().union(*(variable_names(cls) for cls in SETTINGS_BY_IMAGE.values()))
 
 
-def test_the_shared_names_are_read_by_every_service():
-    for settings in SETTINGS_BY_IMAGE.values():
-        assert variable_names(SharedSettings) <= variable_names(settings)
+@pytest.mark.parametrize("image", sorted(SETTINGS_BY_IMAGE))
+def test_every_service_reads_the_shared_variables_from_the_environment(monkeypatch, image):
+    """A shared name the deployment sets once reaches every service that gets it."""
+    monkeypatch.setenv("CXR_REDIS_URL", "redis://redis.example:6380/3")
+    monkeypatch.setenv("CXR_STORAGE_ROOT", "/srv/cxr-storage")
+    monkeypatch.setenv("CXR_MAX_UPLOAD_BYTES", "1234")
+    settings = SETTINGS_BY_IMAGE[image]()
+    assert (settings.redis_url, settings.storage_root, settings.max_upload_bytes) == (
+        "redis://redis.example:6380/3", "/srv/cxr-storage", 1234)
 
 
 @pytest.mark.parametrize("service_name", sorted(load_compose()["services"]))

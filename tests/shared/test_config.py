@@ -4,6 +4,7 @@ import pytest
 from pydantic import SecretStr, ValidationError, model_validator
 
 from shared.config import InsecureSettingError, SharedSettings, get_settings, require_real_secret
+from shared.storage import get_storage
 
 
 @pytest.fixture
@@ -13,15 +14,14 @@ def fresh_settings():
     get_settings.cache_clear()
 
 
-def test_environment_variables_with_prefix_override_defaults(monkeypatch, fresh_settings):
-    monkeypatch.setenv("CXR_STORAGE_BACKEND", "s3")
-    monkeypatch.setenv("CXR_S3_BUCKET", "xrays")
-    monkeypatch.setenv("CXR_MAX_UPLOAD_BYTES", "1234")
-    monkeypatch.setenv("MAX_UPLOAD_BYTES", "999")  # unprefixed: ignored
-    settings = get_settings()
-    assert settings.storage_backend == "s3"
-    assert settings.s3_bucket == "xrays"
-    assert settings.max_upload_bytes == 1234
+def test_the_storage_the_environment_names_is_the_one_written(monkeypatch, fresh_settings,
+                                                             tmp_path):
+    monkeypatch.setenv("CXR_STORAGE_BACKEND", "local")
+    monkeypatch.setenv("CXR_STORAGE_ROOT", str(tmp_path / "prefixed"))
+    monkeypatch.setenv("STORAGE_ROOT", str(tmp_path / "unprefixed"))  # unprefixed: ignored
+    get_storage(get_settings()).put("uploads/job-1/film.png", b"film")
+    assert (tmp_path / "prefixed" / "uploads" / "job-1" / "film.png").read_bytes() == b"film"
+    assert not (tmp_path / "unprefixed").exists()
 
 
 def test_invalid_values_are_refused(monkeypatch):

@@ -116,9 +116,3 @@ def test_no_two_error_types_share_a_code():
         codes[error_type.code] = error_type.__name__
     assert any(issubclass(t, HTTPHeadersMixin) for t in ERROR_TYPES)  # the HTTP layer's are seen
 
-
-def test_a_given_message_and_transience_override_the_class_defaults():
-    error_type = next(t for t in ERROR_TYPES if t.transient)
-    error = error_type("S3 said no.", transient=False)
-    assert (error.message, error.transient) == ("S3 said no.", False)
-    assert error_type().transient  # the class default is untouched

@@ -12,6 +12,7 @@ from celery import Celery
 from celery.beat import Scheduler
 
 from services.trainer.celery_app import (
+    DRIFT_SCHEDULE_ENTRY,
     PURGE_SCHEDULE_ENTRY,
     QUEUE,
     SCHEDULE_ENTRY,
@@ -21,7 +22,7 @@ from services.trainer.celery_app import (
 )
 from services.trainer.config import REPO_ROOT, TrainerSettings, TrainingDataMissingError
 from services.trainer.retrain_lock import LOCK_KEY, retrain_exclusively
-from shared.job_queue import INFERENCE_QUEUE, PURGE_TASK
+from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE, PURGE_TASK
 from tests.support.procs import ManagedProcess, python_argv, wait_until
 
 SAMPLE_DATA = REPO_ROOT / "data" / "sample"
@@ -39,6 +40,22 @@ def test_by_default_retraining_runs_once_a_week_on_sunday_night():
     first = _next_run(TrainerSettings(), wednesday_noon)
     assert first == datetime(2026, 12, 6, 3, 0, tzinfo=UTC) and first.strftime("%A") == "Sunday"
     assert _next_run(TrainerSettings(), first) - first == timedelta(days=7)
+
+
+def _due(settings: TrainerSettings, entry: str, last_run: datetime, now: datetime) -> bool:
+    """Beat's own question at `now` for `entry`, last sent at `last_run`: send it now?"""
+    schedule = celery_config(settings)["beat_schedule"][entry]["schedule"]
+    schedule.nowfun = lambda: now
+    return schedule.is_due(last_run).is_due
+
+
+def test_beat_sends_the_retraining_once_a_week_and_not_in_between():
+    last = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)  # the Sunday before
+    settings = TrainerSettings()
+    assert not _due(settings, SCHEDULE_ENTRY, last, datetime(2026, 12, 6, 2, 59, tzinfo=UTC))
+    assert _due(settings, SCHEDULE_ENTRY, last, datetime(2026, 12, 6, 3, 0, 30, tzinfo=UTC))
+    assert not _due(settings, SCHEDULE_ENTRY, datetime(2026, 12, 6, 3, 0, 30, tzinfo=UTC),
+                    datetime(2026, 12, 6, 15, 0, tzinfo=UTC))  # sent already this Sunday
 
 
 def test_schedule_follows_the_cron_setting(monkeypatch):
@@ -90,17 +107,19 @@ def test_the_purge_runs_on_its_own_cron_setting(monkeypatch):
     assert after + schedule.remaining_estimate(after) == datetime(2026, 12, 3, 1, 15, tzinfo=UTC)
 
 
-def test_beat_sends_the_drift_check_to_the_inference_workers(monkeypatch):
-    from services.trainer.celery_app import DRIFT_SCHEDULE_ENTRY
-    from shared.job_queue import DRIFT_CHECK_TASK
+def test_beat_sends_the_drift_check_to_the_inference_workers_queue(redis_url):
+    assert _beat_sends(redis_url, DRIFT_SCHEDULE_ENTRY) == {QUEUE: 0, INFERENCE_QUEUE: 1}
+    assert _queued_task_names(redis_url, INFERENCE_QUEUE) == [DRIFT_CHECK_TASK]
 
+
+def test_the_drift_check_runs_on_its_own_cron_setting(monkeypatch):
     monkeypatch.setenv("CXR_DRIFT_CHECK_CRON", "45 */6 * * *")
-    entry = celery_config(TrainerSettings())["beat_schedule"][DRIFT_SCHEDULE_ENTRY]
-    assert entry["task"] == DRIFT_CHECK_TASK and entry["options"] == {"queue": INFERENCE_QUEUE}
-    after = datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
-    entry["schedule"].nowfun = lambda: after
-    assert after + entry["schedule"].remaining_estimate(after) == datetime(2026, 12, 2, 12, 45,
-                                                                           tzinfo=UTC)
+    settings = TrainerSettings()
+    last = datetime(2026, 12, 2, 6, 45, tzinfo=UTC)
+    assert not _due(settings, DRIFT_SCHEDULE_ENTRY, last, datetime(2026, 12, 2, 12, 44,
+                                                                  tzinfo=UTC))
+    assert _due(settings, DRIFT_SCHEDULE_ENTRY, last, datetime(2026, 12, 2, 12, 45, 30,
+                                                              tzinfo=UTC))
     monkeypatch.setenv("CXR_DRIFT_CHECK_CRON", "hourly")
     with pytest.raises(ValueError, match="CXR_DRIFT_CHECK_CRON"):
         celery_config(TrainerSettings())

@@ -43,12 +43,24 @@ def test_a_prediction_sent_by_name_reaches_the_inference_queue_as_json(redis_url
     assert json.loads(base64.b64decode(message["body"]))[0] == ["job-1"]
 
 
-@pytest.mark.parametrize("overrides", [{}, {"task_time_limit_s": 1800,
-                                            "task_soft_time_limit_s": 1700,
-                                            "broker_visibility_timeout_s": 2400}])
-def test_redelivery_waits_for_a_task_to_end(overrides):
-    """Redis hands an unacked message to another worker after the visibility timeout: for the
-    defaults and for a longer task, that comes after the task's soft and hard limits."""
-    config = celery_config(WorkerSettings(**overrides))
-    visibility = config["broker_transport_options"]["visibility_timeout"]
-    assert visibility > config["task_time_limit"] > config["task_soft_time_limit"]
+@pytest.mark.parametrize("env", [{}, {"CXR_TASK_TIME_LIMIT_S": "1800",
+                                     "CXR_TASK_SOFT_TIME_LIMIT_S": "1700",
+                                     "CXR_BROKER_VISIBILITY_TIMEOUT_S": "2400"}],
+                         ids=["defaults", "longer-tasks"])
+def test_the_broker_redelivers_only_after_a_task_and_its_retry_wait_end(monkeypatch, redis_url,
+                                                                       env):
+    """Redis hands an unacked message to another worker after its channel's visibility timeout:
+    with the defaults and with longer limits set in the environment, that comes after the task's
+    soft and hard limits and the longest a retry waits in a worker."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = WorkerSettings(redis_url=redis_url)
+    app = Celery("worker-under-test")
+    app.conf.update(celery_config(settings))
+    with app.connection_for_write() as connection:
+        visibility = connection.default_channel.visibility_timeout
+    assert visibility > app.conf.task_time_limit + settings.retry_backoff_max_s
+    assert app.conf.task_time_limit > app.conf.task_soft_time_limit
+    if env:
+        assert (visibility, app.conf.task_time_limit, app.conf.task_soft_time_limit) == (
+            2400, 1800, 1700)
