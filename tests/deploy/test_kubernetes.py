@@ -159,16 +159,20 @@ def test_images_are_pinned_and_placeholders_replaced(overlay_objects):
             assert name not in IMAGE_PLACEHOLDERS, f"{image}: placeholder not set by the overlay"
 
 
-def documented_secrets() -> dict[str, set[str]]:
-    """Secret name -> keys, from the `kubectl create secret` commands in docs/deployment.md."""
+def documented_secrets() -> list[dict]:
+    """The Secrets the `kubectl create secret` commands in docs/deployment.md create (values
+    left as placeholders): what an operator following the guide ends up with."""
     text = (K8S_DIR.parents[1] / "docs" / "deployment.md").read_text().replace("\\\n", " ")
-    secrets: dict[str, set[str]] = {}
-    for command in re.findall(r"create secret (generic|tls) ([a-z0-9-]+)([^\n]*)", text):
-        kind, name, rest = command
-        keys = {"tls.crt", "tls.key"} if kind == "tls" else set(
-            re.findall(r"--from-literal=([A-Za-z0-9_.-]+)=", rest))
-        secrets.setdefault(name, set()).update(keys)
-    return secrets
+    secrets: dict[str, dict] = {}
+    for kind, name, rest in re.findall(r"create secret (generic|tls) ([a-z0-9-]+)([^\n]*)", text):
+        keys = ["tls.crt", "tls.key"] if kind == "tls" else re.findall(
+            r"--from-literal=([A-Za-z0-9_.-]+)=", rest)
+        secret = secrets.setdefault(name, {
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "type": "kubernetes.io/tls" if kind == "tls" else "Opaque", "data": {}})
+        secret["data"].update(dict.fromkeys(keys, "cGxhY2Vob2xkZXI="))
+    return list(secrets.values())
 
 
 def referenced_secrets(objects: list[dict]) -> Iterator[tuple[str, str | None]]:
@@ -187,11 +191,14 @@ def referenced_secrets(objects: list[dict]) -> Iterator[tuple[str, str | None]]:
             yield tls["secretName"], None
 
 
-def test_every_secret_the_pods_need_is_documented(overlay_objects):
+def test_the_documented_secret_commands_give_every_secret_the_pods_need(overlay_objects):
     documented = documented_secrets()
+    for secret in documented:
+        kubernetes_validate.validate(secret, KUBERNETES_VERSION, strict=True)
+    keys = {secret["metadata"]["name"]: set(secret["data"]) for secret in documented}
     for name, key in referenced_secrets(overlay_objects):
-        assert name in documented, f"docs/deployment.md does not say how to create {name}"
-        assert key is None or key in documented[name], f"{name} is documented without key {key}"
+        assert name in keys, f"docs/deployment.md does not say how to create {name}"
+        assert key is None or key in keys[name], f"{name} is documented without key {key}"
 
 
 def container_ports(objects: list[dict], labels_selector: dict) -> dict[str, int]:
