@@ -1,10 +1,10 @@
 """End to end through the gateway, against what a user would write instead and the model server.
 
 Starts the service the way `make up` does (scripts/stack.py: its own Redis, the model server with
-the bundled model, the inference worker, the job reconciler, the HTTPS gateway; `--all-services`
-adds MLflow with the model's registration, the trainer worker and beat) in a scratch folder on
-free ports, then measures on the same real X-rays (from CXR_DATA_DIR: its test split, then val,
-then train; data/sample when it is missing):
+the bundled model or `--model-dir`, the inference worker, the job reconciler, the HTTPS gateway;
+`--all-services` adds MLflow with the model's registration, the trainer worker and beat) in a
+scratch folder on free ports, then measures on the same real X-rays (from CXR_DATA_DIR: its test
+split, then val, then train; data/sample when it is missing):
 
 - the pipeline: HTTPS upload, queue, worker, one gRPC call for the prediction and its Grad-CAM,
   result and Grad-CAM map stored, the client waiting in the same request (`POST
@@ -13,13 +13,12 @@ then train; data/sample when it is missing):
   1 and 4 clients the answer followed by the heatmap PNG (`GET .../heatmap`, drawn over the
   X-ray on that first read), the work of a client that looks at every heatmap;
 - the model server over gRPC with the worker's client: Predict alone, and Predict with Grad-CAM
-  as the worker asks for them (the model's own latency), then the throughput of both for 1/4/16
-  callers;
-- baseline (a), `bench.inprocess_app`: one uvicorn + FastAPI process with the same TLS that
+  as the worker asks for them, one caller timed in turn (the model's own latency), then the
+  throughput of both for 1/4/16 callers;
+- the in-process app, `bench.inprocess_app`: one uvicorn + FastAPI process with the same TLS that
   decodes and calls the SavedModel in-process (prediction + Grad-CAM + heatmap PNG, the work of
   the pipeline with the heatmap fetched; Predict alone as well for 1 client), measured like the
-  pipeline.
-
+  pipeline;
 - the CPU one image costs: a 4-client pipeline run with the CPU time of each service's process
   tree (the worker's pool included) and of the bench's own client counted with psutil, against
   the same model work called directly over gRPC by 4 callers; with the cores' count this bounds
@@ -675,7 +674,7 @@ def report(result: dict) -> str:
         for r in result[key].values():
             row(name, r)
     for name, r in result["model_latency"].items():
-        row(f"model server, gRPC {name.replace('_', ' + ')} (sequential)", r)
+        row(f"model server, gRPC {name.replace('_', ' + ')} (one caller, in turn)", r)
     cmp_ = result["comparison"]
     lines.append("")
     lines.append("| pipeline vs | clients | extra p50 ms | p50 ratio | throughput ratio |")
