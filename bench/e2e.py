@@ -78,7 +78,7 @@ Image = tuple[str, bytes]
 def bench_images(count: int) -> tuple[list[Image], str]:
     """`count` real X-rays, alternating classes, from CXR_DATA_DIR (its test split first, then
     val, then train) when it is there, else from data/sample."""
-    from shared.config import get_settings
+    from shared.settings import get_settings
 
     data_dir = Path(get_settings().data_dir)
     splits = [data_dir / split for split in ("test", "val", "train") if (data_dir / split).is_dir()]

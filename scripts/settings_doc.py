@@ -19,13 +19,13 @@ from services.gateway.config import GatewaySettings
 from services.pacs.settings import PacsSettings
 from services.trainer.config import TrainerSettings
 from services.worker.settings import WorkerSettings
-from shared.config import SharedSettings
+from shared.settings import SharedSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "settings.md"
 # Each class documents only the fields it adds to the one above it.
 SECTIONS: list[tuple[str, type[BaseSettings], type[BaseSettings] | None]] = [
-    ("Every service (`shared/config.py`)", SharedSettings, None),
+    ("Every service (`shared/settings.py`)", SharedSettings, None),
     ("Gateway (`services/gateway/config.py`)", GatewaySettings, SharedSettings),
     ("Inference worker (`services/worker/settings.py`)", WorkerSettings, SharedSettings),
     ("Trainer (`services/trainer/config.py`)", TrainerSettings, SharedSettings),

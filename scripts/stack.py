@@ -26,8 +26,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import SharedSettings
 from shared.job_queue import INFERENCE_QUEUE, REPORT_QUEUE, TRAINING_QUEUE
+from shared.settings import SharedSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def audit_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from shared.audit import AUDIT_STDOUT, export_lines
-    from shared.config import SharedSettings
+    from shared.settings import SharedSettings
 
     if args.since >= args.until:
         parser.error("--since must be before --until")

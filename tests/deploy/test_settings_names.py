@@ -12,7 +12,7 @@ from services.gateway.config import GatewaySettings
 from services.pacs.settings import PacsSettings
 from services.trainer.config import TrainerSettings
 from services.worker.settings import WorkerSettings
-from shared.config import SharedSettings
+from shared.settings import SharedSettings
 from tests.deploy.loaders import (
     COMPOSE_FILE,
     IMAGE_TARGETS,
