@@ -15,7 +15,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from scripts.stack import StackSettings
-from services.gateway.config import GatewaySettings
+from services.gateway.settings import GatewaySettings
 from services.pacs.settings import PacsSettings
 from services.trainer.config import TrainerSettings
 from services.worker.settings import WorkerSettings
@@ -26,7 +26,7 @@ DOC = ROOT / "docs" / "settings.md"
 # Each class documents only the fields it adds to the one above it.
 SECTIONS: list[tuple[str, type[BaseSettings], type[BaseSettings] | None]] = [
     ("Every service (`shared/settings.py`)", SharedSettings, None),
-    ("Gateway (`services/gateway/config.py`)", GatewaySettings, SharedSettings),
+    ("Gateway (`services/gateway/settings.py`)", GatewaySettings, SharedSettings),
     ("Inference worker (`services/worker/settings.py`)", WorkerSettings, SharedSettings),
     ("Trainer (`services/trainer/config.py`)", TrainerSettings, SharedSettings),
     ("DICOM node (`services/pacs/settings.py`)", PacsSettings, SharedSettings),

@@ -438,7 +438,7 @@ def up(only: Collection[str] | None = None) -> None:
             _bootstrap_model()
     key_file = VAR / "demo-api-key"
     key = key_file.read_text().strip() if key_file.exists() else "(see var/log/gateway.log)"
-    from services.gateway.config import GatewaySettings
+    from services.gateway.settings import GatewaySettings
 
     default_gateway_metrics = GatewaySettings.model_fields["gateway_metrics_port"].default
     gateway_metrics = os.environ.get("CXR_GATEWAY_METRICS_PORT", str(default_gateway_metrics))

@@ -25,8 +25,8 @@ def serve() -> int:
     import uvicorn
 
     from services.gateway.app import create_app
-    from services.gateway.config import get_settings
     from services.gateway.logredact import log_config
+    from services.gateway.settings import get_settings
     from services.gateway.tls import tls_files
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -11,12 +11,12 @@ import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 
 from services.gateway.auth import DEMO_CLIENT, ApiKeyRing, load_or_create_demo_key
-from services.gateway.config import GatewaySettings
 from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.model_info import RegistryClient, ServingClient, VersionFiles
 from services.gateway.notices import JobNotices
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.settings import GatewaySettings
 from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore
