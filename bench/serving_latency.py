@@ -121,7 +121,7 @@ def write_model_config(path: Path, models: dict[str, Path]) -> None:
     """A TF Serving model config file serving each named model from its base folder."""
     from google.protobuf import text_format
 
-    from services.model_server.config import single_model_config
+    from services.model_server.model_config import single_model_config
 
     configs = [single_model_config(name, str(base)) for name, base in models.items()]
     for other in configs[1:]:
