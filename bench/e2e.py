@@ -240,7 +240,7 @@ def worker_stage_medians(views: list[dict]) -> dict[str, float]:
 
 def grpc_model_latency(target: str, batches: list[np.ndarray], calls: int) -> dict[str, dict]:
     """Predict alone, and the prediction with its Grad-CAM as the worker asks for them."""
-    from services.worker.serving_client import ServingClient
+    from services.worker.grpc_serving import ServingClient
 
     client = ServingClient(target, MODEL_NAME, timeout_s=30)
 
@@ -281,7 +281,7 @@ def grpc_predict_levels(target: str, batches: list[np.ndarray], levels: list[tup
 
 def _grpc_level(target: str, batches: list[np.ndarray], callers: int, calls: int,
                 method: str) -> dict:
-    from services.worker.serving_client import ServingClient
+    from services.worker.grpc_serving import ServingClient
 
     clients = [ServingClient(target, MODEL_NAME, timeout_s=30) for _ in range(callers)]
     lock, issued = threading.Lock(), [0]
@@ -549,7 +549,7 @@ def cpu_per_image(stack: Stack, target: HttpTarget, images: list[Image], batches
     """Where the CPU of one image goes: the pipeline at `clients` clients, each service's process
     tree, against the same model work called directly over gRPC by as many callers."""
     # Imports TensorFlow now, so that its import is not counted as the client's CPU below.
-    from services.worker.serving_client import ServingClient  # noqa: F401
+    from services.worker.grpc_serving import ServingClient  # noqa: F401
 
     names = ("gateway", "worker", "model-server", "redis", "reconciler")
     pipeline: dict = {}

@@ -166,7 +166,7 @@ def measure(model_dir: Path, requests: int) -> dict:
     import tensorflow as tf
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-    from services.worker.serving_client import ServingClient
+    from services.worker.grpc_serving import ServingClient
 
     batches = {size: sample_batch(size) for size in (1, 8, 32)}
     calls = {1: requests, 8: max(20, requests // 8), 32: max(10, requests // 32)}
