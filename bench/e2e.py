@@ -78,7 +78,7 @@ Image = tuple[str, bytes]
 def bench_images(count: int) -> tuple[list[Image], str]:
     """`count` real X-rays, alternating classes, from CXR_DATA_DIR (its test split first, then
     val, then train) when it is there, else from data/sample."""
-    from shared.config import get_settings
+    from shared.settings import get_settings
 
     data_dir = Path(get_settings().data_dir)
     splits = [data_dir / split for split in ("test", "val", "train") if (data_dir / split).is_dir()]
@@ -249,7 +249,7 @@ def worker_stage_medians(views: list[dict]) -> dict[str, float]:
 def grpc_model_latency(target: str, batches: list[np.ndarray], calls: int) -> dict[str, dict]:
     """Predict alone, and the prediction with its Grad-CAM as the worker asks for them, one
     caller, timed in turn."""
-    from services.worker.serving_client import ServingClient
+    from services.worker.grpc_serving import ServingClient
 
     client = ServingClient(target, MODEL_NAME, timeout_s=30)
     predict_inputs, gradcam_inputs = itertools.cycle(batches), itertools.cycle(batches)
@@ -279,7 +279,7 @@ def grpc_predict_levels(target: str, batches: list[np.ndarray], levels: list[tup
 
 def _grpc_level(target: str, batches: list[np.ndarray], callers: int, calls: int,
                 method: str) -> dict:
-    from services.worker.serving_client import ServingClient
+    from services.worker.grpc_serving import ServingClient
 
     clients = [ServingClient(target, MODEL_NAME, timeout_s=30) for _ in range(callers)]
     lock, issued = threading.Lock(), [0]
@@ -547,7 +547,7 @@ def cpu_per_image(stack: Stack, target: HttpTarget, images: list[Image], batches
     """Where the CPU of one image goes: the pipeline at `clients` clients, each service's process
     tree, against the same model work called directly over gRPC by as many callers."""
     # Imports TensorFlow now, so that its import is not counted as the client's CPU below.
-    from services.worker.serving_client import ServingClient  # noqa: F401
+    from services.worker.grpc_serving import ServingClient  # noqa: F401
 
     names = ("gateway", "worker", "model-server", "redis", "reconciler")
     pipeline: dict = {}

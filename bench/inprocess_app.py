@@ -20,11 +20,11 @@ import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from shared.config import SharedSettings
 from shared.contract import SERVING_SIGNATURE
 from shared.errors import ImageError
 from shared.heatmap import render_overlay
 from shared.imaging import decode_xray, to_model_input
+from shared.settings import SharedSettings
 
 HEATMAP_MAX_SIDE = SharedSettings.model_fields["heatmap_max_side"].default  # the service's
 

@@ -121,7 +121,7 @@ def write_model_config(path: Path, models: dict[str, Path]) -> None:
     """A TF Serving model config file serving each named model from its base folder."""
     from google.protobuf import text_format
 
-    from services.model_server.config import single_model_config
+    from services.model_server.model_config import single_model_config
 
     configs = [single_model_config(name, str(base)) for name, base in models.items()]
     for other in configs[1:]:
@@ -166,7 +166,7 @@ def measure(model_dir: Path, requests: int) -> dict:
     import tensorflow as tf
     from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-    from services.worker.serving_client import ServingClient
+    from services.worker.grpc_serving import ServingClient
 
     batches = {size: sample_batch(size) for size in (1, 8, 32)}
     calls = {1: requests, 8: max(20, requests // 8), 32: max(10, requests // 32)}

@@ -4,7 +4,6 @@ everything running for the web page."""
 
 from __future__ import annotations
 
-import os
 import queue
 import sys
 import time
@@ -127,7 +126,8 @@ def send_through_dicom_node(sample: Path) -> None:
 
 def main() -> None:
     stack.up()
-    key = os.environ.get("CXR_DEMO_API_KEY") or (stack.VAR / "demo-api-key").read_text().strip()
+    key = (stack.SETTINGS.demo_api_key.get_secret_value()
+           or (stack.VAR / "demo-api-key").read_text().strip())
     base = f"https://localhost:{stack.GATEWAY_PORT}"
     images = sorted(p for p in SAMPLE_DIR.glob("*/*") if p.is_file() and p.suffix.lower() != ".md")
     print(f"\nSending {len(images)} sample X-rays from data/sample/ to {base}/v1/predictions ...\n")

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -14,28 +16,57 @@ from pathlib import Path
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from scripts.stack import StackSettings
-from services.gateway.config import GatewaySettings
-from services.pacs.settings import PacsSettings
-from services.trainer.config import TrainerSettings
-from services.worker.settings import WorkerSettings
-from shared.config import SharedSettings
-
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "settings.md"
-# Each class documents only the fields it adds to the one above it.
-SECTIONS: list[tuple[str, type[BaseSettings], type[BaseSettings] | None]] = [
-    ("Every service (`shared/config.py`)", SharedSettings, None),
-    ("Gateway (`services/gateway/config.py`)", GatewaySettings, SharedSettings),
-    ("Inference worker (`services/worker/settings.py`)", WorkerSettings, SharedSettings),
-    ("Trainer (`services/trainer/config.py`)", TrainerSettings, SharedSettings),
-    ("DICOM node (`services/pacs/settings.py`)", PacsSettings, SharedSettings),
-    ("Local stack (`scripts/stack.py`, `make up`)", StackSettings, None),
-]
+# The modules holding settings classes, as globs from the repository root: the shared settings, one
+# `settings.py` per service (a new service's is found by the glob), the trainer's `config.py`
+# until its settings move to `services/trainer/settings.py`, and the local stack.
+SETTINGS_MODULES = ("shared/settings.py", "services/*/settings.py", "services/trainer/config.py",
+                    "scripts/stack.py")
+# Section titles by the folder holding the module, in page order; other folders follow by name.
+TITLES = {"shared": "Every service", "gateway": "Gateway", "worker": "Inference worker",
+          "trainer": "Trainer", "pacs": "DICOM node", "scripts": "Local stack, `make up`"}
+
+
+def settings_classes(path: Path) -> list[type[BaseSettings]]:
+    """The settings classes defined in the module at `path` (not those it imports)."""
+    relative = path.relative_to(ROOT).with_suffix("")
+    module = importlib.import_module(".".join(relative.parts))
+    return [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+            if issubclass(cls, BaseSettings) and cls.__module__ == module.__name__]
+
+
+def sections() -> list[tuple[str, type[BaseSettings], type[BaseSettings] | None]]:
+    """(title, class, parent) for each settings class, shared first: a class documents only the
+    fields it adds to its parent, the nearest of its bases that is on the page too."""
+    found: list[tuple[Path, type[BaseSettings]]] = []
+    for pattern in SETTINGS_MODULES:
+        for path in sorted(ROOT.glob(pattern)):
+            classes = settings_classes(path)
+            if len(classes) > 1:
+                raise ValueError(f"{path.relative_to(ROOT)} defines {len(classes)} settings "
+                                 "classes; a settings module holds one")
+            found.extend((path, cls) for cls in classes)
+    order = list(TITLES)
+    found.sort(key=lambda item: (order.index(item[0].parent.name)
+                                 if item[0].parent.name in order else len(order),
+                                 item[0].parent.name))
+    documented = {cls for _, cls in found}
+    result = []
+    for path, cls in found:
+        parent = next((base for base in cls.__mro__[1:] if base in documented), None)
+        title = TITLES.get(path.parent.name, path.parent.name)
+        result.append((f"{title} (`{path.relative_to(ROOT).as_posix()}`)", cls, parent))
+    return result
+
+
+SECTIONS = sections()
+
 HEADER = """# Settings
 
 Every service reads environment variables with the prefix `CXR_` through one pydantic-settings
-class (`get_settings()`); a service's class adds its own fields to the shared ones.
+class in its `settings.py` (`get_settings()`); a service's class adds its own fields to the shared
+ones of `shared/settings.py`.
 `CXR_ENV=production` refuses default secrets and a missing TLS certificate at start-up. This
 page is generated from the classes by `python -m scripts.settings_doc`; a test fails when it is
 out of date.

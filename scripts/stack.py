@@ -23,11 +23,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.config import SharedSettings
 from shared.job_queue import INFERENCE_QUEUE, REPORT_QUEUE, TRAINING_QUEUE
+from shared.settings import SharedSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -51,6 +51,8 @@ class StackSettings(BaseSettings):
     pacs_destination: str = Field(default="DEMOPACS@127.0.0.1:11113", description=(
         "Where the local DICOM node sends its SR and heatmap reports (AET@host:port); "
         "`make demo` listens there while it runs."))
+    gateway_metrics_port: int = Field(default=9102, ge=0, le=65535, description=(
+        "The gateway's Prometheus endpoint (`/metrics`, loopback only); 0: none is served."))
     worker_metrics_port: int = Field(default=9100, description=(
         "The inference worker's Prometheus endpoint (`/metrics`, loopback only)."))
     pacs_metrics_port: int = Field(default=9103, description=(
@@ -59,6 +61,9 @@ class StackSettings(BaseSettings):
         "The DICOM report sender's Prometheus endpoint (`/metrics`, loopback only)."))
     model_base_path: Path | None = Field(default=None, description=(
         "The serving model folder; default `<stack_dir>/serving`."))
+    demo_api_key: SecretStr = Field(default=SecretStr(""), description=(
+        "The API key `make demo` sends; empty: the demo key the gateway generated into "
+        "`<stack_dir>/demo-api-key` (with no `CXR_API_KEYS` set)."))
 
 
 SETTINGS = StackSettings()
@@ -72,6 +77,7 @@ GRPC_PORT = SETTINGS.model_server_grpc_port
 REST_PORT = SETTINGS.model_server_rest_port
 REDIS_PORT = SETTINGS.redis_port
 PACS_PORT = SETTINGS.pacs_port
+GATEWAY_METRICS_PORT = SETTINGS.gateway_metrics_port
 WORKER_METRICS_PORT = SETTINGS.worker_metrics_port
 PACS_METRICS_PORT = SETTINGS.pacs_metrics_port
 PACS_SENDER_METRICS_PORT = SETTINGS.pacs_sender_metrics_port
@@ -341,6 +347,7 @@ def services() -> list[Service]:
             "gateway",
             [py, "-m", "services.gateway"],
             _http_ok(f"https://127.0.0.1:{GATEWAY_PORT}/readyz"),
+            env={"CXR_GATEWAY_METRICS_PORT": str(GATEWAY_METRICS_PORT)},
         ),
     ]
 
@@ -438,10 +445,6 @@ def up(only: Collection[str] | None = None) -> None:
             _bootstrap_model()
     key_file = VAR / "demo-api-key"
     key = key_file.read_text().strip() if key_file.exists() else "(see var/log/gateway.log)"
-    from services.gateway.config import GatewaySettings
-
-    default_gateway_metrics = GatewaySettings.model_fields["gateway_metrics_port"].default
-    gateway_metrics = os.environ.get("CXR_GATEWAY_METRICS_PORT", str(default_gateway_metrics))
     print(f"""
 cxr-pneumonia is up.
   Gateway (API and web page): https://localhost:{GATEWAY_PORT}/   (self-signed certificate)
@@ -450,7 +453,7 @@ cxr-pneumonia is up.
   DICOM node (C-STORE):       AE CXR at localhost:{PACS_PORT}
   DICOM reports sent to:      {SETTINGS.pacs_destination}
   Prometheus /metrics (plain HTTP, loopback only):
-    gateway {gateway_metrics}, worker {WORKER_METRICS_PORT}, DICOM node {PACS_METRICS_PORT}, \
+    gateway {GATEWAY_METRICS_PORT}, worker {WORKER_METRICS_PORT}, DICOM node {PACS_METRICS_PORT}, \
 report sender {PACS_SENDER_METRICS_PORT}
   API key for the demo:       {key}
   (set CXR_API_KEYS="client:key,..." before `make up` to choose your own keys)

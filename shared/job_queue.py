@@ -6,8 +6,8 @@ import logging
 
 from celery import Celery
 
-from shared.config import SharedSettings
 from shared.errors import QueueUnavailableError
+from shared.settings import SharedSettings
 
 log = logging.getLogger("cxr.queue")
 # The worker's contract (docs/architecture.md, "Celery").

@@ -27,8 +27,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from shared.config import SharedSettings
 from shared.errors import ObjectNotFoundError
+from shared.settings import SharedSettings
 from shared.storage import LocalStorage, S3Storage, Storage
 
 PREFIX = "reidentification/"

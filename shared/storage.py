@@ -19,8 +19,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.config import SharedSettings, get_settings
 from shared.errors import InvalidStorageKeyError, ObjectNotFoundError, StorageError
+from shared.settings import SharedSettings, get_settings
 
 _TEMP_PREFIX = ".tmp-"
 _UNSAFE_KEY = re.compile(r"[\\\x00-\x1f]")

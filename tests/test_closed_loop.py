@@ -32,7 +32,7 @@ from services.trainer.pipeline import retrain
 from services.trainer.promotion import publish_shadow_registered
 from services.trainer.publish import CONFIG_KEY, parse_models_config
 from services.trainer.registry import CHALLENGER, ModelRegistry
-from services.worker.serving_client import ServingClient
+from services.worker.grpc_serving import ServingClient
 from shared.drift import DriftRecorder, batch_statistics, reference_key
 from shared.errors import CXRError
 from shared.feedback import confirmed_labels

@@ -25,8 +25,8 @@ def serve() -> int:
     import uvicorn
 
     from services.gateway.app import create_app
-    from services.gateway.config import get_settings
     from services.gateway.logredact import log_config
+    from services.gateway.settings import get_settings
     from services.gateway.tls import tls_files
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def audit_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from shared.audit import AUDIT_STDOUT, export_lines
-    from shared.config import SharedSettings
+    from shared.settings import SharedSettings
 
     if args.since >= args.until:
         parser.error("--since must be before --until")

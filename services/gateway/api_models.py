@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.model_info import RegistryInfo
+from services.gateway.clients.mlflow_registry import RegistryInfo
 from shared.job_view import JobView
 
 

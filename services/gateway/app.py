@@ -10,12 +10,12 @@ from fastapi.staticfiles import StaticFiles
 
 from services.gateway import multipart
 from services.gateway.access import ApiAccessMiddleware
-from services.gateway.config import GatewaySettings, get_settings
 from services.gateway.metrics import MetricsMiddleware
 from services.gateway.metrics_server import MetricsServer
 from services.gateway.problems import install_problem_handlers
 from services.gateway.resources import GatewayResources
 from services.gateway.routes import dicomweb, health, models, predictions, web
+from services.gateway.settings import GatewaySettings, get_settings
 from services.gateway.upload_limit import BodyReadTimeoutMiddleware, BodySizeLimitMiddleware
 from shared.audit import configure_audit
 

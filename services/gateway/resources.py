@@ -11,12 +11,13 @@ import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 
 from services.gateway.auth import DEMO_CLIENT, ApiKeyRing, load_or_create_demo_key
-from services.gateway.config import GatewaySettings
+from services.gateway.clients.mlflow_registry import MlflowRegistryClient, VersionFiles
+from services.gateway.clients.serving_rest import ServingRestClient
 from services.gateway.idempotency import IdempotencyKeys
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.model_info import RegistryClient, ServingClient, VersionFiles
 from services.gateway.notices import JobNotices
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.settings import GatewaySettings
 from shared.imaging import DecodeLimits
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore
@@ -54,8 +55,8 @@ class GatewayResources:
     # the job deletes it.
     reid: ReidentificationKeys | None = None
     http: httpx.AsyncClient = field(init=False)
-    serving: ServingClient = field(init=False)
-    registry: RegistryClient = field(init=False)
+    serving: ServingRestClient = field(init=False)
+    registry: MlflowRegistryClient = field(init=False)
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> GatewayResources:
@@ -81,15 +82,15 @@ class GatewayResources:
 
     def open_http(self) -> None:
         self.http = httpx.AsyncClient(timeout=self.settings.upstream_timeout_seconds)
-        self.serving = ServingClient(self.http, self.settings.model_server_rest,
-                                     self.settings.model_name)
+        self.serving = ServingRestClient(self.http, self.settings.model_server_rest,
+                                         self.settings.model_name)
         # A bundled version's metrics and card are in its own folder of the serving base.
         version_files = VersionFiles(lambda: storage_at(self.settings.model_base_path,
                                                         self.settings.s3_endpoint_url,
                                                         self.settings.s3_region),
                                      self.settings.model_name)
-        self.registry = RegistryClient(self.http, self.settings.mlflow_tracking_uri,
-                                       self.settings.model_name, version_files)
+        self.registry = MlflowRegistryClient(self.http, self.settings.mlflow_tracking_uri,
+                                             self.settings.model_name, version_files)
 
     async def aclose(self) -> None:
         await self.notices.stop()

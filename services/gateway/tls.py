@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from services.gateway.config import GatewaySettings
+from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger("cxr.gateway")
 CERT_FILE, KEY_FILE = "localhost.crt", "localhost.key"

@@ -10,13 +10,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-from services.model_server.config import (
+from services.model_server.errors import ServingError
+from services.model_server.grpc_api import build_grpc_server
+from services.model_server.model_config import (
     parse_model_config,
     read_model_config_file,
     single_model_config,
 )
-from services.model_server.errors import ServingError
-from services.model_server.grpc_api import build_grpc_server
 from services.model_server.monitoring import metrics_path
 from services.model_server.rest_api import build_rest_server
 from services.model_server.versions import ModelManager

@@ -14,7 +14,7 @@ import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from shared.config import get_settings
+from shared.settings import get_settings
 from shared.storage import S3Storage, is_s3_uri, split_s3_uri
 
 log = logging.getLogger(__name__)

@@ -19,13 +19,13 @@ from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import get_model_status_pb2, model_pb2
 
 from services.model_server import metrics
-from services.model_server.config import (
+from services.model_server.errors import ServingError, invalid_argument, not_found
+from services.model_server.model_config import (
     ModelConfig,
     ModelServerConfig,
     validate_model_config,
     wanted_versions,
 )
-from services.model_server.errors import ServingError, invalid_argument, not_found
 from services.model_server.servable import LoadedVersion
 from services.model_server.source import VersionSource, open_source
 from services.model_server.warmup import run_warmup

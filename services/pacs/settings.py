@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config import SharedSettings
+from shared.settings import SharedSettings
 
 
 def _ae_title(value: str) -> str:

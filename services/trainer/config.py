@@ -7,9 +7,9 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from shared.config import SharedSettings
 from shared.contract import MODEL_NAME
 from shared.operating_point import check_site_name
+from shared.settings import SharedSettings
 
 # The repository (the image's /app): a relative CXR_DATA_DIR is read from here, not from the
 # directory a process happens to start in.

@@ -36,5 +36,5 @@ def celery_config(settings: WorkerSettings) -> dict[str, object]:
 
 app = Celery("cxr-worker", include=["services.worker.tasks", "services.worker.webhook",
                                   "services.worker.retention", "services.worker.drift",
-                                  "services.worker.lifecycle", "services.worker.shadow"])
+                                  "services.worker.signals", "services.worker.shadow"])
 app.conf.update(celery_config(get_settings()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.worker.errors import ModelServerError
-from services.worker.serving_client import ServingAnswer
+from services.worker.grpc_serving import ServingAnswer
 from shared.contract import CLASS_NAMES, CLASS_PROBABILITIES, PNEUMONIA_PROBABILITY, THRESHOLD
 from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
 

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 
-from shared.config import SharedSettings
 from shared.contract import GRADCAM_SIGNATURE, SERVING_SIGNATURE, STABLE_LABEL
+from shared.settings import SharedSettings
 
 WEBHOOK_SECRET_MIN_CHARS = 16
 

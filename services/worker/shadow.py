@@ -20,9 +20,9 @@ import numpy as np
 
 from services.worker import metrics
 from services.worker.celery_app import app
-from services.worker.pipeline import WorkerDeps
+from services.worker.grpc_serving import ServingClient
+from services.worker.job import WorkerDeps
 from services.worker.result import build_result
-from services.worker.serving_client import ServingClient
 from services.worker.settings import WorkerSettings
 from services.worker.sites import apply_operating_point
 from shared.imaging import DecodeLimits, decode_xray, to_model_input

@@ -1,4 +1,4 @@
-"""The `cxr.predict(job_id)` task: thin, like a web view; the work is in `pipeline.process_job`.
+"""The `cxr.predict(job_id)` task: thin, like a web view; the work is in `job.process_job`.
 
 Transient errors (model server unavailable or slow, storage or Redis down) are retried with
 exponential backoff and full jitter; a job that uses up its retries is failed with reason
@@ -16,7 +16,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from services.worker import dead_letter, metrics
 from services.worker.celery_app import TASK_NAME, app
 from services.worker.errors import AttemptsExhaustedError, RedisUnavailableError, TaskTimeoutError
-from services.worker.pipeline import Outcome, WorkerDeps, fail_job, process_job
+from services.worker.job import Outcome, WorkerDeps, fail_job, process_job
 from services.worker.settings import get_settings
 from services.worker.shadow import request_shadow
 from services.worker.webhook import request_webhook

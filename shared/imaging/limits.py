@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from shared.config import SharedSettings, get_settings
 from shared.contract import SCOPE_REASONS
 from shared.errors import ImageTooLargeError, ImageTooSmallError
 from shared.imaging.pixel_checks import PixelStats
+from shared.settings import SharedSettings, get_settings
 
 
 @dataclass(frozen=True)

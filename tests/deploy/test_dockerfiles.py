@@ -123,7 +123,7 @@ def test_health_check_and_entry_point(service):
 
 def test_dockerignore_keeps_the_lock_and_source_in():
     patterns = ignore_patterns()
-    for needed in ("pyproject.toml", "uv.lock", "shared/config.py", "services/__init__.py"):
+    for needed in ("pyproject.toml", "uv.lock", "shared/settings.py", "services/__init__.py"):
         assert not is_ignored(needed, patterns), needed
     for left_out in (".venv/bin/python", "tests/conftest.py", "shared/__pycache__/x.pyc", ".git"):
         assert is_ignored(left_out, patterns), left_out

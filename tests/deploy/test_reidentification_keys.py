@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from shared.config import SharedSettings
+from shared.settings import SharedSettings
 from tests.deploy.loaders import containers, find, load_compose, pod_specs
 from tests.deploy.test_settings_names import variable_names
 from tests.support.procs import REPO_ROOT

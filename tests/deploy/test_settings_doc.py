@@ -3,6 +3,10 @@ must say what it means."""
 
 from __future__ import annotations
 
+import inspect
+import re
+from pathlib import Path
+
 import pytest
 
 from scripts import settings_doc
@@ -30,6 +34,19 @@ def test_every_field_has_a_description(title, settings, parent):
                if not (settings.model_fields[name].description or "").strip()]
     assert not missing, f"{title}: no description for {missing}"
 
+
+# A class deriving from a settings class: `class X(BaseSettings)`, `class X(SharedSettings)`, ...
+SETTINGS_CLASS = re.compile(r"^class \w+\((?:\w+\.)?\w*Settings\b", re.MULTILINE)
+
+
+def test_every_settings_class_is_on_the_page():
+    documented = {Path(inspect.getsourcefile(cls)) for _, cls, _ in settings_doc.SECTIONS}
+    for folder in ("shared", "services", "scripts"):
+        for path in (settings_doc.ROOT / folder).rglob("*.py"):
+            if SETTINGS_CLASS.search(path.read_text()):
+                assert path in documented, (
+                    f"{path.relative_to(settings_doc.ROOT)} defines settings the page does not "
+                    "list: a service's settings go into its settings.py")
 
 
 def test_page_does_not_depend_on_where_the_repository_is():

@@ -8,7 +8,7 @@ import re
 import pytest
 from pydantic_settings import BaseSettings
 
-from services.gateway.config import GatewaySettings
+from services.gateway.settings import GatewaySettings
 from services.pacs.settings import PacsSettings
 from services.trainer.config import TrainerSettings
 from services.worker.settings import WorkerSettings

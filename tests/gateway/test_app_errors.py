@@ -10,7 +10,7 @@ import httpx
 from fastapi import HTTPException
 
 from services.gateway.app import create_app
-from services.gateway.config import GatewaySettings
+from services.gateway.settings import GatewaySettings
 from tests.support.procs import free_port
 
 

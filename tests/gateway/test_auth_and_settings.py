@@ -12,8 +12,8 @@ from cryptography import x509
 from pydantic import ValidationError
 
 from services.gateway.auth import ApiKeyConfigError, ApiKeyRing, load_or_create_demo_key
-from services.gateway.config import GatewaySettings
 from services.gateway.errors import UnauthorizedError
+from services.gateway.settings import GatewaySettings
 from services.gateway.tls import ensure_self_signed
 from tests.support.procs import ManagedProcess, python_argv, wait_until
 

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from services.gateway.app import create_app
-from services.gateway.config import GatewaySettings
+from services.gateway.settings import GatewaySettings
 from tests.support.procs import free_port
 
 CARD = "# Model card\nA test model; not for clinical use.\n"

@@ -12,7 +12,6 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from services.pacs.report import build_refusal_notice, build_report
-from shared.config import SharedSettings
 from shared.dicom_intake.deidentify import deidentify
 from shared.dicom_intake.receive import encode, original_uids
 from shared.reidentification import FIELDS, ReidentificationKeys
@@ -26,6 +25,7 @@ from shared.schemas import (
     Scope,
     SiteOperatingPoint,
 )
+from shared.settings import SharedSettings
 from tests.pacs.dicom_validation import iod_problems
 from tests.shared.identified_dicom import IdentifiedInstance, identified_chest_dx
 

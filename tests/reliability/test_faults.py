@@ -38,13 +38,13 @@ import redis
 
 from services.worker.keys import attention_key, result_key
 from services.worker.reconcile import reconcile
-from shared.config import SharedSettings
 from shared.errors import ObjectNotFoundError
 from shared.imaging import decode_xray
 from shared.intake import new_job_id, submit_job
 from shared.job_queue import JobQueue
 from shared.jobs import JobStore, storage_key
 from shared.schemas import JobRecord, JobStatus, utc_now
+from shared.settings import SharedSettings
 from shared.storage import LocalStorage
 from tests.support.model_server import MODEL_NAME, ModelServer
 from tests.support.redis import RedisServer, start_redis

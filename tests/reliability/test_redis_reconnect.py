@@ -18,7 +18,7 @@ import redis
 
 from services.pacs.delivery import ReportDeps
 from services.pacs.settings import PacsSettings
-from services.worker.pipeline import WorkerDeps
+from services.worker.job import WorkerDeps
 from services.worker.settings import WorkerSettings
 from shared.dicom_intake.receive import instance_job_id
 from shared.jobs import JobStore

@@ -100,7 +100,7 @@ def test_byte_limit_is_checked_before_decoding():
 
 
 def test_limits_default_to_the_settings(monkeypatch):
-    from shared.config import get_settings
+    from shared.settings import get_settings
 
     monkeypatch.setenv("CXR_MIN_IMAGE_SIDE", "200")
     get_settings.cache_clear()

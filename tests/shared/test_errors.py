@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from services.gateway.app import create_app
-from services.gateway.config import GatewaySettings
 from services.gateway.errors import HTTPHeadersMixin  # also registers the HTTP layer's errors
 from services.gateway.problems import PROBLEM_MEDIA_TYPE
+from services.gateway.settings import GatewaySettings
 from shared.errors import CXRError
 from tests.gateway.uploads import sample_xray
 from tests.support.procs import free_port

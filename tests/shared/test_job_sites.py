@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from shared.config import SharedSettings
 from shared.dicom_intake.receive import DicomIntake
 from shared.imaging import DecodeLimits
 from shared.jobs import JobStore
+from shared.settings import SharedSettings
 from shared.storage import LocalStorage
 from tests.shared.xray_files import xray_dataset
 

@@ -5,8 +5,8 @@ import uuid
 
 import pytest
 
-from shared.config import SharedSettings
 from shared.errors import InvalidStorageKeyError, ObjectNotFoundError, StorageError
+from shared.settings import SharedSettings
 from shared.storage import LocalStorage, S3Storage, Storage, get_storage, split_s3_uri, storage_at
 from tests.support.procs import free_port
 

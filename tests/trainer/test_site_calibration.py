@@ -191,7 +191,7 @@ def test_site_settings_parse_maps_and_refuse_bad_site_names():
     from pydantic import ValidationError
 
     from services.trainer.config import TrainerSettings
-    from shared.config import SharedSettings
+    from shared.settings import SharedSettings
 
     settings = SharedSettings(site_clients="alice:north, bob:south", site_ae_titles="MOD1:north")
     assert settings.site_of_client("alice") == "north"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.worker.pipeline import WorkerDeps, process_job
+from services.worker.job import WorkerDeps, process_job
 from services.worker.settings import WorkerSettings
 from shared.errors import JobNotFoundError
 from shared.retention import erase_job

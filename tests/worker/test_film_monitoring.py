@@ -10,7 +10,7 @@ import numpy as np
 import redis
 from prometheus_client import REGISTRY
 
-from services.worker.pipeline import FilmFacts, input_source, observe_film
+from services.worker.job import FilmFacts, input_source, observe_film
 from shared.contract import PNEUMONIA_PROBABILITY
 from shared.dicom_intake.receive import DicomIntake
 from shared.drift import MEAN_INTENSITY, PROBABILITY, DriftRecorder
@@ -76,7 +76,7 @@ def test_a_record_that_fails_is_logged_and_the_job_goes_on(caplog):
     deps = SimpleNamespace(
         drift_recorder=lambda: DriftRecorder(unreachable, max_films=10, window_s=3600))
     record, result, facts = _answer("offline")
-    with caplog.at_level(logging.ERROR, logger="services.worker.pipeline"):
+    with caplog.at_level(logging.ERROR, logger="services.worker.job"):
         observe_film(record, result, facts, deps)  # no exception
     assert "could not record its drift statistics" in caplog.text
     assert _count("offline") == 1

@@ -7,7 +7,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from services.worker.serving_client import ServingClient
+from services.worker.grpc_serving import ServingClient
 from shared.tensors import to_ndarray, to_tensor_proto
 from tests.worker.test_serving_signature import metadata_response, serving_signature, tensor_info
 

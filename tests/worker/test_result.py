@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from services.worker.errors import ModelServerError
+from services.worker.grpc_serving import ServingAnswer
 from services.worker.result import build_result, label_for, subtype_for
-from services.worker.serving_client import ServingAnswer
 from shared.schemas import ClassProbabilities
 
 

@@ -9,7 +9,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from services.worker.errors import ModelSignatureError
-from services.worker.serving_client import parse_metadata
+from services.worker.grpc_serving import parse_metadata
 
 
 def tensor_info(dtype: int, dims: list[int]) -> meta_graph_pb2.TensorInfo:

@@ -9,7 +9,7 @@ import json
 import pytest
 import redis
 
-from services.worker.serving_client import ServingClient
+from services.worker.grpc_serving import ServingClient
 from shared.errors import CXRError
 from shared.jobs import JobStore, result_key, shadow_key, storage_key
 from shared.schemas import JobStatus

@@ -13,8 +13,8 @@ from services.worker.errors import (
     RedisUnavailableError,
     TaskTimeoutError,
 )
+from services.worker.job import WorkerDeps, process_job
 from services.worker.keys import job_lock_key
-from services.worker.pipeline import WorkerDeps, process_job
 from services.worker.settings import WorkerSettings, get_settings
 from services.worker.tasks import as_transient, predict, reset_worker_deps, worker_deps
 from shared.errors import CorruptImageError, ModelUnavailableError, StorageError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from services.worker.serving_client import ServingClient
+from services.worker.grpc_serving import ServingClient
 from shared.jobs import JobStore
 from shared.schemas import JobStatus
 from shared.storage import LocalStorage

@@ -11,9 +11,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.api_models import Liveness, Readiness
+from services.gateway.clients import UPSTREAM_ERRORS
 from services.gateway.deps import ResourcesDep
 from services.gateway.errors import NotReadyError
-from services.gateway.model_info import UPSTREAM_ERRORS
 from services.gateway.problems import RETRY_AFTER_S, problem_response, problem_responses
 from services.gateway.resources import GatewayResources
 

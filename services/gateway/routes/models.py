@@ -7,8 +7,9 @@ import logging
 from fastapi import APIRouter, Response
 
 from services.gateway.api_models import CurrentModel
+from services.gateway.clients import UPSTREAM_ERRORS
+from services.gateway.clients.mlflow_registry import RegistryInfo
 from services.gateway.deps import ClientDep, ResourcesDep
-from services.gateway.model_info import UPSTREAM_ERRORS, RegistryInfo
 from services.gateway.problems import problem_responses
 
 router = APIRouter(prefix="/v1/models", tags=["models"])

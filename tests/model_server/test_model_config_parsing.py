@@ -8,8 +8,12 @@ import pytest
 import tensorflow as tf
 
 from services.model_server.__main__ import parse_flags
-from services.model_server.config import parse_model_config, single_model_config, wanted_versions
 from services.model_server.errors import ServingError
+from services.model_server.model_config import (
+    parse_model_config,
+    single_model_config,
+    wanted_versions,
+)
 from services.model_server.monitoring import metrics_path
 from services.model_server.tensors import array_from_json
 

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import SecretStr, ValidationError, model_validator
 
-from shared.config import InsecureSettingError, SharedSettings, get_settings, require_real_secret
+from shared.settings import InsecureSettingError, SharedSettings, get_settings, require_real_secret
 from shared.storage import get_storage
 
 

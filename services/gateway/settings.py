@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from pydantic import Field, SecretStr, model_validator
 
-from shared.config import SharedSettings, require_real_secret
+from shared.settings import SharedSettings, require_real_secret
 
 
 class GatewaySettings(SharedSettings):

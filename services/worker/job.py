@@ -24,9 +24,9 @@ import redis
 
 from services.worker import metrics, scope
 from services.worker.errors import AttemptsExhaustedError, JobBusyError
+from services.worker.grpc_serving import ServingClient
 from services.worker.keys import attention_key, heatmap_key, job_lock_key, result_key
 from services.worker.result import build_result
-from services.worker.serving_client import ServingClient
 from services.worker.settings import WorkerSettings
 from services.worker.sites import OperatingPoints, apply_operating_point
 from shared.contract import HEATMAP
