@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings
 from scripts.stack import StackSettings
 from services.gateway.config import GatewaySettings
 from services.pacs.settings import PacsSettings
-from services.trainer.config import TrainerSettings
+from services.trainer.settings import TrainerSettings
 from services.worker.settings import WorkerSettings
 from shared.config import SharedSettings
 
@@ -28,7 +28,7 @@ SECTIONS: list[tuple[str, type[BaseSettings], type[BaseSettings] | None]] = [
     ("Every service (`shared/config.py`)", SharedSettings, None),
     ("Gateway (`services/gateway/config.py`)", GatewaySettings, SharedSettings),
     ("Inference worker (`services/worker/settings.py`)", WorkerSettings, SharedSettings),
-    ("Trainer (`services/trainer/config.py`)", TrainerSettings, SharedSettings),
+    ("Trainer (`services/trainer/settings.py`)", TrainerSettings, SharedSettings),
     ("DICOM node (`services/pacs/settings.py`)", PacsSettings, SharedSettings),
     ("Local stack (`scripts/stack.py`, `make up`)", StackSettings, None),
 ]

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from services.trainer.approval import ApprovalRefusedError, approve
-from services.trainer.config import TrainerSettings
-from services.trainer.manifest import load_manifest
-from services.trainer.pipeline import retrain
-from services.trainer.publish import CONFIG_KEY, parse_models_config
-from services.trainer.registry import CHALLENGER, ModelRegistry
+from services.trainer.registry.approval import ApprovalRefusedError, approve
+from services.trainer.registry.publish import CONFIG_KEY, parse_models_config
+from services.trainer.registry.registry import CHALLENGER, ModelRegistry
+from services.trainer.registry.tracking import load_manifest
+from services.trainer.retraining import retrain
+from services.trainer.settings import TrainerSettings
 from shared.drift import DriftReference, reference_key
 from shared.operating_point import OperatingPoint, site_operating_point_key
 from shared.storage import LocalStorage
