@@ -24,11 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric
-
+from services.trainer.artifact.drift_reference import compute_reference, write_reference
+from services.trainer.artifact.export import export_for_serving
 from services.trainer.data.manifest import (
-    MANIFEST_ARTIFACT,
     DatasetManifest,
     TrainingData,
     collect_training_data,
@@ -36,6 +34,10 @@ from services.trainer.data.manifest import (
 )
 from services.trainer.data.splits import split_gate_set
 from services.trainer.evaluation.model_card import render_model_card
+from services.trainer.evaluation.site_calibration import write_report
+from services.trainer.modeling.config import TrainConfig
+from services.trainer.modeling.model import architecture_info
+from services.trainer.modeling.recipe import run_training
 from services.trainer.registry.approval import (
     APPROVAL_STATE_TAG,
     AUTO_PROMOTED,
@@ -44,15 +46,25 @@ from services.trainer.registry.approval import (
     PIPELINE_ACTOR,
 )
 from services.trainer.registry.gates import GateSet, GateVerdict, PromotionGate
-from services.trainer.registry.promotion import audit_model_event, publish_registered, registry_for
+from services.trainer.registry.promotion import (
+    audit_model_event,
+    publish_registered,
+    registry_for,
+    site_tag,
+)
 from services.trainer.registry.registry import ModelRegistry
+from services.trainer.registry.site_gate import evaluate_sites
 from services.trainer.registry.tracking import (
     LoggedRun,
     git_commit,
+    log_gate_metrics,
+    log_manifest,
+    log_site_run,
     log_training_run,
-    numeric_metrics,
 )
 from services.trainer.settings import TrainerSettings, get_settings
+from shared.schemas import utc_now
+from shared.storage import get_storage
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +77,6 @@ def training_data(settings: TrainerSettings, work: Path, cutoff: datetime | None
     Confirmed films are read from the job storage (`CXR_STORAGE_*`) unless
     `CXR_TRAIN_INCLUDE_CONFIRMED` is false; `cutoff` None means now.
     """
-    from shared.schemas import utc_now
-    from shared.storage import get_storage
-
     storage = (get_storage(settings)
                if settings.train_include_confirmed or manifest is not None else None)
     if manifest is not None:
@@ -85,9 +94,6 @@ def retrain(settings: TrainerSettings | None = None,
     `cutoff`: the latest confirmation read (default: now); `manifest`: train on exactly that
     earlier run's file set instead.
     """
-    from services.trainer.modeling.config import TrainConfig
-    from services.trainer.modeling.recipe import run_training
-
     settings = settings or get_settings()
     started = time.monotonic()
     registry = registry_for(settings)
@@ -122,7 +128,7 @@ def retrain(settings: TrainerSettings | None = None,
         registry.tag_version(version, {**verdict.as_tags(),
                                        "baseline_run_id": logged.baseline_run_id or "none"})
         registry.describe(version, _card(outcome, settings, version, verdict))
-        _log_gate_metrics(logged.run_id, verdict)
+        log_gate_metrics(logged.run_id, verdict.candidate)
         published = None
         if verdict.passed and settings.retrain_auto_promote:
             published = _auto_promote(registry, settings, version, verdict, saved_model,
@@ -166,9 +172,6 @@ def _auto_promote(registry: ModelRegistry, settings: TrainerSettings, version: i
 
 
 def _export(outcome, base: Path, model_name: str) -> Path:
-    from services.trainer.artifact.export import export_for_serving
-    from services.trainer.modeling.model import architecture_info
-
     # Version 1 of a scratch folder: the served version number is the MLflow one, given at
     # publish time (the SavedModel does not contain it).
     return export_for_serving(outcome.models, base_path=base, version=1,
@@ -180,8 +183,6 @@ def _export(outcome, base: Path, model_name: str) -> Path:
 def _write_drift_reference(saved_model: Path, gate_set: GateSet,
                            settings: TrainerSettings) -> None:
     """The drift check's reference (`shared/drift.py`), from the gate films, in the export."""
-    from services.trainer.artifact.drift_reference import compute_reference, write_reference
-
     source = {"films": f"gate set of the data set (gate fraction {settings.gate_fraction}, "
                        f"seed {settings.gate_seed})",
               "data_fingerprint": gate_set.fingerprint}
@@ -212,11 +213,6 @@ def _log_run(outcome, saved_model: Path, settings: TrainerSettings, gate_set: Ga
     return logged
 
 
-def log_manifest(run_id: str, manifest: DatasetManifest) -> None:
-    """The manifest as the run's `dataset/manifest.json` artifact (what `--manifest` reads)."""
-    MlflowClient().log_text(run_id, manifest.to_json(), MANIFEST_ARTIFACT)
-
-
 def _gate(registry: ModelRegistry, settings: TrainerSettings, gate_set: GateSet,
           candidate_dir: Path, champion: int | None,
           work: Path) -> tuple[GateVerdict, Path | None]:
@@ -235,11 +231,6 @@ def _gate_sites(registry: ModelRegistry, settings: TrainerSettings, verdict: Gat
     The points are recorded whatever the verdict, so a forced promotion publishes them too; each
     site's report is an MLflow run in the `site-acceptance` experiment.
     """
-    from services.trainer.evaluation.site_calibration import write_report
-    from services.trainer.registry.promotion import site_tag
-    from services.trainer.registry.site_gate import evaluate_sites
-    from services.trainer.registry.tracking import log_site_run
-
     sites = evaluate_sites(settings, candidate_dir, champion_dir, version, champion)
     for site, result in sites.candidates.items():
         files = write_report(result, work / "sites" / site)
@@ -250,11 +241,3 @@ def _gate_sites(registry: ModelRegistry, settings: TrainerSettings, verdict: Gat
     return GateVerdict(all(c.passed for c in checks), checks, verdict.candidate,
                        verdict.champion, verdict.champion_version,
                        {**verdict.extra_tags, **sites.tags()})
-
-
-def _log_gate_metrics(run_id: str, verdict: GateVerdict) -> None:
-    """The gate numbers also on the run, next to its validation numbers (`gate.auroc` ...)."""
-    timestamp = int(time.time() * 1000)
-    metrics = [Metric(k, v, timestamp, 0)
-               for k, v in numeric_metrics(verdict.candidate, "gate").items()]
-    MlflowClient().log_batch(run_id, metrics=metrics)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from services.trainer.data.dataset import DatasetError, scan_dataset
 from shared.config import SharedSettings
 from shared.contract import MODEL_NAME
 from shared.operating_point import check_site_name
@@ -107,8 +108,6 @@ class TrainerSettings(SharedSettings):
         Called when the trainer worker starts, so a deployment without its data set stops there
         with this message instead of failing the first scheduled retraining.
         """
-        from services.trainer.data.dataset import DatasetError, scan_dataset
-
         path = self.data_path
         try:
             scan_dataset(path, find_duplicates=False)

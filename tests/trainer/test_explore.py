@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from services.trainer.cli.main import main
+from services.trainer.cli.main import build_parser, main
 from services.trainer.data.dataset import scan_dataset
 from services.trainer.explore.summary import class_name, explore
 from tests.support.procs import REPO_ROOT
@@ -103,13 +103,12 @@ def test_cli_refuses_a_sample_grid_without_images(tmp_path: Path,
 
 def test_data_defaults_to_the_data_dir_setting(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
-    from services.trainer import cli
     from services.trainer.settings import get_settings
 
     monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "elsewhere"))
     get_settings.cache_clear()
     try:
-        args = cli.build_parser().parse_args(["explore"])
+        args = build_parser().parse_args(["explore"])
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from services.trainer.artifact.drift_reference import reference_path
 from services.trainer.artifact.export import SCOPE_DIR, export_for_serving
 from services.trainer.modeling.config import CUSTOM
 from services.trainer.modeling.model import build_network
@@ -135,8 +136,6 @@ def max_output_difference(old_dir: Path, new_dir: Path, images: np.ndarray) -> f
 
 def carry_drift_reference(model_dir: Path, target: Path) -> None:
     """The version's drift reference goes with it: the outputs it describes are the same."""
-    from services.trainer.artifact.drift_reference import reference_path
-
     source = reference_path(model_dir)
     if source.is_file():
         destination = reference_path(target)

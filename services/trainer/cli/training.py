@@ -17,10 +17,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from services.trainer.artifact.scoring import evaluate_saved_model
 from services.trainer.cli.common import add_data_argument, not_an_export
 from services.trainer.data.dataset import load_images, scan_dataset
 from services.trainer.data.splits import split_gate_set
 from services.trainer.modeling.config import TrainConfig
+from services.trainer.registry.gates import GateSet
 from services.trainer.settings import get_settings
 from shared.operating_point import OperatingPoint
 
@@ -132,8 +134,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _score_gate_set(gate_records, version_dir: Path, settings, target: Path) -> None:
-    from services.trainer.registry.gates import GateSet
-
     gate_set = GateSet.from_records(gate_records, settings.image_size,
                                     settings.train_image_cache_dir)
     metrics = gate_set.evaluate(version_dir)
@@ -162,8 +162,6 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     if not_an_export(args.model):
         return 2
-    from services.trainer.artifact.scoring import evaluate_saved_model
-
     point = None
     if args.operating_point is not None:
         try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from pydantic import BaseModel, Field
+from pydicom import dcmread
 
 from services.trainer.data.dataset import (
     SPLITS,
@@ -190,8 +191,6 @@ def patient_unit(site: str, job_id: str, film: bytes, content_type: str | None) 
     """A hash naming the film's patient (DICOM PatientID, else StudyInstanceUID, else the job)."""
     unit = f"job:{job_id}"
     if content_type == "application/dicom":
-        from pydicom import dcmread
-
         try:
             header = dcmread(io.BytesIO(film), stop_before_pixels=True, force=True)
         except Exception:  # noqa: BLE001 - an unreadable header only loses the grouping hint

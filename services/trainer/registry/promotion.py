@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import mlflow
+
 from services.trainer.registry.publish import (
     PublishedVersion,
     has_version,
@@ -28,8 +30,6 @@ log = logging.getLogger(__name__)
 
 def registry_for(settings) -> ModelRegistry:
     """The registry of `settings.registered_model_name` on `settings.mlflow_tracking_uri`."""
-    import mlflow
-
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     return ModelRegistry(settings.registered_model_name)
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from services.trainer.artifact.pyfunc_model import log_saved_model
 from services.trainer.data.dataset import DatasetError
@@ -155,3 +158,15 @@ def load_manifest(reference: str | Path) -> DatasetManifest:
             raise DatasetError(f"run {run_id} has no {MANIFEST_ARTIFACT} ({err})") from err
         return DatasetManifest.read(local)
     return DatasetManifest.read(text)
+
+
+def log_manifest(run_id: str, manifest: DatasetManifest) -> None:
+    """The manifest as the run's `dataset/manifest.json` artifact (what `--manifest` reads)."""
+    MlflowClient().log_text(run_id, manifest.to_json(), MANIFEST_ARTIFACT)
+
+
+def log_gate_metrics(run_id: str, gate_metrics: Mapping[str, Any]) -> None:
+    """The gate numbers also on the run, next to its validation numbers (`gate.auroc` ...)."""
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(k, v, timestamp, 0) for k, v in numeric_metrics(gate_metrics, "gate").items()]
+    MlflowClient().log_batch(run_id, metrics=metrics)

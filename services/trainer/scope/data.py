@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 from PIL import Image, ImageDraw, ImageFont
+from scipy.ndimage import gaussian_filter
 
 from services.trainer.data.dataset import map_with_progress, read_pixels, scan_dataset
 from services.trainer.data.splits import split_by_patient
@@ -70,8 +72,6 @@ def load_files(paths: Sequence[Path]) -> np.ndarray:
 
 
 def skimage_images() -> np.ndarray:
-    import skimage.data
-
     return np.stack([_model_input_of_array(getattr(skimage.data, name)())
                      for name in SKIMAGE_SAMPLES])
 
@@ -89,8 +89,6 @@ def _stretch(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _noise(rng: np.random.Generator, s: int) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
     kind = rng.integers(5)
     if kind == 0:
         values = rng.normal(size=(s, s))
@@ -183,8 +181,6 @@ def _shapes(rng: np.random.Generator, s: int) -> np.ndarray:
             draw.line((x0, y0, x1, y1), fill=fill, width=int(rng.integers(1, 10)))
     array = np.asarray(image, dtype=float)
     if kind == 2:
-        from scipy.ndimage import gaussian_filter
-
         array = gaussian_filter(array, rng.uniform(0.5, 6))
     return np.clip(array, 0, 255).astype(np.uint8)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.trainer.data.dataset import load_images, scan_dataset
 from services.trainer.scope.data import ScopeData, pool
 from services.trainer.scope.model import ScopeScreen, flagged
 from shared.contract import ADULT, INVERTED, ROTATED, SCOPE_CHECKS
@@ -40,8 +41,6 @@ def describe(scores: np.ndarray, thresholds: np.ndarray) -> dict:
 
 
 def site_acceptance_pooled(folder: Path) -> np.ndarray:
-    from services.trainer.data.dataset import load_images, scan_dataset
-
     return pool(load_images(scan_dataset(folder, find_duplicates=False), size=224))
 
 

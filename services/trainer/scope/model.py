@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+from sklearn.covariance import LedoitWolf
 
 from services.trainer.modeling.model import PerImageStandardization
 from services.trainer.scope.data import SCOPE_POOL, SCOPE_SIZE, ScopeData
@@ -306,8 +307,6 @@ def fit_embedding_stats(net: keras.Model, films: np.ndarray, *, copies: int = 2,
     strength (no rotation or inversion), so ordinary differences between machines and periods
     sit inside the fitted spread rather than far from it.
     """
-    from sklearn.covariance import LedoitWolf
-
     tf.random.set_seed(seed)
     views = [films]
     kinds = tf.fill([len(films)], PAEDIATRIC)
