@@ -37,7 +37,7 @@ def parse_site_sets(text: str) -> dict[str, str]:
 class TrainerSettings(SharedSettings):
     """What the trainer reads on top of the shared settings; every field has a working default."""
 
-    # --- training recipe (services.trainer.modeling.recipe.TrainConfig.from_settings) ---
+    # --- training recipe (services.trainer.modeling.config.TrainConfig.from_settings) ---
     target_sensitivity: float = Field(default=0.95, gt=0, le=1, description=(
         "The sensitivity the decision threshold is chosen to reach."))
     train_epochs: int = Field(default=5, ge=1, description=(

@@ -1,6 +1,6 @@
 """Subcommands `train-scope` and `bundle-scope` of the trainer CLI.
 
-`train-scope` trains the scope-screening network (`scope_model.py`) on `--data-root` (holding
+`train-scope` trains the scope-screening network (`scope/model.py`) on `--data-root` (holding
 `chest_xray/`, `nih_adult/`, `out_of_scope/` and, for the figures only, `site_acceptance/`),
 writes the screen to `--out` and its figures to `--out/report.json`. `bundle-scope` writes an
 exported pneumonia version again with a trained screen added, as a new version whose pneumonia

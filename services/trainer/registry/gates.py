@@ -1,9 +1,9 @@
 """The promotion gate: clinical floors and no regression against the champion, on the gate set.
 
 The gate set is a fixed, patient-grouped share of the data that no training run sees
-(`split_gate_set`; docs/training.md). Both the candidate and the current champion are scored on it
-through their exported `serving_default` signature, each at its own threshold, and the numbers
-come from `services.trainer.evaluation.metrics.compute_metrics`.
+(`data.splits.split_gate_set`; docs/training.md). Both the candidate and the current champion
+are scored on it through their exported `serving_default` signature, each at its own threshold,
+and the numbers come from `services.trainer.evaluation.metrics.compute_metrics`.
 
 MLflow's `validate_evaluation_results` cannot express a tolerated regression (its
 `min_absolute_change` must be positive: the candidate has to *beat* the baseline), so the checks
