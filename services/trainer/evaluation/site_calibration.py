@@ -32,9 +32,7 @@ from scipy.optimize import minimize
 from scipy.stats import binomtest
 from sklearn.model_selection import StratifiedGroupKFold
 
-from services.trainer.data.dataset import (
-    DatasetError,
-)
+from services.trainer.data.dataset import DatasetError
 from services.trainer.data.records import XrayRecord
 from services.trainer.evaluation.calibration import ECE_BINS, expected_calibration_error
 from services.trainer.evaluation.figures import save_site_figures
