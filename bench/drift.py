@@ -126,8 +126,8 @@ class _OneSite:
 
 
 def real_films() -> dict:
-    from services.trainer.dataset import load_images, scan_dataset
-    from services.trainer.drift_reference import model_outputs
+    from services.trainer.artifact.drift_reference import model_outputs
+    from services.trainer.data.dataset import load_images, scan_dataset
     from shared.drift import batch_statistics, decode_films, encode_film
 
     reference = read_reference(LocalStorage(MODELS), MODEL_NAME, VERSION)

@@ -385,7 +385,7 @@ def running_stack(folder: Path, all_services: bool, worker_concurrency: int | No
         sys.path.remove(str(ROOT / "scripts"))
     try:
         if not all_services:  # without MLflow, publish the bundled model as its registration would
-            from services.trainer.publish import publish_version
+            from services.trainer.registry.publish import publish_version
             from shared.storage import LocalStorage
 
             publish_version(model_dir or latest_bundled_model(), 1,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.trainer.dataset import load_images, scan_dataset
-from services.trainer.evaluation import outer_band_share
+from services.trainer.data.dataset import load_images, scan_dataset
+from services.trainer.evaluation.metrics import outer_band_share
 from shared.contract import GRADCAM_SIGNATURE, HEATMAP, INPUT_NAME
 
 

@@ -30,9 +30,9 @@ LOCO_CATEGORIES = ("other_radiograph", "ct", "natural_screenshot", "text_documen
 
 
 def run_loco(args: argparse.Namespace) -> dict:
-    from services.trainer.scope_data import SYNTHETIC_KINDS, load_scope_data, pool, synthesise
-    from services.trainer.scope_eval import rate
-    from services.trainer.scope_model import ScopeTrainConfig, flagged, train_screen
+    from services.trainer.scope.data import SYNTHETIC_KINDS, load_scope_data, pool, synthesise
+    from services.trainer.scope.evaluation import rate
+    from services.trainer.scope.model import ScopeTrainConfig, flagged, train_screen
 
     data = load_scope_data(args.data_root, seed=args.seed, cache=args.cache)
     results = {}

@@ -23,10 +23,11 @@ from bench.serving_latency import ROOT
 def measure(steps: int, warmup: int) -> dict:
     import keras
 
-    from services.trainer.cnn_training import _training_stream, class_labels
-    from services.trainer.dataset import load_images, scan_dataset
-    from services.trainer.model import build_network
-    from services.trainer.recipe import TrainConfig, subsample
+    from services.trainer.data.dataset import load_images, scan_dataset
+    from services.trainer.modeling.cnn_training import _training_stream, class_labels
+    from services.trainer.modeling.config import TrainConfig
+    from services.trainer.modeling.model import build_network
+    from services.trainer.modeling.recipe import subsample
 
     config = TrainConfig.from_settings()
     root = Path(config.data_dir)

@@ -29,7 +29,7 @@ SIZE = 224
 def run_keras(folder: Path) -> None:
     from skimage import data, transform
 
-    from services.trainer.pretrained import (
+    from services.trainer.modeling.pretrained import (
         build_imagenet_classifier,
         load_imagenet_weights,
         normalize,

@@ -19,9 +19,8 @@ from pydantic_settings import BaseSettings
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "settings.md"
 # The modules holding settings classes, as globs from the repository root: the shared settings, one
-# `settings.py` per service (a new service's is found by the glob), the trainer's `config.py`
-# until its settings move to `services/trainer/settings.py`, and the local stack.
-SETTINGS_MODULES = ("shared/settings.py", "services/*/settings.py", "services/trainer/config.py",
+# `settings.py` per service (a new service's is found by the glob), and the local stack.
+SETTINGS_MODULES = ("shared/settings.py", "services/*/settings.py",
                     "scripts/stack.py")
 # Section titles by the folder holding the module, in page order; other folders follow by name.
 TITLES = {"shared": "Every service", "gateway": "Gateway", "worker": "Inference worker",

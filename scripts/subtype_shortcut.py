@@ -28,16 +28,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from services.trainer.config import get_settings
-from services.trainer.dataset import load_images
-from services.trainer.evaluation import (
-    bootstrap_auroc_ci,
-    score_saved_model,
-    subtype_auroc,
-    viral_scores,
-)
-from services.trainer.gates import split_gate_set
-from services.trainer.recipe import TrainConfig, select_records
+from services.trainer.artifact.scoring import score_saved_model
+from services.trainer.data.dataset import load_images
+from services.trainer.data.splits import split_gate_set
+from services.trainer.evaluation.metrics import bootstrap_auroc_ci, subtype_auroc, viral_scores
+from services.trainer.modeling.config import TrainConfig
+from services.trainer.modeling.recipe import select_records
+from services.trainer.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 KNOWN = ("bacterial", "viral")

@@ -22,16 +22,15 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.trainer.approval import approve
-from services.trainer.bootstrap import bootstrap
-from services.trainer.config import TrainerSettings
-from services.trainer.dataset import load_images, scan_dataset
-from services.trainer.drift_reference import model_outputs
-from services.trainer.export import make_tiny_serving_model
-from services.trainer.pipeline import retrain
-from services.trainer.promotion import publish_shadow_registered
-from services.trainer.publish import CONFIG_KEY, parse_models_config
-from services.trainer.registry import CHALLENGER, ModelRegistry
+from services.trainer.artifact.drift_reference import model_outputs
+from services.trainer.data.dataset import load_images, scan_dataset
+from services.trainer.registry.approval import approve
+from services.trainer.registry.bootstrap import bootstrap
+from services.trainer.registry.promotion import publish_shadow_registered
+from services.trainer.registry.publish import CONFIG_KEY, parse_models_config
+from services.trainer.registry.registry import CHALLENGER, ModelRegistry
+from services.trainer.retraining import retrain
+from services.trainer.settings import TrainerSettings
 from services.worker.grpc_serving import ServingClient
 from shared.drift import DriftRecorder, batch_statistics, reference_key
 from shared.errors import CXRError
@@ -46,6 +45,7 @@ from tests.support.gateway import start_gateway
 from tests.support.model_server import MODEL_NAME, ModelServer
 from tests.support.procs import REPO_ROOT, wait_until
 from tests.support.stack import predicted_sample
+from tests.support.tiny_model import make_tiny_serving_model
 from tests.support.worker import start_celery_worker
 from tests.worker.jobs import metric_value, wait_for_metric
 

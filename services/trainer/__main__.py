@@ -1,7 +1,7 @@
-"""`python -m services.trainer <subcommand>`: see `services.trainer.cli`."""
+"""`python -m services.trainer <subcommand>`: see `services.trainer.cli.main`."""
 
 import sys
 
-from services.trainer.cli import main
+from services.trainer.cli.main import main
 
 sys.exit(main())

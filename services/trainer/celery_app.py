@@ -1,4 +1,5 @@
-"""The trainer's Celery app on Redis: queue `training`, task `cxr.retrain`, weekly beat schedule.
+"""The trainer's Celery app on Redis: queue `training`, task `cxr.retrain` (the retraining of
+`services.trainer.retraining` under the retraining lock), weekly beat schedule.
 
 Its beat is the project's one scheduler: it also sends the retention purge (`cxr.purge`) to the
 inference workers' queue on `CXR_RETENTION_PURGE_CRON` (a worker with `CXR_RETENTION_DAYS=0` keeps
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Celery, signals
 from celery.schedules import crontab
 
-from services.trainer.config import TrainerSettings, TrainingDataMissingError, get_settings
+from services.trainer.registry.retrain_lock import retrain_exclusively
+from services.trainer.settings import TrainerSettings, TrainingDataMissingError, get_settings
 from shared.celery_config import reliable_queue_config
 from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE, PURGE_TASK
 from shared.job_queue import RETRAIN_TASK as TASK_NAME
@@ -70,7 +73,7 @@ def celery_config(settings: TrainerSettings) -> dict[str, object]:
     }
 
 
-app = Celery("cxr-trainer", include=["services.trainer.tasks"])
+app = Celery("cxr-trainer")
 app.conf.update(celery_config(get_settings()))
 
 
@@ -90,3 +93,16 @@ def check_training_data(settings: TrainerSettings | None = None) -> None:
 def _check_data_at_start(sender=None, **_kwargs) -> None:
     if getattr(sender, "app", None) is app:
         check_training_data()
+
+
+@app.task(name=TASK_NAME, acks_late=True)
+def retrain() -> dict:
+    """`cxr.retrain`: one retraining, unless another holds the lock."""
+    from services.trainer.retraining import retrain as run_retraining  # TensorFlow and MLflow
+
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    summary = retrain_exclusively(client, settings.retrain_lock_ttl_s,
+                                  lambda: run_retraining(settings))
+    log.info("cxr.retrain: %s", summary)
+    return summary

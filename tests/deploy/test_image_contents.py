@@ -32,7 +32,7 @@ ENTRY_IMPORTS = {
     # The Celery worker, and the operator commands (the reconciler CronJob and compose service).
     "worker": ["services.worker.celery_app", "services.worker.tasks", "services.worker.__main__"],
     # The trainer image also runs `mlflow server` on PostgreSQL with S3 artifacts.
-    "trainer": ["services.trainer.celery_app", "services.trainer.cli", "mlflow.server",
+    "trainer": ["services.trainer.celery_app", "services.trainer.cli.main", "mlflow.server",
                 "psycopg2", "boto3"],
     # The SCP and, with the Celery command, the report sender.
     "pacs": ["services.pacs.__main__", "services.pacs.celery_app", "services.pacs.tasks"],

@@ -11,7 +11,7 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from services.trainer.publish import render_models_config
+from services.trainer.registry.publish import render_models_config
 from tests.deploy.loaders import find, load_compose
 from tests.deploy.serving_command import (
     from_compose,

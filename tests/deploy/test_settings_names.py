@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings
 
 from services.gateway.settings import GatewaySettings
 from services.pacs.settings import PacsSettings
-from services.trainer.config import TrainerSettings
+from services.trainer.settings import TrainerSettings
 from services.worker.settings import WorkerSettings
 from tests.deploy.loaders import (
     COMPOSE_FILE,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.trainer.export import make_tiny_serving_model
 from tests.model_server.calls import predict
 from tests.support.model_server import ModelServer
 from tests.support.procs import wait_until
+from tests.support.tiny_model import make_tiny_serving_model
 
 BUCKET = "serving-models"
 PREFIX = "published/cxr-pneumonia"

@@ -449,7 +449,7 @@ def test_new_model_version_published_under_load_switches_without_failures(stack,
     store = stack.store()
     old, new = stack.version, stack.version + 1
     staged = stack.root / f"staging-{new}"
-    from services.trainer.export import make_tiny_serving_model  # TensorFlow: import late
+    from tests.support.tiny_model import make_tiny_serving_model  # TensorFlow: import late
 
     make_tiny_serving_model(staged, new, seed=new)  # made aside, then copied in (not atomic)
     producer = Producer(stack.intake(), interval_s=0.5, limit=150)

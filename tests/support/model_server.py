@@ -73,7 +73,7 @@ class ModelServer:
 
     def publish(self, version: int, **kwargs) -> Path:
         """Export another tiny model version into the base folder (appears atomically)."""
-        from services.trainer.export import make_tiny_serving_model
+        from tests.support.tiny_model import make_tiny_serving_model
 
         kwargs.setdefault("seed", version)
         return make_tiny_serving_model(self.base_path, version, model_name=self.model_name,
@@ -133,7 +133,7 @@ def shared_model_server(tmp_path_factory) -> Iterator[ModelServer]:
 def labelled_models_config(server: ModelServer, labels: Mapping[str, int]) -> str:
     """The model config serving versions 1 and 2 of `server`'s model with `labels` (label ->
     version) on them, as the trainer's publishing writes it."""
-    from services.trainer.publish import render_models_config
+    from services.trainer.registry.publish import render_models_config
 
     return render_models_config(server.model_name, server.model_base_path, [1, 2], stable=None,
                                 labels=labels)

@@ -17,7 +17,8 @@ SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 @pytest.fixture(scope="session")
 def sample_training(tmp_path_factory):
     """(TrainConfig, TrainingOutcome) of a 1-epoch run on about 30 sample images, single split."""
-    from services.trainer.recipe import TrainConfig, run_training
+    from services.trainer.modeling.config import TrainConfig
+    from services.trainer.modeling.recipe import run_training
 
     config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path_factory.mktemp("train")),
                          epochs=1, batch_size=8, backbone="custom", width=8, max_images=30,
@@ -28,7 +29,7 @@ def sample_training(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sample_export(sample_training, tmp_path_factory):
     """The sample run's model exported for serving: the version folder."""
-    from services.trainer.export import export_for_serving
+    from services.trainer.artifact.export import export_for_serving
 
     _, outcome = sample_training
     return export_for_serving(outcome.models, base_path=tmp_path_factory.mktemp("serving"),

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.trainer.dataset import XrayRecord
-from services.trainer.manifest import TrainingData, collect_training_data
-from services.trainer.naming import parse_file_name
+from services.trainer.data.manifest import TrainingData, collect_training_data
+from services.trainer.data.naming import parse_file_name
+from services.trainer.data.records import XrayRecord
 from shared.feedback import ConfirmedFilm, ModelAnswer
 from shared.intake import confirmed_film_key, confirmed_label_key
 from shared.schemas import ModelRef
@@ -107,7 +107,7 @@ def synthetic_records(seed: int = 0, cross_patient_duplicates: int = 12) -> list
     return records
 
 
-# --- versioned training data (services.trainer.manifest) ---------------------------------------
+# --- versioned training data (services.trainer.data.manifest) -----------------------------------
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 MEDIA = {"jpg": "image/jpeg", "png": "image/png", "dcm": "application/dicom"}

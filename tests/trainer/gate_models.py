@@ -16,8 +16,8 @@ import numpy as np
 from keras import layers
 from sklearn.linear_model import LogisticRegression
 
-from services.trainer.export import export_for_serving
-from services.trainer.model import GRADCAM_LAYER
+from services.trainer.artifact.export import export_for_serving
+from services.trainer.modeling.model import GRADCAM_LAYER
 
 POOL = 8
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.approval import (
+from services.trainer.cli.main import main
+from services.trainer.registry.approval import (
     APPROVAL_STATE_TAG,
     APPROVED,
     REJECTED,
@@ -19,19 +20,18 @@ from services.trainer.approval import (
     approve,
     reject,
 )
-from services.trainer.cli import main
-from services.trainer.config import get_settings
-from services.trainer.export import make_tiny_serving_model
-from services.trainer.promotion import (
+from services.trainer.registry.promotion import (
     promote,
     publish_shadow_registered,
     registry_for,
     rollback,
     site_tag,
 )
-from services.trainer.publish import CONFIG_KEY, parse_models_config
-from services.trainer.registry import CHALLENGER, RegistryError
+from services.trainer.registry.publish import CONFIG_KEY, parse_models_config
+from services.trainer.registry.registry import CHALLENGER, RegistryError
+from services.trainer.settings import get_settings
 from shared.operating_point import site_operating_point_key
+from tests.support.tiny_model import make_tiny_serving_model
 from tests.trainer.test_registry import log_and_register, served, settings_for
 from tests.trainer.test_site_points_publish import point
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer.bootstrap import bundled_model
+from services.trainer.registry.bootstrap import bundled_model
 from shared.contract import INPUT_NAME, MODEL_NAME, SERVING_SIGNATURE
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
 from shared.scope import model_reasons

@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from services.trainer.calibration import expected_calibration_error, fit_temperature, softmax
+from services.trainer.evaluation.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
 from shared.contract import UNKNOWN_SUBTYPE
 
 

@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer.dataset import (
+from services.trainer.data.dataset import (
     DatasetError,
-    XrayRecord,
     assign_duplicate_groups,
     data_fingerprint,
     load_images,
-    patient_folds,
     scan_dataset,
-    split_by_patient,
 )
-from services.trainer.naming import ParsedName, parse_file_name
+from services.trainer.data.naming import ParsedName, parse_file_name
+from services.trainer.data.records import XrayRecord
+from services.trainer.data.splits import patient_folds, split_by_patient
 from shared.imaging import decode_xray, to_model_input
 from tests.trainer.dataset_layouts import (
     kaggle_flat_layout,

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from services.trainer.export import make_tiny_serving_model
-from services.trainer.gates import GateSet
-from services.trainer.manifest import MANIFEST_ARTIFACT, load_manifest, rebuild_training_data
-from services.trainer.pipeline import _log_run
+from services.trainer.data.manifest import MANIFEST_ARTIFACT, rebuild_training_data
+from services.trainer.registry.gates import GateSet
+from services.trainer.registry.tracking import load_manifest
+from services.trainer.retraining import _log_run
+from tests.support.tiny_model import make_tiny_serving_model
 from tests.trainer.dataset_layouts import collect
 from tests.trainer.test_registry import make_outcome, settings_for
 
@@ -50,7 +51,7 @@ def test_the_run_records_the_dataset_version_and_it_rebuilds_from_there(mlflow_s
 
 
 def test_a_run_without_a_manifest_is_a_clear_error(mlflow_server, tmp_path):
-    from services.trainer.dataset import DatasetError
+    from services.trainer.data.dataset import DatasetError
 
     settings = settings_for(mlflow_server, tmp_path)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.trainer.cli import main
-from services.trainer.drift_reference import model_outputs, reference_path
-from services.trainer.export import make_tiny_serving_model
+from services.trainer.artifact.drift_reference import model_outputs, reference_path
+from services.trainer.cli.main import main
 from shared.drift import (
     CONTRAST,
     MEAN_INTENSITY,
@@ -17,12 +16,13 @@ from shared.drift import (
     DriftReference,
     batch_statistics,
 )
+from tests.support.tiny_model import make_tiny_serving_model
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 
 def test_the_cli_writes_the_reference_beside_the_saved_model(tmp_path, capsys):
-    from services.trainer.dataset import load_images, scan_dataset
+    from services.trainer.data.dataset import load_images, scan_dataset
 
     version = make_tiny_serving_model(tmp_path / "serving", 2, scope=True)
     assert main(["drift-reference", "--model", str(version), "--data", str(SAMPLE),
@@ -42,7 +42,7 @@ def test_the_cli_writes_the_reference_beside_the_saved_model(tmp_path, capsys):
 
 
 def test_the_gate_films_are_the_held_out_patients(tmp_path, capsys):
-    from services.trainer.drift_reference import gate_images
+    from services.trainer.artifact.drift_reference import gate_images
 
     images, source = gate_images(SAMPLE, "gate")
     everything, _ = gate_images(SAMPLE, "all")

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from services.trainer.evaluation import METRIC_KEYS, evaluate_saved_model
+from services.trainer.artifact.scoring import evaluate_saved_model
+from services.trainer.evaluation.metrics import METRIC_KEYS
 from tests.support.procs import REPO_ROOT
 from tests.trainer.conftest import SAMPLE_DIR
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from services.trainer.cli import main
-from services.trainer.dataset import scan_dataset
-from services.trainer.explore import class_name, explore
+from services.trainer.cli.main import build_parser, main
+from services.trainer.data.dataset import scan_dataset
+from services.trainer.explore.summary import class_name, explore
 from tests.support.procs import REPO_ROOT
 from tests.trainer.dataset_layouts import kaggle_flat_layout
 
@@ -74,7 +74,7 @@ def test_sizes_are_the_original_decoded_sizes_and_unknown_subtypes_are_a_class(
 def test_cli_explore_writes_the_report_without_loading_tensorflow(tmp_path: Path) -> None:
     script = (
         "import sys\n"
-        "from services.trainer.cli import main\n"
+        "from services.trainer.cli.main import main\n"
         f"code = main(['explore', '--data', {str(SAMPLE)!r}, '--out', {str(tmp_path)!r}])\n"
         "assert 'tensorflow' not in sys.modules, 'explore imported TensorFlow'\n"
         "sys.exit(code)\n"
@@ -103,13 +103,12 @@ def test_cli_refuses_a_sample_grid_without_images(tmp_path: Path,
 
 def test_data_defaults_to_the_data_dir_setting(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
-    from services.trainer import cli
-    from services.trainer.config import get_settings
+    from services.trainer.settings import get_settings
 
     monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "elsewhere"))
     get_settings.cache_clear()
     try:
-        args = cli.build_parser().parse_args(["explore"])
+        args = build_parser().parse_args(["explore"])
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()

@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from services.trainer.export import export_for_serving, make_tiny_serving_model
-from services.trainer.model import build_cnn
+from services.trainer.artifact.export import export_for_serving
+from services.trainer.modeling.model import build_cnn
+from tests.support.tiny_model import make_tiny_serving_model
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from services.trainer.calibration import softmax
-from services.trainer.dataset import load_images, scan_dataset
+from services.trainer.data.dataset import load_images, scan_dataset
+from services.trainer.evaluation.calibration import softmax
 from shared.imaging import decode_xray, to_model_input
 from tests.trainer.conftest import SAMPLE_DIR
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from services.trainer.figures import (
+from services.trainer.evaluation.figures import (
     save_evaluation_figures,
     save_site_figures,
     save_training_curves,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.dataset import scan_dataset
-from services.trainer.gates import GateSet, PromotionGate, split_gate_set
+from services.trainer.data.dataset import scan_dataset
+from services.trainer.data.splits import split_gate_set
+from services.trainer.registry.gates import GateSet, PromotionGate
 from tests.trainer.gate_models import export_quality_models
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
@@ -53,7 +54,7 @@ def test_regression_against_the_champion_is_bounded():
 
 
 def test_gate_settings_come_from_trainer_settings(monkeypatch):
-    from services.trainer.config import TrainerSettings
+    from services.trainer.settings import TrainerSettings
 
     monkeypatch.setenv("CXR_GATE_MIN_AUROC", "0.9")
     gate = PromotionGate.from_settings(TrainerSettings())

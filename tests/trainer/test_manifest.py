@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.trainer.cli import main
-from services.trainer.dataset import DatasetError
-from services.trainer.manifest import (
+from services.trainer.cli.main import main
+from services.trainer.data.dataset import DatasetError
+from services.trainer.data.manifest import (
     DatasetManifest,
     parse_cutoff,
     rebuild_training_data,
 )
-from services.trainer.splits import split_by_patient
+from services.trainer.data.splits import split_by_patient
 from shared.storage import LocalStorage
 from tests.shared.xray_files import jpeg_bytes, png_bytes
 from tests.trainer.dataset_layouts import (
@@ -174,7 +174,7 @@ def test_a_bad_cutoff_is_a_clear_error():
 
 
 def test_cli_writes_a_manifest_and_rebuilds_it(world, monkeypatch, capsys):
-    from services.trainer.config import get_settings
+    from services.trainer.settings import get_settings
 
     base, storage, tmp_path = world
     monkeypatch.setenv("CXR_STORAGE_BACKEND", "local")

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from services.trainer.calibration import expected_calibration_error
-from services.trainer.evaluation import (
+from services.trainer.evaluation.calibration import expected_calibration_error
+from services.trainer.evaluation.metrics import (
     METRIC_KEYS,
     bootstrap_auroc_ci,
     compute_metrics,
 )
-from services.trainer.thresholds import choose_threshold
+from services.trainer.evaluation.thresholds import choose_threshold
 
 # Four pneumonia (1) and four normal (0) images; at threshold 0.35 the confusion is
 # tp 3 (0.9, 0.8, 0.7), fn 1 (0.3), fp 2 (0.6, 0.4), tn 2 (0.2, 0.1).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.trainer.model_card import metrics_table, render_model_card
+from services.trainer.evaluation.model_card import metrics_table, render_model_card
 
 VALIDATION = {"n": 120, "auroc": 0.91234, "auroc_ci": [0.88, 0.94], "sensitivity": 0.95,
               "specificity": 0.8, "ece": None}

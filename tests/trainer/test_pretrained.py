@@ -11,24 +11,24 @@ import pytest
 import tensorflow as tf
 from skimage import data, transform
 
-from services.trainer.export import export_for_serving
-from services.trainer.model import (
-    EFFICIENTNET_LITE0,
+from services.trainer.artifact.export import export_for_serving
+from services.trainer.artifact.reexport import reexport
+from services.trainer.modeling.config import EFFICIENTNET_LITE0
+from services.trainer.modeling.model import (
     GRADCAM_LAYER,
     architecture_info,
     build_network,
     is_folded,
     serving_form,
 )
-from services.trainer.pretrained import (
+from services.trainer.modeling.pretrained import (
     FEATURE_CHANNELS,
     build_imagenet_classifier,
     imagenet_weights_path,
     load_imagenet_weights,
     normalize,
 )
-from services.trainer.reexport import reexport
-from services.trainer.torch_checkpoint import CheckpointError, load_state_dict
+from services.trainer.modeling.torch_checkpoint import CheckpointError, load_state_dict
 
 # ImageNet class indices: 281-285 the domestic cats, 967 espresso, 968 cup
 CATS = set(range(281, 286))

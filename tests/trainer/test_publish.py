@@ -10,8 +10,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from services.trainer.export import make_tiny_serving_model
-from services.trainer.publish import (
+from services.trainer.registry.publish import (
     CONFIG_KEY,
     SAVED_MODEL_FILE,
     parse_models_config,
@@ -19,10 +18,11 @@ from services.trainer.publish import (
     render_models_config,
     serving_storage,
 )
-from services.trainer.serving_status import VersionLoadWaiter
+from services.trainer.registry.serving_status import VersionLoadWaiter
 from shared.storage import S3Storage
 from tests.support.model_server import ModelServer
 from tests.support.procs import free_port, wait_until
+from tests.support.tiny_model import make_tiny_serving_model
 
 MODEL = "cxr-pneumonia"
 

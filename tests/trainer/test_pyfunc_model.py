@@ -9,8 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from services.trainer.export import make_tiny_serving_model
-from services.trainer.pyfunc_model import (
+from services.trainer.artifact.pyfunc_model import (
     find_saved_model_dir,
     log_saved_model,
 )
@@ -22,6 +21,7 @@ from shared.contract import (
     SERVING_SIGNATURE,
     THRESHOLD,
 )
+from tests.support.tiny_model import make_tiny_serving_model
 from tests.trainer.test_registry import unique
 
 

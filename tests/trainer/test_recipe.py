@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from services.trainer.augment import AugmentConfig, augment_batch, gaussian_blur
-from services.trainer.cnn_training import balanced_weights, soft_targets
-from services.trainer.evaluation import METRIC_KEYS
-from services.trainer.hog import fit_hog_baseline, hog_features, pneumonia_probability
-from services.trainer.model import GRADCAM_LAYER
-from services.trainer.recipe import TrainConfig, run_training, select_records, subsample
+from services.trainer.evaluation.metrics import METRIC_KEYS
+from services.trainer.modeling.augment import AugmentConfig, augment_batch, gaussian_blur
+from services.trainer.modeling.cnn_training import balanced_weights, soft_targets
+from services.trainer.modeling.config import TrainConfig
+from services.trainer.modeling.hog import fit_hog_baseline, hog_features, pneumonia_probability
+from services.trainer.modeling.model import GRADCAM_LAYER
+from services.trainer.modeling.recipe import run_training, select_records, subsample
 from shared.contract import UNKNOWN_SUBTYPE
 from tests.trainer.conftest import SAMPLE_DIR
 
@@ -157,7 +158,7 @@ def test_hog_baseline_separates_oriented_textures():
 
 @pytest.mark.slow
 def test_a_stopped_cross_validation_resumes_from_its_finished_folds(tmp_path, monkeypatch):
-    import services.trainer.recipe as recipe
+    import services.trainer.modeling.recipe as recipe
 
     config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path), epochs=1, batch_size=8,
                          width=4, folds=2, ship="ensemble", baseline=False, verbose=0)

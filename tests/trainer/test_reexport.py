@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from services.trainer.export import export_for_serving
-from services.trainer.model import build_cnn
-from services.trainer.reexport import max_output_difference, reexport
+from services.trainer.artifact.export import export_for_serving
+from services.trainer.artifact.reexport import max_output_difference, reexport
+from services.trainer.modeling.model import build_cnn
 
 
 def test_an_ensemble_is_rebuilt_weight_for_weight(tmp_path):
@@ -42,7 +42,11 @@ def test_a_different_network_is_noticed(tmp_path):
 
 
 def test_the_drift_reference_travels_with_the_reexport(tmp_path):
-    from services.trainer.drift_reference import compute_reference, reference_path, write_reference
+    from services.trainer.artifact.drift_reference import (
+        compute_reference,
+        reference_path,
+        write_reference,
+    )
     from shared.drift import DriftReference
 
     old = export_for_serving(build_cnn(width=4, seed=5), base_path=tmp_path / "old", version=3,
@@ -60,7 +64,7 @@ def test_the_drift_reference_travels_with_the_reexport(tmp_path):
 
 
 def test_the_cli_checks_the_copy_on_the_sample_xrays(tmp_path, capsys):
-    from services.trainer.cli import main
+    from services.trainer.cli.main import main
 
     old = export_for_serving(build_cnn(width=4, seed=3), base_path=tmp_path / "old", version=1,
                              threshold=0.5)

@@ -15,15 +15,15 @@ import tensorflow as tf
 from mlflow import MlflowClient
 from PIL import Image
 
-from services.trainer.bootstrap import bootstrap
-from services.trainer.config import TrainerSettings
-from services.trainer.export import make_tiny_serving_model
-from services.trainer.promotion import promote, publish_registered, registry_for, rollback
-from services.trainer.publish import CONFIG_KEY, parse_models_config
-from services.trainer.recipe import TrainingOutcome
-from services.trainer.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
-from services.trainer.tracking import log_training_run
+from services.trainer.modeling.recipe import TrainingOutcome
+from services.trainer.registry.bootstrap import bootstrap
+from services.trainer.registry.promotion import promote, publish_registered, registry_for, rollback
+from services.trainer.registry.publish import CONFIG_KEY, parse_models_config
+from services.trainer.registry.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
+from services.trainer.registry.tracking import log_training_run
+from services.trainer.settings import TrainerSettings
 from tests.support.procs import REPO_ROOT
+from tests.support.tiny_model import make_tiny_serving_model
 
 VALIDATION = {"n": 40, "auroc": 0.91, "auroc_ci": [0.85, 0.96], "sensitivity": 0.95,
               "specificity": 0.7, "confusion": {"tn": 14, "fp": 6, "fn": 1, "tp": 19},

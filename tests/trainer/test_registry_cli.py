@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.cli import main
-from services.trainer.config import TrainerSettings, get_settings
-from services.trainer.export import make_tiny_serving_model
+from services.trainer.cli.main import main
+from services.trainer.settings import TrainerSettings, get_settings
+from tests.support.tiny_model import make_tiny_serving_model
 from tests.trainer.test_registry import served, settings_for
 
 

@@ -20,8 +20,8 @@ from services.trainer.celery_app import (
     celery_config,
     parse_cron,
 )
-from services.trainer.config import REPO_ROOT, TrainerSettings, TrainingDataMissingError
-from services.trainer.retrain_lock import LOCK_KEY, retrain_exclusively
+from services.trainer.registry.retrain_lock import LOCK_KEY, retrain_exclusively
+from services.trainer.settings import REPO_ROOT, TrainerSettings, TrainingDataMissingError
 from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE, PURGE_TASK
 from tests.support.procs import ManagedProcess, python_argv, wait_until
 

@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from services.trainer.export import SCOPE_DIR, export_for_serving, make_tiny_serving_model
-from services.trainer.model import build_cnn
-from services.trainer.reexport import max_output_difference, reexport
-from services.trainer.scope_data import LATERAL, OUT_OF_SCOPE_NEGATIVES, pool, synthesise
-from services.trainer.scope_model import ScopeScreen, tiny_scope_screen
+from services.trainer.artifact.export import SCOPE_DIR, export_for_serving
+from services.trainer.artifact.reexport import max_output_difference, reexport
+from services.trainer.modeling.model import build_cnn
+from services.trainer.scope.data import LATERAL, OUT_OF_SCOPE_NEGATIVES, pool, synthesise
+from services.trainer.scope.model import ScopeScreen
 from shared.contract import (
     ATYPICAL_IMAGE,
     GRADCAM_SIGNATURE,
@@ -26,6 +26,7 @@ from shared.contract import (
     SCOPE_THRESHOLDS,
     SERVING_SIGNATURE,
 )
+from tests.support.tiny_model import make_tiny_serving_model, tiny_scope_screen
 from tests.trainer.conftest import SAMPLE_DIR
 
 IMAGES = np.random.RandomState(5).randint(0, 256, (3, 224, 224, 1)).astype(np.uint8)
@@ -120,7 +121,7 @@ def _tiny_data_root(root):
 
 @pytest.fixture(scope="module")
 def tiny_screen(tmp_path_factory):
-    from services.trainer.cli import main
+    from services.trainer.cli.main import main
 
     root = tmp_path_factory.mktemp("data")
     _tiny_data_root(root)
@@ -151,7 +152,7 @@ def test_noise_is_further_from_the_training_films_than_a_chest_film(tiny_screen)
 
 
 def test_the_bundle_command_adds_a_trained_screen_to_a_version(tiny_screen, tmp_path, capsys):
-    from services.trainer.cli import main
+    from services.trainer.cli.main import main
 
     old = export_for_serving(build_cnn(width=4, seed=4), base_path=tmp_path / "old", version=1,
                              threshold=0.5)

@@ -9,8 +9,8 @@ import uuid
 import pytest
 import redis
 
-from services.trainer.cli import main
-from services.trainer.config import get_settings
+from services.trainer.cli.main import main
+from services.trainer.settings import get_settings
 from shared.feedback import confirm
 from shared.jobs import JobStore, shadow_key
 from shared.schemas import (

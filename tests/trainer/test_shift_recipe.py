@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from services.trainer.augment import AugmentConfig, augment_batch, corner_mask
-from services.trainer.evaluation import outer_band_share
-from services.trainer.model import HistogramEqualization, build_cnn
-from services.trainer.training_cli import recipe_overrides
+from services.trainer.cli.training import recipe_overrides
+from services.trainer.evaluation.metrics import outer_band_share
+from services.trainer.modeling.augment import AugmentConfig, augment_batch, corner_mask
+from services.trainer.modeling.model import HistogramEqualization, build_cnn
 
 STILL = AugmentConfig(rotation_deg=0, shear_deg=0, zoom=(1, 1), translation=0, brightness=0,
                       contrast=(1, 1), gamma=(1, 1), blur_sigma=(0, 0), noise=0)
@@ -122,8 +122,8 @@ def test_recipe_overrides_parse_each_field_type():
 
 
 def test_recipe_settings_reach_the_augmentation_ranges():
-    from services.trainer.cnn_training import augment_config
-    from services.trainer.recipe import TrainConfig
+    from services.trainer.modeling.cnn_training import augment_config
+    from services.trainer.modeling.config import TrainConfig
 
     ranges = augment_config(TrainConfig(intensity_scale=2.0, crop_area_min=0.5,
                                         erase_corners=0.25))

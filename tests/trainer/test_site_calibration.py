@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.trainer.dataset import XrayRecord
-from services.trainer.site_calibration import (
+from services.trainer.data.records import XrayRecord
+from services.trainer.data.site_records import read_site_records
+from services.trainer.evaluation.site_calibration import (
     apply_calibration,
     cross_fit,
     decision_figures,
     fit_platt,
     fit_point,
     patient_groups,
-    read_site_records,
     site_acceptance,
     split_halves,
 )
@@ -76,7 +76,7 @@ def test_the_threshold_is_on_the_calibrated_scale():
 
 
 def records(names: list[tuple[str, str]]) -> list[XrayRecord]:
-    from services.trainer.naming import parse_file_name
+    from services.trainer.data.naming import parse_file_name
 
     return [XrayRecord(path=Path(name), label=label, subtype=None,  # type: ignore[arg-type]
                        patient=parse_file_name(name).patient) for name, label in names]
@@ -172,7 +172,7 @@ def report(sensitivity: float, specificity: float) -> dict:
 
 
 def test_the_site_gate_refuses_when_one_site_fails_its_floor_or_regresses():
-    from services.trainer.site_gate import SiteGate
+    from services.trainer.registry.site_gate import SiteGate
 
     gate = SiteGate(min_sensitivity=0.95, min_specificity=0.85, max_sensitivity_drop=0.02,
                     max_specificity_drop=0.03)
@@ -190,7 +190,7 @@ def test_the_site_gate_refuses_when_one_site_fails_its_floor_or_regresses():
 def test_site_settings_parse_maps_and_refuse_bad_site_names():
     from pydantic import ValidationError
 
-    from services.trainer.config import TrainerSettings
+    from services.trainer.settings import TrainerSettings
     from shared.settings import SharedSettings
 
     settings = SharedSettings(site_clients="alice:north, bob:south", site_ae_titles="MOD1:north")

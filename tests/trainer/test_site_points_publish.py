@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from services.trainer.config import get_settings
-from services.trainer.export import make_tiny_serving_model
-from services.trainer.promotion import promote, registry_for, rollback, site_tag
-from services.trainer.publish import CONFIG_KEY, publish_version
+from services.trainer.registry.promotion import promote, registry_for, rollback, site_tag
+from services.trainer.registry.publish import CONFIG_KEY, publish_version
+from services.trainer.settings import get_settings
 from shared.operating_point import Calibration, OperatingPoint, site_operating_point_key
 from shared.storage import LocalStorage
 from tests.support.procs import REPO_ROOT
+from tests.support.tiny_model import make_tiny_serving_model
 from tests.trainer.test_registry import log_and_register, served, settings_for
 
 MODEL = "cxr-pneumonia"
@@ -88,7 +88,7 @@ def test_promotion_and_rollback_publish_the_versions_own_site_points(mlflow_serv
 @pytest.mark.slow
 def test_site_calibrate_records_logs_and_publishes_beside_the_served_version(
         mlflow_server, tmp_path, saved_models, monkeypatch):
-    from services.trainer.cli import main
+    from services.trainer.cli.main import main
 
     settings = settings_for(mlflow_server, tmp_path)
     version = log_and_register(settings, saved_models[1], tmp_path, gate_passed=True)

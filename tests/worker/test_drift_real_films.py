@@ -13,8 +13,8 @@ import pytest
 import redis
 from prometheus_client import REGISTRY, generate_latest
 
-from services.trainer.dataset import load_images, scan_dataset
-from services.trainer.drift_reference import model_outputs
+from services.trainer.artifact.drift_reference import model_outputs
+from services.trainer.data.dataset import load_images, scan_dataset
 from services.worker.drift import run_drift_check
 from services.worker.settings import WorkerSettings
 from shared.drift import (

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.trainer.drift_reference import compute_reference, write_reference
+from services.trainer.artifact.drift_reference import compute_reference, write_reference
 from shared.drift import FILM_BYTES, films_key
 from shared.imaging import decode_xray, to_model_input
 from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE

@@ -1,0 +1,153 @@
+"""Fitting one CNN: class-weighted, augmented tf.data input, Adam + cross-entropy, early stopping.
+
+Targets are the 3 classes (normal, bacterial, viral); a pneumonia of unknown subtype gets half of
+its mass on each subtype. Every class (and the unknown-subtype group) carries the same total weight,
+so normal films, outnumbered about 3 to 1 by pneumonia, are not drowned out. Early stopping watches
+the validation loss and restores the best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from services.trainer.data.records import XrayRecord
+from services.trainer.modeling.augment import AugmentConfig, augment_batch
+from services.trainer.modeling.config import TrainConfig
+from services.trainer.modeling.model import build_network
+from shared.contract import UNKNOWN_SUBTYPE, pneumonia_probability
+
+
+def class_labels(records: Sequence[XrayRecord]) -> np.ndarray:
+    """0 normal, 1 bacterial, 2 viral, UNKNOWN_SUBTYPE pneumonia of unknown subtype."""
+    return np.array([UNKNOWN_SUBTYPE if r.class_index is None else r.class_index for r in records])
+
+
+def soft_targets(labels: np.ndarray) -> np.ndarray:
+    """One-hot rows; an unknown subtype splits its pneumonia mass between bacterial and viral."""
+    targets = np.zeros((len(labels), 3), dtype=np.float32)
+    known = labels != UNKNOWN_SUBTYPE
+    targets[np.flatnonzero(known), labels[known]] = 1.0
+    targets[~known, 1:] = 0.5
+    return targets
+
+
+def balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-image weights giving every label group the same total weight (mean weight 1)."""
+    counts = Counter(labels.tolist())
+    per_group = {label: len(labels) / (len(counts) * count) for label, count in counts.items()}
+    return np.array([per_group[label] for label in labels.tolist()], dtype=np.float32)
+
+
+class PneumoniaAUC(keras.metrics.AUC):
+    """AUROC of p(pneumonia) = 1 - softmax(logits)[normal], against 'not normal' targets."""
+
+    def __init__(self, name: str = "auroc", **kwargs) -> None:
+        super().__init__(name=name, num_thresholds=500, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        is_pneumonia = tf.cast(y_true[:, 0] < 0.5, tf.float32)
+        p = pneumonia_probability(tf.nn.softmax(y_pred, axis=-1))
+        return super().update_state(is_pneumonia, p)
+
+
+@dataclass
+class FittedCnn:
+    """One trained network, its per-epoch history and the epoch whose weights it kept."""
+
+    model: keras.Model
+    history: list[dict]
+    best_epoch: int
+
+
+def augment_config(config: TrainConfig) -> AugmentConfig:
+    """The augmentation ranges of a recipe: the defaults, widened or extended by its settings."""
+    base = AugmentConfig()
+    scale = config.intensity_scale
+
+    def widen(bounds: tuple[float, float]) -> tuple[float, float]:
+        return bounds[0] ** scale, bounds[1] ** scale  # log-symmetric ranges about 1
+
+    return AugmentConfig(
+        brightness=base.brightness * scale, contrast=widen(base.contrast), gamma=widen(base.gamma),
+        crop_area=(config.crop_area_min, 1.0), erase_corners=config.erase_corners)
+
+
+def _training_stream(images: np.ndarray, labels: np.ndarray,
+                     config: TrainConfig) -> tf.data.Dataset:
+    """An endless, reshuffled, augmented stream of (pixels, soft targets, weights) batches."""
+    data = tf.data.Dataset.from_tensor_slices(
+        (images, soft_targets(labels), balanced_weights(labels)))
+    batch_size = min(config.batch_size, len(images))
+    batches = (data.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
+               .repeat().batch(batch_size, drop_remainder=True).enumerate())
+    seed = tf.constant(config.seed, tf.int64)
+    ranges = augment_config(config)
+
+    def prepare(step, batch):
+        x, y, w = batch
+        x = tf.cast(x, tf.float32)
+        if config.augment:
+            x = augment_batch(x, tf.stack([seed, step]), ranges)
+        return x, y, w
+
+    return batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True).prefetch(2)
+
+
+def inference_stream(images: np.ndarray, batch_size: int, targets: np.ndarray | None = None):
+    """Batches of float pixels (and targets when given) in order, for evaluation and prediction."""
+    data = tf.data.Dataset.from_tensor_slices(images if targets is None else (images, targets))
+    data = data.batch(batch_size)
+    if targets is None:
+        return data.map(lambda x: tf.cast(x, tf.float32)).prefetch(2)
+    return data.map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
+
+
+def predict_logits(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """[N, 3] logits for uint8 images, without augmentation or dropout."""
+    return model.predict(inference_stream(images, batch_size), verbose=0).astype(np.float64)
+
+
+def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
+            val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
+            *, epochs: int | None = None, seed_offset: int = 0) -> FittedCnn:
+    """Train one network; with validation data, stop early on its loss and keep the best epoch."""
+    model = build_network(config.backbone, image_size=config.image_size, width=config.width,
+                          dropout=config.dropout, seed=config.seed + seed_offset,
+                          equalize=config.equalize, frozen_blocks=config.frozen_blocks,
+                          internal_size=config.internal_size)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=config.label_smoothing),
+        metrics=[PneumoniaAUC()],
+    )
+    validation = None
+    callbacks: list[keras.callbacks.Callback] = []
+    if val_images is not None and val_labels is not None:
+        validation = inference_stream(val_images, config.batch_size, soft_targets(val_labels))
+        callbacks = [
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                          restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                              patience=max(1, config.patience // 3), min_lr=1e-5),
+        ]
+    steps = max(1, math.floor(len(train_images) / config.batch_size))
+    fit = model.fit(_training_stream(train_images, train_labels, config),
+                    steps_per_epoch=steps, epochs=epochs or config.epochs,
+                    validation_data=validation, callbacks=callbacks, verbose=config.verbose,
+                    shuffle=False)
+    history = [
+        {"epoch": epoch + 1, **{name: float(values[epoch]) for name, values in fit.history.items()}}
+        for epoch in range(len(fit.history["loss"]))
+    ]
+    losses = fit.history.get("val_loss")
+    best_epoch = int(np.argmin(losses)) + 1 if losses else len(history)
+    return FittedCnn(model=model, history=history, best_epoch=best_epoch)
