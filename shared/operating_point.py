@@ -1,7 +1,7 @@
 """A site's operating point for one model version: a monotone calibration and a threshold.
 
-The trainer fits it on the site's labelled acceptance set (`services.trainer.evaluation.site_calibration`)
-and publishes it beside the served SavedModel, at `site_operating_point_key`; the worker reads it
+The trainer fits it on the site's labelled acceptance set
+(`services.trainer.evaluation.site_calibration`) and publishes it beside the served SavedModel, at `site_operating_point_key`; the worker reads it
 from there (no MLflow) and answers with the calibrated probability and the site's threshold.
 
 The calibration is Platt scaling on the model's logit: p_site = sigmoid(a * logit(p) + b), a > 0

@@ -8,7 +8,6 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from services.trainer.data.dataset import DatasetError, scan_dataset
-from shared.settings import SharedSettings
 from shared.contract import MODEL_NAME
 from shared.operating_point import check_site_name
 from shared.settings import SharedSettings
