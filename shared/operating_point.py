@@ -1,8 +1,9 @@
 """A site's operating point for one model version: a monotone calibration and a threshold.
 
 The trainer fits it on the site's labelled acceptance set
-(`services.trainer.evaluation.site_calibration`) and publishes it beside the served SavedModel, at `site_operating_point_key`; the worker reads it
-from there (no MLflow) and answers with the calibrated probability and the site's threshold.
+(`services.trainer.evaluation.site_calibration`) and publishes it beside the served SavedModel,
+at `site_operating_point_key`; the worker reads it from there (no MLflow) and answers with the
+calibrated probability and the site's threshold.
 
 The calibration is Platt scaling on the model's logit: p_site = sigmoid(a * logit(p) + b), a > 0
 (so it never changes the ranking); `identity` is a = 1, b = 0. The threshold is in the calibrated
