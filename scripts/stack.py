@@ -27,7 +27,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import SharedSettings
-from shared.job_queue import INFERENCE_QUEUE, REPORT_QUEUE, TRAINING_QUEUE
+from shared.jobs.queue import INFERENCE_QUEUE, REPORT_QUEUE, TRAINING_QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

@@ -18,8 +18,8 @@ from services.gateway.model_info import RegistryClient, ServingClient, VersionFi
 from services.gateway.notices import JobNotices
 from services.gateway.ratelimit import RateLimiter
 from shared.imaging import DecodeLimits
-from shared.job_queue import JobQueue
-from shared.jobs import JobStore
+from shared.jobs.queue import JobQueue
+from shared.jobs.store import JobStore
 from shared.redis_clients import REDIS_RETRIES, redis_backoff, redis_client
 from shared.reidentification import ReidentificationKeys
 from shared.storage import Storage, get_storage, storage_at

@@ -20,7 +20,7 @@ from services.pacs.delivery import ReportDeps, deliver_report, record_state
 from services.pacs.sender import SendError
 from services.pacs.settings import get_settings
 from shared.errors import CXRError
-from shared.job_queue import REPORT_TASK
+from shared.jobs.queue import REPORT_TASK
 from shared.process_local import PerProcess
 from shared.report_delivery import PENDING_KEY
 

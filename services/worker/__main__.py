@@ -33,8 +33,8 @@ import redis
 from services.worker import dead_letter
 from services.worker.reconcile import UNAVAILABLE, PassResult, reconcile_pass, run_periodically
 from services.worker.settings import get_settings
-from shared.job_queue import JobQueue
-from shared.jobs import JobStore
+from shared.jobs.queue import JobQueue
+from shared.jobs.store import JobStore
 from shared.redis_clients import redis_client
 from shared.storage import get_storage
 

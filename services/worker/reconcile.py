@@ -24,7 +24,7 @@ import redis
 
 from services.worker.celery_app import QUEUE, TASK_NAME
 from shared.errors import StorageError
-from shared.jobs import JobStore
+from shared.jobs.store import JobStore
 from shared.schemas import utc_now
 
 log = logging.getLogger(__name__)

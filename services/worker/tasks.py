@@ -22,10 +22,11 @@ from services.worker.shadow import request_shadow
 from services.worker.webhook import request_webhook
 from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.errors import CXRError, JobNotFoundError
-from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.jobs.queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.jobs.records import JobRecord, JobStatus
 from shared.process_local import PerProcess
 from shared.report_delivery import note_pending
-from shared.schemas import Failure, JobRecord, JobStatus
+from shared.schemas import Failure
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,11 @@ from services.pacs.report import build_refusal_notice, build_report
 from shared.config import SharedSettings
 from shared.dicom_intake.deidentify import deidentify
 from shared.dicom_intake.receive import encode, original_uids
+from shared.jobs.records import JobRecord, JobStatus
 from shared.reidentification import FIELDS, ReidentificationKeys
 from shared.schemas import (
     ClassProbabilities,
     Failure,
-    JobRecord,
-    JobStatus,
     ModelRef,
     PredictionResult,
     Scope,

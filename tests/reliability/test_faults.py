@@ -4,7 +4,7 @@ restarted, Redis restarted empty, a new model version published.
 The scenarios share one stack of real processes for the module (starting TensorFlow processes is
 the slow part): a redis-server of its own with nothing kept on disk, the model server serving a
 tiny model made by the trainer's export code, and Celery worker processes (prefork, 2 pool
-processes). Jobs go in as the gateway makes them: `shared.intake.submit_job` through `JobQueue`
+processes). Jobs go in as the gateway makes them: `shared.jobs.intake.submit_job` through `JobQueue`
 (the task id is the job id). Each scenario waits until every job it sent is finished, then counts:
 
 - lost: sent and not finished when the scenario stops waiting (the worker-kill and Redis scenarios
@@ -36,15 +36,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.worker.keys import attention_key, result_key
 from services.worker.reconcile import reconcile
 from shared.config import SharedSettings
 from shared.errors import ObjectNotFoundError
 from shared.imaging import decode_xray
-from shared.intake import new_job_id, submit_job
-from shared.job_queue import JobQueue
-from shared.jobs import JobStore, storage_key
-from shared.schemas import JobRecord, JobStatus, utc_now
+from shared.jobs.intake import new_job_id, submit_job
+from shared.jobs.keys import attention_key, result_key, storage_key
+from shared.jobs.queue import JobQueue
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
+from shared.schemas import utc_now
 from shared.storage import LocalStorage
 from tests.support.model_server import MODEL_NAME, ModelServer
 from tests.support.redis import RedisServer, start_redis

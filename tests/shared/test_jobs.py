@@ -14,24 +14,17 @@ from shared.errors import (
     JobNotFoundError,
     StorageError,
 )
-from shared.jobs import (
+from shared.jobs.keys import (
     CLIENT_INDEX_PREFIX,
-    IndexEntry,
-    JobStore,
     client_index_key,
     client_index_prefix,
     open_marker_key,
     redis_key,
     storage_key,
 )
-from shared.schemas import (
-    ClassProbabilities,
-    Failure,
-    JobRecord,
-    JobStatus,
-    ModelRef,
-    PredictionResult,
-)
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import IndexEntry, JobStore
+from shared.schemas import ClassProbabilities, Failure, ModelRef, PredictionResult
 from shared.storage import LocalStorage
 
 

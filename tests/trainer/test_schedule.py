@@ -21,7 +21,7 @@ from services.trainer.celery_app import (
 )
 from services.trainer.config import REPO_ROOT, TrainerSettings, TrainingDataMissingError
 from services.trainer.retrain_lock import LOCK_KEY, retrain_exclusively
-from shared.job_queue import INFERENCE_QUEUE, PURGE_TASK
+from shared.jobs.queue import INFERENCE_QUEUE, PURGE_TASK
 from tests.support.procs import ManagedProcess, python_argv, wait_until
 
 SAMPLE_DATA = REPO_ROOT / "data" / "sample"
@@ -92,7 +92,7 @@ def test_the_purge_runs_on_its_own_cron_setting(monkeypatch):
 
 def test_beat_sends_the_drift_check_to_the_inference_workers(monkeypatch):
     from services.trainer.celery_app import DRIFT_SCHEDULE_ENTRY
-    from shared.job_queue import DRIFT_CHECK_TASK
+    from shared.jobs.queue import DRIFT_CHECK_TASK
 
     monkeypatch.setenv("CXR_DRIFT_CHECK_CRON", "45 */6 * * *")
     entry = celery_config(TrainerSettings())["beat_schedule"][DRIFT_SCHEDULE_ENTRY]

@@ -17,8 +17,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.worker.celery_app import QUEUE, TASK_NAME
-from shared.jobs import JobStore
-from shared.schemas import JobRecord, JobStatus
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
 from shared.storage import LocalStorage
 from tests.support.model_server import ModelServer
 from tests.support.worker import CeleryWorker, start_celery_worker

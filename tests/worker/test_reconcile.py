@@ -19,8 +19,10 @@ from services.worker import dead_letter
 from services.worker.celery_app import QUEUE
 from services.worker.errors import ModelNotFoundError
 from services.worker.reconcile import broker_job_ids, reconcile
-from shared.jobs import JobStore, open_marker_key
-from shared.schemas import Failure, JobRecord, JobStatus, utc_now
+from shared.jobs.keys import open_marker_key
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
+from shared.schemas import Failure, utc_now
 from shared.storage import LocalStorage
 from tests.support.procs import REPO_ROOT, ManagedProcess, free_port, python_argv, wait_until
 from tests.support.redis import start_redis

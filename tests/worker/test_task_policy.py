@@ -13,12 +13,12 @@ from services.worker.errors import (
     RedisUnavailableError,
     TaskTimeoutError,
 )
-from services.worker.keys import job_lock_key
 from services.worker.pipeline import WorkerDeps, process_job
 from services.worker.settings import WorkerSettings, get_settings
 from services.worker.tasks import as_transient, predict, reset_worker_deps, worker_deps
 from shared.errors import CorruptImageError, ModelUnavailableError, StorageError
-from shared.schemas import JobRecord, JobStatus
+from shared.jobs.keys import job_lock_key
+from shared.jobs.records import JobRecord, JobStatus
 from tests.support.procs import free_port
 
 

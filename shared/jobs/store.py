@@ -30,8 +30,8 @@ import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from urllib.parse import quote, unquote
+from datetime import datetime
+from urllib.parse import unquote
 
 import redis
 from pydantic import ValidationError
@@ -44,87 +44,33 @@ from shared.errors import (
     JobNotFoundError,
     ObjectNotFoundError,
 )
-from shared.schemas import (
-    JOB_ID_PATTERN,
-    Failure,
-    Feedback,
-    JobRecord,
-    JobStatus,
-    PredictionResult,
-    utc_now,
+from shared.jobs.keys import (
+    CLIENT_INDEX_PREFIX,
+    INDEX_ENTRY_PATTERN,
+    OPEN_PREFIX,
+    client_index_key,
+    client_index_prefix,
+    finished_channel,
+    index_stamp,
+    open_marker_key,
+    parse_index_stamp,
+    redis_key,
+    storage_key,
 )
+from shared.jobs.records import JOB_ID_PATTERN, JobRecord, JobStatus
+from shared.schemas import Failure, Feedback, PredictionResult, utc_now
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 _JOB_ID = re.compile(JOB_ID_PATTERN)
+_INDEX_ENTRY = re.compile(INDEX_ENTRY_PATTERN)
 
 # A change returns the new record, or None to leave the stored one as it is.
 RecordChange = Callable[[JobRecord], JobRecord | None]
 # Runs a creator's own write beside the marker's (each local write waits on its own fsync).
 _BESIDE = ThreadPoolExecutor(max_workers=8, thread_name_prefix="job-create")
-
-
-def redis_key(job_id: str) -> str:
-    return f"cxr:job:{job_id}"
-
-
-def storage_key(job_id: str) -> str:
-    return f"jobs/{job_id}.json"
-
-
-OPEN_PREFIX = "jobs-open/"
-
-
-def open_marker_key(job_id: str) -> str:
-    return f"{OPEN_PREFIX}{job_id}"
-
-
-def result_key(job_id: str) -> str:
-    """The result JSON the worker writes beside the record."""
-    return f"results/{job_id}.json"
-
-
-def heatmap_key(job_id: str) -> str:
-    """The overlay PNG, drawn on first read from the upload and the attention map."""
-    return f"heatmaps/{job_id}.png"
-
-
-def attention_key(job_id: str) -> str:
-    """The Grad-CAM map as uint8 `.npy` at the model's resolution (shared.heatmap)."""
-    return f"heatmaps/{job_id}.attention.npy"
-
-
-SHADOW_PREFIX = "shadow/"
-
-
-def shadow_key(job_id: str) -> str:
-    """What a shadow model version answered for the job (`shared.shadow`); never shown to the
-    client."""
-    return f"{SHADOW_PREFIX}{job_id}.json"
-
-
-CLIENT_INDEX_PREFIX = "jobs-by-client/"
-_STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
-# The name of one client-index marker: creation stamp, then the job id. Also the list cursor.
-INDEX_ENTRY_PATTERN = r"^\d{8}T\d{12}Z-[A-Za-z0-9_.-]{1,128}$"
-_INDEX_ENTRY = re.compile(INDEX_ENTRY_PATTERN)
-
-
-def index_stamp(moment: datetime) -> str:
-    """`moment` (timezone-aware) as the sortable UTC stamp of the client index."""
-    return moment.astimezone(UTC).strftime(_STAMP_FORMAT)
-
-
-def client_index_prefix(client: str) -> str:
-    """The folder of `client`'s index markers; any client name (AE titles too) is a safe key."""
-    return f"{CLIENT_INDEX_PREFIX}c-{quote(client, safe='')}/"
-
-
-def client_index_key(record: JobRecord) -> str:
-    stamp = index_stamp(record.created_at)
-    return f"{client_index_prefix(record.client_id)}{stamp}-{record.job_id}"
 
 
 @dataclass(frozen=True)
@@ -147,7 +93,7 @@ class IndexEntry:
         if not folder.startswith("c-") or "/" in folder or not _INDEX_ENTRY.match(name):
             return None
         stamp, _, job_id = name.partition("-")
-        created = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
+        created = parse_index_stamp(stamp)
         return cls(key, unquote(folder[2:]), created, job_id)
 
 
@@ -157,11 +103,6 @@ class JobPage:
 
     records: list[JobRecord]
     next_cursor: str | None
-
-
-def finished_channel(job_id: str) -> str:
-    """The Redis pub/sub channel that hears the job's final status once it has finished."""
-    return f"cxr:job-finished:{job_id}"
 
 
 class JobStore:
