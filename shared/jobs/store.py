@@ -21,16 +21,24 @@ When a job finishes, its status is published on the Redis channel `cxr:job-finis
 the same transaction that stores the record, so a client waiting on the job (the gateway's
 `?wait=`) can answer at once instead of polling. The message is only a wake-up call: subscribers
 read the record itself, and one lost message costs a waiter at most its polling interval.
+
+Redis also keeps the sorted set `cxr:jobs:in-flight` of the jobs accepted and not finished, each
+scored by when the project last saw it move: accepted, started (each attempt), or put back in the
+queue (`requeue`, `save`). Every write of an unfinished record sets its score, in the same
+transaction; the write that finishes a job, and `delete`, remove it. The reconciler reads it beside
+the open-jobs index (docs/reliability.md, "Reconciler").
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 from urllib.parse import unquote
 
 import redis
@@ -46,6 +54,7 @@ from shared.errors import (
 )
 from shared.jobs.keys import (
     CLIENT_INDEX_PREFIX,
+    IN_FLIGHT_KEY,
     INDEX_ENTRY_PATTERN,
     OPEN_PREFIX,
     client_index_key,
@@ -126,6 +135,8 @@ class JobStore:
         if not self._redis.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl,
                                nx=True):
             raise JobExistsError(f"A prediction job with id {record.job_id} already exists.")
+        if not record.status.finished:
+            self._redis.zadd(IN_FLIGHT_KEY, {record.job_id: time.time()})
         index_key = client_index_key(record)
         try:
             pending: list[Future[object]] = [_BESIDE.submit(self._storage.put, index_key, b"")]
@@ -139,7 +150,10 @@ class JobStore:
                     write.result()  # its error, if any, is the caller's
             self._write_durable(record)
         except BaseException:
-            self._redis.delete(redis_key(record.job_id))  # no half-created job: the id stays free
+            with self._redis.pipeline() as pipe:  # no half-created job: the id stays free
+                pipe.delete(redis_key(record.job_id))
+                pipe.zrem(IN_FLIGHT_KEY, record.job_id)
+                pipe.execute()
             try:
                 self._storage.delete(index_key)
             except Exception:  # noqa: BLE001 - the first error is the one to report
@@ -163,6 +177,7 @@ class JobStore:
         """Overwrite both copies as given; state changes should go through the mark_* methods."""
         with self._redis.pipeline() as pipe:  # MULTI: the record and its notice together
             pipe.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl)
+            _note_in_flight(pipe, record)
             if record.status.finished:
                 pipe.publish(finished_channel(record.job_id), record.status.value)
             pipe.execute()
@@ -259,7 +274,10 @@ class JobStore:
             raw = self._redis.get(redis_key(job_id)) if _JOB_ID.match(job_id) else None
             record = JobRecord.model_validate_json(raw) if raw is not None else None
         self._storage.delete(storage_key(job_id))
-        self._redis.delete(redis_key(job_id))
+        with self._redis.pipeline() as pipe:
+            pipe.delete(redis_key(job_id))
+            pipe.zrem(IN_FLIGHT_KEY, job_id)
+            pipe.execute()
         self._storage.delete(open_marker_key(job_id))
         if record is not None:
             self._storage.delete(client_index_key(record))
@@ -282,6 +300,23 @@ class JobStore:
             return record.model_copy(update={"feedback": feedback(record)})
 
         return self._update(job_id, change)
+
+    def requeue(self, job_id: str) -> JobRecord:
+        """Record that the job is being sent to the queue again, now (its in-flight time), and
+        restore its Redis copy from storage if Redis lost it. A finished job is returned unchanged
+        (check `.status.finished`: it must not be sent again)."""
+
+        def again(record: JobRecord) -> JobRecord | None:
+            return None if record.status.finished else record.model_copy()
+
+        return self._update(job_id, again)
+
+    def in_flight(self) -> dict[str, float]:
+        """Accepted, unfinished jobs Redis knows of: job id -> when the project last saw it move
+        (Unix time). Empty after Redis lost its data, though storage still has open jobs."""
+        entries = cast(list[tuple[bytes | str, float]],
+                       self._redis.zrange(IN_FLIGHT_KEY, 0, -1, withscores=True))
+        return {_text(job_id): float(score) for job_id, score in entries}
 
     def list_unfinished(self, *, scan_all: bool = False) -> list[JobRecord]:
         """Queued and running jobs from the durable copy, oldest first (for re-queueing).
@@ -352,6 +387,7 @@ class JobStore:
                     self._write_durable(updated, sync=sync)
                     pipe.multi()
                     pipe.set(key, updated.model_dump_json(), ex=self._ttl)
+                    _note_in_flight(pipe, updated)
                     if updated.status.finished and not current.status.finished:
                         pipe.publish(finished_channel(job_id), updated.status.value)
                     pipe.execute()
@@ -380,3 +416,16 @@ class JobStore:
         except ValidationError as exc:
             log.error("skipping unreadable job record %s: %s", key, exc)
             return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _note_in_flight(pipe: redis.client.Pipeline, record: JobRecord) -> None:
+    """In the transaction that writes `record`: an unfinished job moved now; a finished one is no
+    longer in flight."""
+    if record.status.finished:
+        pipe.zrem(IN_FLIGHT_KEY, record.job_id)
+    else:
+        pipe.zadd(IN_FLIGHT_KEY, {record.job_id: time.time()})
