@@ -26,7 +26,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.job_queue import INFERENCE_QUEUE, REPORT_QUEUE, TRAINING_QUEUE
+from shared.jobs.queue import INFERENCE_QUEUE, REPORT_QUEUE, TRAINING_QUEUE
 from shared.settings import SharedSettings
 
 ROOT = Path(__file__).resolve().parents[1]

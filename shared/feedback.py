@@ -2,7 +2,7 @@
 
 `confirm(...)` records a reader's verdict on a succeeded job: the job record's `feedback` (shown
 by `GET /v1/predictions/{job_id}`) and, under the site's prefix in storage
-(`shared.intake.confirmed_site_prefix`), a copy of the job's stored upload (de-identified) and a
+(`shared.jobs.keys.confirmed_site_prefix`), a copy of the job's stored upload (de-identified) and a
 small JSON label (`ConfirmedFilm`). A later feedback on the same job replaces the label; the
 audit trail keeps every one. The free-text comment stays on the job record: it is never logged
 and never copied into the training data.
@@ -18,22 +18,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.intake import (
+from shared.jobs.keys import (
     CONFIRMED_LABEL_FILE,
     confirmed_film_key,
     confirmed_label_key,
     confirmed_site_prefix,
 )
-from shared.jobs import JobStore
-from shared.schemas import (
-    Feedback,
-    JobRecord,
-    ModelRef,
-    Probability,
-    ReaderFeedback,
-    UTCDateTime,
-    utc_now,
-)
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
+from shared.schemas import Feedback, ModelRef, Probability, ReaderFeedback, UTCDateTime, utc_now
 from shared.storage import Storage
 from shared.upload_privacy import deidentified_dicom
 

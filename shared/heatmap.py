@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 from shared.errors import ObjectNotFoundError
 from shared.imaging import DecodeLimits, decode_xray
-from shared.schemas import JobRecord
+from shared.jobs.records import JobRecord
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)

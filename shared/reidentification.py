@@ -9,9 +9,9 @@ readable for `CXR_REID_RETENTION_DAYS` after it was written (the token's own tim
 `lookup` answers None and `purge_expired` deletes it. Several keys (comma-separated) allow
 rotation: the first encrypts, all decrypt.
 
-Every intake path records the key through `shared.intake.submit_job` (uploads, STOW-RS, C-STORE),
-from the instance as received, once the job id is claimed; the report sender looks it up when it
-builds the objects sent back to the PACS (`services.pacs.report`).
+Every intake path records the key through `shared.jobs.intake.submit_job` (uploads, STOW-RS,
+C-STORE), from the instance as received, once the job id is claimed; the report sender looks it up
+when it builds the objects sent back to the PACS (`services.pacs.report`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Both remove everything the service keeps about a job: the upload, the result JSON, the heatmap
 overlay and its Grad-CAM map, the re-identification key (where kept), and the record with its
-Redis copy and index markers (`shared.jobs.JobStore.delete`, last, so a delete cut short is
+Redis copy and index markers (`shared.jobs.store.JobStore.delete`, last, so a delete cut short is
 finished by the next one). `DELETE /v1/predictions/{job_id}` calls `erase_job`; the scheduled
 purge (`cxr.purge`, sent by Celery beat on `CXR_RETENTION_PURGE_CRON`) calls `purge_expired`,
 which erases every job created more than `CXR_RETENTION_DAYS` days ago through the same code.
@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from shared.audit import AuditEntry
-from shared.jobs import JobStore, attention_key, heatmap_key, result_key, shadow_key
+from shared.jobs.keys import attention_key, heatmap_key, result_key, shadow_key
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
 from shared.reidentification import ReidentificationKeys
-from shared.schemas import JobRecord
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,15 @@
-"""Job records and prediction results as stored in Redis and storage and returned by the API."""
+"""Prediction results, failures and reader feedback as stored on job records and returned by the
+API; the record itself is `shared.jobs.records.JobRecord`."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shared import contract
-from shared.contract import DEFAULT_SITE
 
 
 def _require_utc(value: datetime | None) -> datetime | None:
@@ -23,22 +23,10 @@ def _require_utc(value: datetime | None) -> datetime | None:
 
 UTCDateTime = Annotated[datetime, AfterValidator(_require_utc)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-JOB_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"  # safe inside Redis keys and storage keys
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
 class ScopeReason(StrEnum):
@@ -153,31 +141,3 @@ class Feedback(ReaderFeedback):
     client_id: str = Field(description="The API client that sent it.")
     revision: int = Field(ge=1, description="1 for the first feedback, +1 for each replacement.")
     agrees: bool = Field(description="Whether the reader's label is the model's label.")
-
-
-class JobRecord(BaseModel):
-    """One prediction request from upload to result; the copy in storage is the durable one."""
-
-    job_id: str = Field(pattern=JOB_ID_PATTERN)
-    client_id: str
-    status: JobStatus = JobStatus.QUEUED
-    created_at: UTCDateTime = Field(default_factory=utc_now)
-    started_at: UTCDateTime | None = None
-    finished_at: UTCDateTime | None = None
-    filename: str | None = None
-    content_type: str | None = None
-    size_bytes: int = Field(default=0, ge=0)
-    upload_key: str
-    source: Literal["api", "dicom"] = "api"
-    # The site whose operating point answers the job (never a patient identifier).
-    site: str = DEFAULT_SITE
-    attempts: int = Field(default=0, ge=0)
-    failure: Failure | None = None
-    result: PredictionResult | None = None
-    heatmap_key: str | None = None
-    # The Grad-CAM map the overlay at `heatmap_key` is drawn from on first read (shared.heatmap).
-    attention_key: str | None = None
-    # The reader's current verdict on the result (a later one replaces it; the audit trail keeps
-    # every one).
-    feedback: Feedback | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)

@@ -1,11 +1,11 @@
 """Shadow scoring: what a second model version answered for a job, kept beside the job's result.
 
 The worker (`services.worker.shadow`) scores each answered job again with the version the model
-server labels `CXR_SHADOW_VERSION_LABEL` and stores a `ShadowOutput` at `shared.jobs.shadow_key`
-(`shadow/{job_id}.json`). It is never part of the client's answer; it exists so that the shadow
-version's agreement with the readers (their feedback on the job, `shared.feedback`) is known
-before anyone approves it. `shadow_agreement` counts that agreement for one version, next to the
-champion's on the same films.
+server labels `CXR_SHADOW_VERSION_LABEL` and stores a `ShadowOutput` at
+`shared.jobs.keys.shadow_key` (`shadow/{job_id}.json`). It is never part of the client's answer;
+it exists so that the shadow version's agreement with the readers (their feedback on the job,
+`shared.feedback`) is known before anyone approves it. `shadow_agreement` counts that agreement
+for one version, next to the champion's on the same films.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from shared.errors import ObjectNotFoundError
-from shared.jobs import SHADOW_PREFIX, JobStore, shadow_key
+from shared.jobs.keys import SHADOW_PREFIX, shadow_key
+from shared.jobs.store import JobStore
 from shared.schemas import ClassProbabilities, ModelRef, Probability, UTCDateTime
 from shared.storage import Storage
 

@@ -35,9 +35,14 @@ from services.worker.grpc_serving import ServingClient
 from shared.drift import DriftRecorder, batch_statistics, reference_key
 from shared.errors import CXRError
 from shared.feedback import confirmed_labels
-from shared.intake import confirmed_film_key, confirmed_label_key, confirmed_site_prefix
-from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE
-from shared.jobs import shadow_key, storage_key
+from shared.jobs.keys import (
+    confirmed_film_key,
+    confirmed_label_key,
+    confirmed_site_prefix,
+    shadow_key,
+    storage_key,
+)
+from shared.jobs.queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE
 from shared.shadow import read_shadow
 from shared.storage import S3Storage
 from tests.gateway.uploads import sample_xray

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.clients.mlflow_registry import RegistryInfo
-from shared.job_view import JobView
+from shared.jobs.view import JobView
 
 
 class JobList(BaseModel):

@@ -42,7 +42,8 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.resource import Resource
 
-from shared.schemas import Feedback, JobRecord, JobStatus, PredictionResult
+from shared.jobs.records import JobRecord, JobStatus
+from shared.schemas import Feedback, PredictionResult
 from shared.scope import describe
 
 FHIR_MEDIA_TYPE = "application/fhir+json"

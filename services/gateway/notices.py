@@ -1,7 +1,7 @@
 """One pub/sub listener per gateway process for every job's "finished" notice.
 
 A `?wait=` request registers its job here (`watch`) and sleeps on an `asyncio.Event`; the
-listener, subscribed once to the pattern of `shared.jobs.finished_channel`, sets the events of
+listener, subscribed once to the pattern of `shared.jobs.keys.finished_channel`, sets the events of
 the job a notice names. Before, each waiting request had a pub/sub of its own, and redis-py
 closes a pub/sub's connection with it: a new Redis connection, a SUBSCRIBE and an UNSUBSCRIBE
 for every request that waited.
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from shared.jobs import finished_channel
+from shared.jobs.keys import finished_channel
 
 log = logging.getLogger("cxr.gateway.notices")
 

@@ -19,8 +19,8 @@ from services.gateway.notices import JobNotices
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.settings import GatewaySettings
 from shared.imaging import DecodeLimits
-from shared.job_queue import JobQueue
-from shared.jobs import JobStore
+from shared.jobs.queue import JobQueue
+from shared.jobs.store import JobStore
 from shared.redis_clients import REDIS_RETRIES, redis_backoff, redis_client
 from shared.reidentification import ReidentificationKeys
 from shared.storage import Storage, get_storage, storage_at

@@ -13,8 +13,8 @@ from shared import pool_metrics
 from shared.audit import configure_audit
 from shared.dicom_intake.receive import DicomIntake
 from shared.imaging import DecodeLimits
-from shared.job_queue import JobQueue
-from shared.jobs import JobStore
+from shared.jobs.queue import JobQueue
+from shared.jobs.store import JobStore
 from shared.redis_clients import redis_client
 from shared.reidentification import ReidentificationKeys
 from shared.storage import get_storage

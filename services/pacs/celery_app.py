@@ -12,7 +12,7 @@ from celery import Celery
 
 from services.pacs.settings import get_settings
 from shared.celery_config import reliable_queue_config
-from shared.job_queue import REPORT_QUEUE, REPORT_TASK
+from shared.jobs.queue import REPORT_QUEUE, REPORT_TASK
 
 app = Celery("cxr-pacs", include=["services.pacs.tasks", "services.pacs.signals"])
 app.conf.update(reliable_queue_config(redis_url=get_settings().redis_url, queue=REPORT_QUEUE,

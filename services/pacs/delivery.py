@@ -29,12 +29,13 @@ from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.dicom_intake.receive import STOW_RS, intake_route
 from shared.heatmap import heatmap_png
 from shared.imaging import DecodeLimits
-from shared.job_queue import REPORT_STATE_KEY as STATE_KEY
-from shared.jobs import JobStore
+from shared.jobs.queue import REPORT_STATE_KEY as STATE_KEY
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
 from shared.redis_clients import redis_client
 from shared.reidentification import ReidentificationKeys
 from shared.report_delivery import FINAL_STATES, note_final, note_pending
-from shared.schemas import JobRecord, JobStatus, utc_now
+from shared.schemas import utc_now
 from shared.storage import Storage, get_storage
 
 log = logging.getLogger("cxr.pacs")

@@ -27,8 +27,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from shared.contract import MODEL_NAME
+from shared.jobs.records import JobRecord
 from shared.reidentification import FIELDS as REIDENTIFIED_FIELDS
-from shared.schemas import JobRecord, PredictionResult, Scope
+from shared.schemas import PredictionResult, Scope
 from shared.scope import REASON_TEXT, describe
 
 REPORT_TITLE = hd.sr.CodedConcept("18748-4", "LN", "Diagnostic imaging report")

@@ -26,9 +26,9 @@ from celery.schedules import crontab
 from services.trainer.registry.retrain_lock import retrain_exclusively
 from services.trainer.settings import TrainerSettings, TrainingDataMissingError, get_settings
 from shared.celery_config import reliable_queue_config
-from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE, PURGE_TASK
-from shared.job_queue import RETRAIN_TASK as TASK_NAME
-from shared.job_queue import TRAINING_QUEUE as QUEUE
+from shared.jobs.queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE, PURGE_TASK
+from shared.jobs.queue import RETRAIN_TASK as TASK_NAME
+from shared.jobs.queue import TRAINING_QUEUE as QUEUE
 
 log = logging.getLogger(__name__)
 

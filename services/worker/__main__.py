@@ -3,7 +3,8 @@
 
 The worker itself runs as `celery -A services.worker.celery_app worker -Q inference`.
 
-`reconcile` runs one pass and exits 0 when the pass finished (whether or not it sent anything),
+`reconcile` re-queues accepted jobs left behind (services/worker/reconcile.py): it runs one pass
+and exits 0 when the pass finished (whether or not it sent anything),
 1 when Redis, the broker or storage was unreachable (one line on stderr; the pass is safe to run
 again), 2 on bad arguments. `reconcile --every SECONDS` repeats the pass until SIGTERM or SIGINT,
 then exits 0; a failed pass is logged and tried again at the next tick.
@@ -28,13 +29,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import redis
-
 from services.worker import dead_letter
 from services.worker.reconcile import UNAVAILABLE, PassResult, reconcile_pass, run_periodically
-from services.worker.settings import get_settings
-from shared.job_queue import JobQueue
-from shared.jobs import JobStore
+from services.worker.settings import WorkerSettings, get_settings
+from shared.jobs.queue import JobQueue
+from shared.jobs.store import JobStore
 from shared.redis_clients import redis_client
 from shared.storage import get_storage
 
@@ -48,12 +47,18 @@ REDIS_SOCKET_TIMEOUT_S = 30.0
 
 
 def send_predict(job_id: str) -> None:
-    """Re-queue a job exactly as intake queues it (task id = job id, the same retry policy)."""
+    """Re-queue a job exactly as intake queues it (`shared.jobs.queue.enqueue_predict`)."""
     queue = JobQueue(get_settings())
     try:
         queue.enqueue(job_id)
     finally:
         queue.close()
+
+
+def stale_after_floor_s(settings: WorkerSettings) -> int:
+    """What `--stale-after-s` must exceed: the longest a job can go without moving while a worker
+    still holds it (its hard time limit, then its longest retry countdown)."""
+    return settings.task_time_limit_s + settings.retry_backoff_max_s
 
 
 def positive_seconds(text: str) -> float:
@@ -72,7 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-age-s",
         type=float,
         default=60.0,
-        help="leave younger jobs alone (their task may not be sent yet)",
+        help="leave younger jobs that Redis does not know alone (their task may not be sent "
+             "yet)",
+    )
+    run.add_argument(
+        "--stale-after-s",
+        type=positive_seconds,
+        help="send again an unfinished job that has not moved (accepted, started, re-queued) for "
+             "this long (default: CXR_BROKER_VISIBILITY_TIMEOUT_S; at least "
+             "CXR_TASK_TIME_LIMIT_S + CXR_RETRY_BACKOFF_MAX_S)",
     )
     run.add_argument(
         "--scan-all",
@@ -103,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def reconcile_forever(jobs: JobStore, client: redis.Redis, args: argparse.Namespace) -> int:
+def reconcile_forever(jobs: JobStore, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -115,11 +128,12 @@ def reconcile_forever(jobs: JobStore, client: redis.Redis, args: argparse.Namesp
         if heartbeat is not None:
             heartbeat.touch()
 
-    log.info("reconciling every %g s (jobs older than %g s)", args.every, args.min_age_s)
+    log.info("reconciling every %g s (jobs still for %g s, or unknown to Redis and older than "
+             "%g s)", args.every, args.stale_after_s, args.min_age_s)
     try:
         passes = run_periodically(
-            lambda: reconcile_pass(jobs, client, send_predict, min_age_s=args.min_age_s,
-                                   scan_all=scan_all[0]),
+            lambda: reconcile_pass(jobs, send_predict, stale_after_s=args.stale_after_s,
+                                   min_age_s=args.min_age_s, scan_all=scan_all[0]),
             args.every, stop, on_success=touch)
     finally:
         if heartbeat is not None:
@@ -137,16 +151,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     settings = get_settings()
+    if args.command == "reconcile":
+        if args.stale_after_s is None:
+            args.stale_after_s = float(settings.broker_visibility_timeout_s)
+        if args.stale_after_s <= stale_after_floor_s(settings):
+            parser.error(f"--stale-after-s must exceed {stale_after_floor_s(settings)} s "
+                         "(CXR_TASK_TIME_LIMIT_S + CXR_RETRY_BACKOFF_MAX_S), or a job still "
+                         "running is sent again")
     client = redis_client(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
                           socket_timeout=REDIS_SOCKET_TIMEOUT_S)
     storage = get_storage(settings)
     jobs = JobStore(client, storage)
     if args.command == "reconcile":
         if args.every is not None:
-            return reconcile_forever(jobs, client, args)
+            return reconcile_forever(jobs, args)
         try:
-            result = reconcile_pass(jobs, client, send_predict, min_age_s=args.min_age_s,
-                                    scan_all=args.scan_all)
+            result = reconcile_pass(jobs, send_predict, stale_after_s=args.stale_after_s,
+                                    min_age_s=args.min_age_s, scan_all=args.scan_all)
         except UNAVAILABLE as exc:
             log.error("reconcile pass failed: %s: %s", type(exc).__name__, exc)
             return EXIT_UNAVAILABLE

@@ -12,8 +12,8 @@ from celery import Celery
 
 from services.worker.settings import WorkerSettings, get_settings
 from shared.celery_config import reliable_queue_config
-from shared.job_queue import INFERENCE_QUEUE as QUEUE
-from shared.job_queue import PREDICT_TASK as TASK_NAME
+from shared.jobs.queue import INFERENCE_QUEUE as QUEUE
+from shared.jobs.queue import PREDICT_TASK as TASK_NAME
 
 __all__ = ["QUEUE", "TASK_NAME", "app", "celery_config"]
 

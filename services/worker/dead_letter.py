@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import redis
 
 from shared.errors import CXRError
-from shared.jobs import JobStore
-from shared.schemas import Failure, JobStatus, utc_now
+from shared.jobs.records import JobStatus
+from shared.jobs.store import JobStore
+from shared.schemas import Failure, utc_now
 
 RETRIES_EXHAUSTED = "retries_exhausted"
 

@@ -20,7 +20,7 @@ from services.worker.celery_app import app
 from services.worker.settings import WorkerSettings, get_settings
 from shared.drift import DriftRecorder, DriftReference, SiteDrift, compare, reference_key
 from shared.errors import CXRError, ObjectNotFoundError
-from shared.job_queue import DRIFT_CHECK_TASK
+from shared.jobs.queue import DRIFT_CHECK_TASK
 from shared.storage import Storage, storage_at
 
 log = logging.getLogger(__name__)

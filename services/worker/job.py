@@ -25,7 +25,6 @@ import redis
 from services.worker import metrics, scope
 from services.worker.errors import AttemptsExhaustedError, JobBusyError
 from services.worker.grpc_serving import ServingClient
-from services.worker.keys import attention_key, heatmap_key, job_lock_key, result_key
 from services.worker.result import build_result
 from services.worker.settings import WorkerSettings
 from services.worker.sites import OperatingPoints, apply_operating_point
@@ -35,9 +34,11 @@ from shared.drift import DriftRecorder, film_statistics
 from shared.errors import CXRError, JobNotFoundError, NotChestRadiographError
 from shared.heatmap import encode_attention
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
-from shared.jobs import JobStore
+from shared.jobs.keys import attention_key, heatmap_key, job_lock_key, result_key
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
 from shared.redis_clients import redis_client
-from shared.schemas import Failure, JobRecord, PredictionResult, ScopeReason, utc_now
+from shared.schemas import Failure, PredictionResult, ScopeReason, utc_now
 from shared.storage import Storage, get_storage, storage_at
 
 log = logging.getLogger(__name__)

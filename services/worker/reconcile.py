@@ -1,9 +1,21 @@
-"""Re-queue jobs that storage says are unfinished but the broker no longer holds.
+"""Re-queue accepted jobs that were left behind: their message lost, or their worker gone.
 
-After Redis loses its data (a restart without persistence, a FLUSHALL) the job records survive in
-storage while their queued and in-flight messages are gone. The broker holds a job's message either
-in the queue's list or, once a worker took it (late ack), in kombu's `unacked` hash; a job in
-neither is sent again. Running this repeatedly is safe: a task for a finished job does nothing.
+It reads only what the project itself records (`shared.jobs.store`), never the broker's layout:
+
+- storage's open-jobs index: the jobs accepted and not finished (durable; survives Redis);
+- Redis's in-flight set: for each such job, when the project last saw it move (accepted,
+  started, re-queued). It lives in the same Redis as the broker's queues, so whatever took the
+  messages (a restart without persistence, a FLUSHALL) took the entries with them.
+
+An unfinished job is sent again when Redis has no in-flight entry for it (Redis lost its data)
+and it is older than `min_age_s` (its creator may not have sent its task yet), or when its entry
+has not moved for `stale_after_s` (its message was lost, or the worker that held it died).
+`stale_after_s` must outlast the broker's visibility timeout, which outlasts a task's hard time
+limit plus its longest retry countdown: a job that is merely slow always moves (or finishes)
+before it goes stale, so it is never sent to a second worker while it runs. A job is sent through
+`JobStore.requeue` first, which refuses a finished job and resets its in-flight time: a lost job
+is sent once per `stale_after_s`, not once per pass. The task id is the job id, and a delivery
+of a finished job does nothing (docs/reliability.md, "Reconciler").
 
 `run_periodically` repeats a pass for a long-running deployment (compose's `reconciler` service);
 a pass that meets Redis, the broker or storage down is logged and tried again at the next tick.
@@ -11,25 +23,21 @@ a pass that meets Redis, the broker or storage down is logged and tried again at
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import kombu.exceptions
 import redis
 
-from services.worker.celery_app import QUEUE, TASK_NAME
 from shared.errors import StorageError
-from shared.jobs import JobStore
+from shared.jobs.store import JobStore
 from shared.schemas import utc_now
 
 log = logging.getLogger(__name__)
-
-UNACKED_KEY = "unacked"  # kombu's Redis transport default (`unacked_key` transport option)
 
 # What a pass meets when Redis (job records, broker) or storage is unreachable: the pass did not
 # finish, and the next one starts from scratch.
@@ -41,82 +49,47 @@ class PassResult:
     """What one pass found: unfinished jobs in storage, and what became of them."""
 
     unfinished: int = 0
-    held_by_broker: int = 0
+    in_flight: int = 0
     too_young: int = 0
     requeued: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"unfinished={self.unfinished} held_by_broker={self.held_by_broker} "
+        return (f"unfinished={self.unfinished} in_flight={self.in_flight} "
                 f"too_young={self.too_young} requeued={len(self.requeued)}")
 
 
-def _task_job_ids(message: dict) -> Iterable[str]:
-    """The job id of a `cxr.predict` message in kombu's Redis format (protocol 2 body)."""
-    if message.get("headers", {}).get("task") != TASK_NAME:
-        return ()
-    body = message.get("body", "")
-    if message.get("properties", {}).get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args = json.loads(body)[0]
-    return (str(args[0]),) if args else ()
+def reconcile(jobs: JobStore, send: Callable[[str], None], *, stale_after_s: float,
+              min_age_s: float = 60.0) -> list[str]:
+    """Send again every unfinished job left behind (see the module); returns the job ids sent."""
+    return reconcile_pass(jobs, send, stale_after_s=stale_after_s, min_age_s=min_age_s).requeued
 
 
-def broker_job_ids(
-    client: redis.Redis, queue: str = QUEUE, unacked_key: str = UNACKED_KEY
-) -> set[str]:
-    """Job ids with a message waiting in `queue` (any priority) or taken by a worker, not acked."""
-    raw_messages = []
-    for key in client.scan_iter(match=f"{queue}*", _type="list"):
-        # Priority queues are `queue` + "\x06\x16" + priority; skip lists of other queues.
-        if key.decode() == queue or key.decode().startswith(queue + "\x06\x16"):
-            raw_messages.extend(client.lrange(key, 0, -1))
-    job_ids: set[str] = set()
-    for raw in raw_messages:
-        job_ids.update(_task_job_ids(json.loads(raw)))
-    for raw in client.hvals(unacked_key):
-        message, _exchange, _routing_key = json.loads(raw)
-        job_ids.update(_task_job_ids(message))
-    return job_ids
-
-
-def reconcile(
-    jobs: JobStore, client: redis.Redis, send: Callable[[str], None], min_age_s: float = 60.0
-) -> list[str]:
-    """Send again every unfinished job older than `min_age_s` that the broker does not hold.
-
-    `min_age_s` leaves time for a client that has written a job record but not yet sent its task.
-    Returns the job ids sent.
-    """
-    return reconcile_pass(jobs, client, send, min_age_s).requeued
-
-
-def reconcile_pass(
-    jobs: JobStore, client: redis.Redis, send: Callable[[str], None], min_age_s: float = 60.0,
-    *, scan_all: bool = False,
-) -> PassResult:
+def reconcile_pass(jobs: JobStore, send: Callable[[str], None], *, stale_after_s: float,
+                   min_age_s: float = 60.0, scan_all: bool = False) -> PassResult:
     """`reconcile`, with the counts of what it found; `scan_all`: see `JobStore.list_unfinished`."""
-    known = broker_job_ids(client)
-    cutoff = utc_now() - timedelta(seconds=min_age_s)
+    moved = jobs.in_flight()  # before the listing: a job seen unfinished below was in it then
     unfinished = jobs.list_unfinished(scan_all=scan_all)
-    held = too_young = 0
+    stale_before = time.time() - stale_after_s
+    young_after = utc_now() - timedelta(seconds=min_age_s)
+    in_flight = too_young = 0
     requeued = []
     for record in unfinished:
-        if record.job_id in known:
-            held += 1
-            continue
-        if record.created_at > cutoff:
+        last_moved = moved.get(record.job_id)
+        if last_moved is None and record.created_at > young_after:
             too_young += 1
             continue
-        jobs.save(record)  # back into Redis too, where status reads look first
+        if last_moved is not None and last_moved > stale_before:
+            in_flight += 1
+            continue
+        if jobs.requeue(record.job_id).status.finished:
+            continue  # it finished since the listing
         send(record.job_id)
-        log.info(
-            "re-queued job %s (%s, created %s)",
-            record.job_id,
-            record.status,
-            record.created_at.isoformat(),
-        )
+        log.info("re-queued job %s (%s, created %s, %s)", record.job_id, record.status,
+                 record.created_at.isoformat(),
+                 "unknown to Redis" if last_moved is None
+                 else f"still for {time.time() - last_moved:.0f} s")
         requeued.append(record.job_id)
-    return PassResult(len(unfinished), held, too_young, requeued)
+    return PassResult(len(unfinished), in_flight, too_young, requeued)
 
 
 def run_periodically(

@@ -13,8 +13,8 @@ from services.worker.celery_app import app
 from services.worker.settings import WorkerSettings, get_settings
 from services.worker.tasks import worker_deps
 from shared.audit import ensure_audit
-from shared.job_queue import PURGE_TASK
-from shared.jobs import JobStore
+from shared.jobs.queue import PURGE_TASK
+from shared.jobs.store import JobStore
 from shared.reidentification import ReidentificationKeys
 from shared.retention import PurgeResult, purge_expired
 from shared.storage import Storage

@@ -13,7 +13,8 @@ from typing import Any
 from services.worker import metrics
 from services.worker.errors import ModelServerError
 from shared.imaging import DecodedImage
-from shared.schemas import JobRecord, Scope, ScopeReason
+from shared.jobs.records import JobRecord
+from shared.schemas import Scope, ScopeReason
 from shared.scope import SCOPE_HINTS_KEY, check_refusal, model_reasons, ordered, refusing
 
 REFUSED, FLAGGED, IN_SCOPE = "refused", "flagged", "in_scope"

@@ -26,16 +26,14 @@ from services.worker.result import build_result
 from services.worker.settings import WorkerSettings
 from services.worker.sites import apply_operating_point
 from shared.imaging import DecodeLimits, decode_xray, to_model_input
-from shared.jobs import shadow_key
+from shared.jobs.keys import shadow_key
+from shared.jobs.queue import SHADOW_QUEUE, SHADOW_TASK
+from shared.jobs.records import JobStatus
 from shared.process_local import PerProcess
-from shared.schemas import JobStatus, PredictionResult, utc_now
+from shared.schemas import PredictionResult, utc_now
 from shared.shadow import ShadowAnswer, ShadowOutput
 
 log = logging.getLogger(__name__)
-
-SHADOW_TASK = "cxr.shadow"
-SHADOW_QUEUE = "shadow"
-
 
 class ShadowOutcome(StrEnum):
     STORED = "stored"

@@ -1,8 +1,9 @@
 """The `cxr.predict(job_id)` task: thin, like a web view; the work is in `job.process_job`.
 
-Transient errors (model server unavailable or slow, storage or Redis down) are retried with
-exponential backoff and full jitter; a job that uses up its retries is failed with reason
-`retries_exhausted` and put on the dead-letter list. Permanent errors fail the job at once.
+Transient errors (model server unavailable or slow, storage or Redis down) are retried by Celery
+(`shared.task_retries`: exponential backoff, full jitter with `CXR_RETRY_JITTER`); a job that uses
+up its retries is failed with reason `retries_exhausted` and put on the dead-letter list
+(`PredictTask.dead_letter`). Permanent errors fail the job at once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.utils.time import get_exponential_backoff_interval
 
 from services.worker import dead_letter, metrics
 from services.worker.celery_app import TASK_NAME, app
@@ -22,10 +22,12 @@ from services.worker.shadow import request_shadow
 from services.worker.webhook import request_webhook
 from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.errors import CXRError, JobNotFoundError
-from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.jobs.queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.jobs.records import JobRecord, JobStatus
 from shared.process_local import PerProcess
 from shared.report_delivery import note_pending
-from shared.schemas import Failure, JobRecord, JobStatus
+from shared.schemas import Failure
+from shared.task_retries import RetryingTask, TransientFailure, retry_options
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +55,39 @@ def as_transient(exc: BaseException) -> CXRError | None:
     return None
 
 
-@app.task(name=TASK_NAME, bind=True, max_retries=get_settings().task_max_retries)
+class PredictTask(RetryingTask):
+    """`cxr.predict`: counts and logs each retry; fails and dead-letters a job out of retries."""
+
+    def retrying(self, job_id: str, failure: TransientFailure, countdown: float) -> None:
+        error = _cxr_error(failure)
+        log.warning("job %s: %s; retry %s/%s in %ss", job_id, error.code,
+                    self.request.retries + 1, self.max_retries, countdown)
+        metrics.RETRIES.labels(error.code).inc()
+
+    def dead_letter(self, job_id: str, failure: TransientFailure, retries: int) -> None:
+        _dead_letter(self, job_id, _cxr_error(failure), retries, worker_deps())
+
+
+def _cxr_error(failure: TransientFailure) -> CXRError:
+    error = failure.error
+    assert isinstance(error, CXRError), error
+    return error
+
+
+def _settings_retry_options() -> dict[str, object]:
+    settings = get_settings()
+    return retry_options(max_retries=settings.task_max_retries, backoff_s=settings.retry_backoff_s,
+                         backoff_max_s=settings.retry_backoff_max_s, jitter=settings.retry_jitter)
+
+
+@app.task(base=PredictTask, name=TASK_NAME, bind=True, **_settings_retry_options())
 def predict(self, job_id: str) -> str:
     deps = worker_deps()
     try:
         outcome = process_job(job_id, deps)
     except AttemptsExhaustedError as error:
-        return _dead_letter(self, job_id, error, deps)
+        _dead_letter(self, job_id, error, self.request.retries, deps)
+        return "dead_lettered"
     except JobNotFoundError:
         log.error("task for job %s dropped: no job record in Redis or storage", job_id)
         metrics.JOBS.labels("job_not_found").inc()
@@ -74,7 +102,7 @@ def predict(self, job_id: str) -> str:
             metrics.JOBS.labels(Outcome.FAILED).inc()
             request_webhook(job_id)
             raise
-        return _retry_or_dead_letter(self, job_id, transient, deps)
+        raise TransientFailure(transient, f"{transient.code}: {transient.message}") from exc
     metrics.JOBS.labels(outcome).inc()
     if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
         request_pacs_report(job_id, deps)
@@ -109,36 +137,11 @@ def reports_to_pacs(record: JobRecord) -> bool:
     return record.failure is not None and record.failure.code == NOT_A_CHEST_RADIOGRAPH_CODE
 
 
-def _retry_or_dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) -> str:
-    retries = task.request.retries
-    settings = deps.settings
-    if retries >= task.max_retries:
-        return _dead_letter(task, job_id, error, deps)
-    countdown = get_exponential_backoff_interval(
-        factor=settings.retry_backoff_s,
-        retries=retries,
-        maximum=settings.retry_backoff_max_s,
-        full_jitter=settings.retry_jitter,
-    )
-    log.warning(
-        "job %s: %s; retry %s/%s in %ss",
-        job_id,
-        error.code,
-        retries + 1,
-        task.max_retries,
-        countdown,
-    )
-    metrics.RETRIES.labels(error.code).inc()
-    raise task.retry(exc=error, countdown=countdown)
-
-
-def _dead_letter(task, job_id: str, error: CXRError, deps: WorkerDeps) -> str:
+def _dead_letter(task, job_id: str, error: CXRError, retries: int, deps: WorkerDeps) -> None:
     """Give up: fail the job with reason `retries_exhausted` and keep it for operators."""
-    retries = task.request.retries
     log.error("job %s: giving up after %s retries; dead-lettered (%s)", job_id, retries, error)
     fail_job(job_id, dead_letter.exhausted_failure(error, retries), deps)
     dead_letter.push(deps.redis, deps.settings.dead_letter_key, job_id, task.name, error, retries)
     metrics.DEAD_LETTERED.inc()
     metrics.JOBS.labels("dead_lettered").inc()
     request_webhook(job_id)
-    return "dead_lettered"

@@ -39,16 +39,16 @@ from services.worker.celery_app import QUEUE, app
 from services.worker.settings import WebhookEndpoint, WorkerSettings, get_settings
 from shared.audit import AuditEntry, ensure_audit
 from shared.errors import CXRError
-from shared.job_view import JobView
-from shared.jobs import JobStore
+from shared.jobs.queue import WEBHOOK_TASK
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
+from shared.jobs.view import JobView
 from shared.process_local import PerProcess
 from shared.redis_clients import redis_client
-from shared.schemas import JobRecord
 from shared.storage import get_storage
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_TASK = "cxr.webhook"
 STATE_KEY = "webhook"  # JobRecord.extra key holding the delivery's state
 EVENT = "prediction.finished"
 SIGNATURE_HEADER = "X-CXR-Signature"

@@ -34,10 +34,10 @@ from shared.imaging import DecodedImage, DecodeLimits, decode_xray
 from shared.imaging.dicom import check_pixel_encoding
 from shared.imaging.dicom_scan import check_file
 from shared.imaging.header_hints import header_reasons
-from shared.intake import Enqueuer, submit_job
-from shared.jobs import JobStore
+from shared.jobs.intake import Enqueuer, submit_job
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
 from shared.reidentification import ReidentificationKeys
-from shared.schemas import JobRecord
 from shared.scope import SCOPE_HINTS_KEY, check_refusal, ordered
 from shared.storage import Storage
 

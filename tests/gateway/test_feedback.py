@@ -18,17 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
 from shared.feedback import confirmed_labels
-from shared.intake import confirmed_film_key, confirmed_label_key, confirmed_site_prefix
-from shared.jobs import JobStore, shadow_key
-from shared.schemas import (
-    ClassProbabilities,
-    Failure,
-    JobRecord,
-    JobStatus,
-    ModelRef,
-    PredictionResult,
-    utc_now,
+from shared.jobs.keys import (
+    confirmed_film_key,
+    confirmed_label_key,
+    confirmed_site_prefix,
+    shadow_key,
 )
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
+from shared.schemas import ClassProbabilities, Failure, ModelRef, PredictionResult, utc_now
 from shared.shadow import ShadowAnswer, ShadowOutput
 from shared.storage import S3Storage
 from tests.gateway.uploads import sample_xray

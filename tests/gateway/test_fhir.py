@@ -24,13 +24,12 @@ from shared.contract import (
     NOT_CHEST_RADIOGRAPH,
     ROTATED,
 )
-from shared.jobs import JobStore
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
 from shared.schemas import (
     ClassProbabilities,
     Failure,
     Feedback,
-    JobRecord,
-    JobStatus,
     ModelRef,
     PredictionResult,
     Scope,

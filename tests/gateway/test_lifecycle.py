@@ -18,8 +18,9 @@ import pytest
 import redis
 from celery import Celery
 
-from shared.job_queue import INFERENCE_QUEUE, PURGE_TASK
-from shared.jobs import JobStore, client_index_key
+from shared.jobs.keys import client_index_key
+from shared.jobs.queue import INFERENCE_QUEUE, PURGE_TASK
+from shared.jobs.store import JobStore
 from shared.storage import LocalStorage, S3Storage, Storage
 from tests.gateway.uploads import sample_xray
 from tests.support.gateway import GatewayProcess, start_gateway

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.dicom_intake.deidentify import replacement_uid
-from shared.schemas import JobRecord
+from shared.jobs.records import JobRecord
 from tests.gateway.uploads import sample_xray, stream_until_answered
 from tests.shared import xray_files
 
@@ -202,7 +202,7 @@ def test_long_poll_waits_for_the_job_to_finish(gateway, redis_server):
     import threading
     import time
 
-    from shared.jobs import JobStore
+    from shared.jobs.store import JobStore
     from shared.schemas import Failure
     from shared.storage import LocalStorage
 
@@ -227,7 +227,7 @@ def test_upload_with_wait_answers_once_the_job_has_finished(gateway, redis_serve
     import threading
     import time
 
-    from shared.jobs import JobStore
+    from shared.jobs.store import JobStore
     from shared.schemas import Failure
     from shared.storage import LocalStorage
 

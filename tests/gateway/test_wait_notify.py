@@ -16,8 +16,10 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from shared.jobs import JobStore, finished_channel, redis_key
-from shared.schemas import Failure, JobRecord, JobStatus, utc_now
+from shared.jobs.keys import finished_channel, redis_key
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
+from shared.schemas import Failure, utc_now
 from shared.storage import LocalStorage
 from tests.gateway.uploads import sample_xray
 from tests.support.gateway import GatewayProcess

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.jobs import JobStore
-from shared.schemas import JobRecord
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
 from shared.storage import LocalStorage
 from tests.pacs.peers import MODALITY_AE, PACS_AE, ReceivingPacs
 from tests.support.procs import ManagedProcess, free_port, port_open, python_argv, wait_until

@@ -13,7 +13,7 @@ from pydicom.uid import generate_uid
 
 from services.pacs.report import NOT_FOR_CLINICAL_USE, device_uid
 from shared.dicom_intake.receive import instance_job_id
-from shared.schemas import JobStatus
+from shared.jobs.records import JobStatus
 from tests.pacs.peers import MODALITY_AE, c_store, modality_ae
 from tests.pacs.studies import PATIENT, chest_dx, photograph
 from tests.support.procs import wait_until

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from services.pacs.settings import PacsSettings
-from shared.job_queue import REPORT_QUEUE, REPORT_TASK
+from shared.jobs.queue import REPORT_QUEUE, REPORT_TASK
 from tests.pacs.conftest import PacsNode, pacs_env, start_node, stop_node
 from tests.pacs.peers import c_store, modality_ae
 from tests.pacs.studies import chest_dx, sample_pixels

@@ -14,7 +14,7 @@ from PIL import Image
 from services.pacs.report import build_report
 from services.pacs.sender import PermanentSendError, TransientSendError, send_instances
 from shared.dicom_intake.receive import instance_job_id
-from shared.job_queue import REPORT_QUEUE, REPORT_TASK
+from shared.jobs.queue import REPORT_QUEUE, REPORT_TASK
 from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
 from tests.pacs.conftest import PacsNode, start_node, stop_node
 from tests.pacs.peers import MODALITY_AE, PACS_AE, ReceivingPacs, c_store

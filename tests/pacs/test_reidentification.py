@@ -24,9 +24,9 @@ from cryptography.fernet import Fernet
 from pydicom.dataset import Dataset
 
 from shared.dicom_intake.receive import instance_job_id
-from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.jobs.queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.jobs.records import JobStatus
 from shared.reidentification import FIELDS, PREFIX
-from shared.schemas import JobStatus
 from tests.pacs.conftest import start_node, stop_node
 from tests.pacs.dicom_validation import iod_problems
 from tests.pacs.peers import MODALITY_AE, c_store, modality_ae

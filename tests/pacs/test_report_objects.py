@@ -14,12 +14,11 @@ from pydicom.dataset import Dataset
 from services.pacs.report import build_refusal_notice, build_report
 from shared.dicom_intake.deidentify import deidentify
 from shared.dicom_intake.receive import encode, original_uids
+from shared.jobs.records import JobRecord, JobStatus
 from shared.reidentification import FIELDS, ReidentificationKeys
 from shared.schemas import (
     ClassProbabilities,
     Failure,
-    JobRecord,
-    JobStatus,
     ModelRef,
     PredictionResult,
     Scope,

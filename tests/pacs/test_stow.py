@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from shared.dicom_intake.receive import encode, instance_job_id
-from shared.jobs import JobStore
+from shared.jobs.store import JobStore
 from shared.storage import LocalStorage
 from tests.pacs.studies import chest_dx, photograph
 

@@ -16,8 +16,10 @@ import pytest
 from pydicom import dcmread
 
 from shared.imaging import DecodeLimits, decode_xray
-from shared.jobs import JobStore, client_index_key
-from shared.schemas import ClassProbabilities, JobRecord, ModelRef, PredictionResult
+from shared.jobs.keys import client_index_key
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
+from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
 from shared.storage import LocalStorage
 from tests.reliability.corpus import (
     TRAVERSAL_NAME,

@@ -33,7 +33,7 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation
 
 from services.pacs.report import TYPE_2_COPIED
 from shared.dicom_intake.receive import encode, instance_job_id
-from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.jobs.queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
 from shared.report_delivery import note_pending
 from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
 from tests.pacs.conftest import PacsNode, start_node, stop_node
@@ -279,7 +279,7 @@ def test_stow_a_taken_uid_makes_the_senders_own_job(gateway, redis_server):
 
 
 def gateway_jobs(gateway, redis_server):
-    from shared.jobs import JobStore
+    from shared.jobs.store import JobStore
     from shared.storage import LocalStorage
     return JobStore(redis.Redis.from_url(redis_server.url), LocalStorage(gateway.storage_root))
 

@@ -4,8 +4,9 @@ restarted, Redis restarted empty, a new model version published.
 The scenarios share one stack of real processes for the module (starting TensorFlow processes is
 the slow part): a redis-server of its own with nothing kept on disk, the model server serving a
 tiny model made by the trainer's export code, and Celery worker processes (prefork, 2 pool
-processes). Jobs go in as the gateway makes them: `shared.intake.submit_job` through `JobQueue`
-(the task id is the job id). Each scenario waits until every job it sent is finished, then counts:
+processes). Jobs go in as the gateway makes them: `shared.jobs.intake.submit_job` through
+`JobQueue` (the task id is the job id). Each scenario waits until every job it sent is finished,
+then counts:
 
 - lost: sent and not finished when the scenario stops waiting (the worker-kill and Redis scenarios
   run the reconciler meanwhile, as a deployment runs it periodically);
@@ -36,14 +37,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.worker.keys import attention_key, result_key
 from services.worker.reconcile import reconcile
 from shared.errors import ObjectNotFoundError
 from shared.imaging import decode_xray
-from shared.intake import new_job_id, submit_job
-from shared.job_queue import JobQueue
-from shared.jobs import JobStore, storage_key
-from shared.schemas import JobRecord, JobStatus, utc_now
+from shared.jobs.intake import new_job_id, submit_job
+from shared.jobs.keys import attention_key, result_key, storage_key
+from shared.jobs.queue import JobQueue
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
+from shared.schemas import utc_now
 from shared.settings import SharedSettings
 from shared.storage import LocalStorage
 from tests.support.model_server import MODEL_NAME, ModelServer
@@ -235,13 +237,16 @@ def task_returns(worker_logs: str) -> Counter[str]:
 def finish_with_reconciler(stack: Stack, intake: Intake, job_ids: list[str]
                            ) -> tuple[dict[str, JobRecord | None], Counter[str]]:
     """Wait for `job_ids` to finish while the reconciler runs every 10 s, as a periodic job would
-    (`python -m services.worker reconcile`): it sends again each unfinished job older than 5 s
-    that the broker holds neither in the queue nor unacked. Returns the records and the re-sends."""
-    store, client = stack.store(), stack.redis.client()
+    (`python -m services.worker reconcile`, stale after the visibility timeout, its default): it
+    sends again each unfinished job older than 5 s that Redis no longer knows, and each one that
+    has not moved for the visibility timeout. Returns the records and the re-sends."""
+    store = stack.store()
+    stale_after_s = float(WORKER_ENV["CXR_BROKER_VISIBILITY_TIMEOUT_S"])
     requeued: Counter[str] = Counter()
     deadline = time.monotonic() + FINISH_TIMEOUT_S
     while True:
-        requeued.update(reconcile(store, client, intake.queue.enqueue, min_age_s=5))
+        requeued.update(reconcile(store, intake.queue.enqueue, stale_after_s=stale_after_s,
+                                  min_age_s=5))
         records = wait_finished(store, job_ids, timeout=10)
         finished = all(r is not None and r.status.finished for r in records.values())
         if finished or time.monotonic() > deadline:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from shared.dicom_intake.receive import instance_job_id
-from shared.schemas import JobStatus
+from shared.jobs.records import JobStatus
 from tests.pacs.conftest import PacsNode, start_node, stop_node
 from tests.pacs.peers import MODALITY_AE, c_store
 from tests.pacs.test_stow import CONTENT_TYPE, multipart

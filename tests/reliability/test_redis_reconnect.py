@@ -21,7 +21,7 @@ from services.pacs.settings import PacsSettings
 from services.worker.job import WorkerDeps
 from services.worker.settings import WorkerSettings
 from shared.dicom_intake.receive import instance_job_id
-from shared.jobs import JobStore
+from shared.jobs.store import JobStore
 from shared.redis_clients import redis_client
 from shared.storage import LocalStorage
 from tests.pacs.conftest import PacsNode, start_node, stop_node

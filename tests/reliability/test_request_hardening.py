@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.schemas import JobRecord
+from shared.jobs.records import JobRecord
 from tests.reliability.corpus import upload
 from tests.support.gateway import GatewayProcess, start_gateway
 

@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from services.pacs.delivery import SENDER_NOT_ALLOWED
 from shared.contract import NOT_A_CHEST_RADIOGRAPH_CODE
 from shared.dicom_intake.receive import encode, instance_job_id
-from shared.job_queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
+from shared.jobs.queue import REPORT_QUEUE, REPORT_STATE_KEY, REPORT_TASK
 from shared.report_delivery import OUTCOMES_KEY, PENDING_KEY, note_pending
 from shared.schemas import Failure
 from tests.pacs.conftest import PacsNode, start_node, stop_node

@@ -17,7 +17,7 @@ from shared.heatmap import (
     render_overlay,
 )
 from shared.imaging import DecodeLimits
-from shared.schemas import JobRecord
+from shared.jobs.records import JobRecord
 from shared.storage import LocalStorage
 
 

@@ -11,7 +11,7 @@ from services.pacs.delivery import sender_may_write
 from services.pacs.settings import PacsSettings
 from shared.dicom_intake.receive import DicomIntake, intake_route
 from shared.imaging import DecodeLimits
-from shared.jobs import JobStore
+from shared.jobs.store import JobStore
 from shared.storage import LocalStorage
 from tests.shared.test_job_sites import Queue
 from tests.shared.xray_files import xray_dataset

@@ -8,7 +8,7 @@ import redis
 
 from shared.dicom_intake.receive import DicomIntake
 from shared.imaging import DecodeLimits
-from shared.jobs import JobStore
+from shared.jobs.store import JobStore
 from shared.settings import SharedSettings
 from shared.storage import LocalStorage
 from tests.shared.xray_files import xray_dataset

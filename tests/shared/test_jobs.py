@@ -14,24 +14,17 @@ from shared.errors import (
     JobNotFoundError,
     StorageError,
 )
-from shared.jobs import (
+from shared.jobs.keys import (
     CLIENT_INDEX_PREFIX,
-    IndexEntry,
-    JobStore,
     client_index_key,
     client_index_prefix,
     open_marker_key,
     redis_key,
     storage_key,
 )
-from shared.schemas import (
-    ClassProbabilities,
-    Failure,
-    JobRecord,
-    JobStatus,
-    ModelRef,
-    PredictionResult,
-)
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import IndexEntry, JobStore
+from shared.schemas import ClassProbabilities, Failure, ModelRef, PredictionResult
 from shared.storage import LocalStorage
 
 
@@ -179,6 +172,40 @@ def test_open_jobs_index_follows_the_record(store, storage):
     assert storage.list("jobs-open/") == []
 
 
+def test_the_in_flight_set_holds_accepted_jobs_until_they_finish(store):
+    """Each write of an unfinished record moves its in-flight time forward; finishing removes it."""
+    store.create(_record("job-1"))
+    accepted = store.in_flight()["job-1"]
+    assert abs(accepted - time.time()) < 5
+    time.sleep(0.01)
+    store.mark_running("job-1")
+    started = store.in_flight()["job-1"]
+    assert started > accepted
+    time.sleep(0.01)
+    assert store.requeue("job-1").status is JobStatus.RUNNING
+    assert store.in_flight()["job-1"] > started
+    store.mark_succeeded("job-1", _result())
+    assert store.in_flight() == {}
+    store.create(_record("job-2"))
+    store.mark_failed("job-2", Failure(code="corrupt_image", message="Damaged."))
+    store.create(_record("job-3"))
+    store.delete("job-3")
+    assert store.in_flight() == {}
+
+
+def test_requeue_leaves_a_finished_job_alone_and_restores_a_lost_redis_copy(store, redis_client):
+    store.create(_record("job-1"))
+    store.mark_failed("job-1", Failure(code="corrupt_image", message="Damaged."))
+    assert store.requeue("job-1").status is JobStatus.FAILED
+    assert store.in_flight() == {}
+    store.create(_record("job-2"))
+    redis_client.flushall()  # Redis lost everything: record copy and in-flight entry
+    assert store.in_flight() == {}
+    assert store.requeue("job-2").status is JobStatus.QUEUED
+    assert redis_client.exists(redis_key("job-2"))
+    assert set(store.in_flight()) == {"job-2"}
+
+
 def test_list_unfinished_reads_only_open_jobs_and_drops_stale_markers(store, redis_client,
                                                                        storage, monkeypatch):
     for job_id in ["open-1", "open-2", "done"]:
@@ -249,6 +276,7 @@ def test_create_leaves_nothing_behind_when_storage_fails(redis_client, tmp_path)
     with pytest.raises(StorageError):
         failing.create(_record())
     assert not redis_client.exists(redis_key("job-1"))
+    assert failing.in_flight() == {}
     working = JobStore(redis_client, LocalStorage(tmp_path / "store"))
     assert working.create(_record()).job_id == "job-1"  # the id can be used again
 

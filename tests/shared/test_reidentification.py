@@ -11,10 +11,10 @@ import redis
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
-from shared.jobs import JobStore
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
 from shared.reidentification import PREFIX, ReidentificationKeys, reidentification_storage
 from shared.retention import erase_job
-from shared.schemas import JobRecord, JobStatus
 from shared.settings import SharedSettings
 from shared.storage import LocalStorage, S3Storage
 from tests.shared.identified_dicom import identified_chest_dx

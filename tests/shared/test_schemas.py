@@ -5,7 +5,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from shared.schemas import ClassProbabilities, JobRecord, JobStatus, ModelRef, PredictionResult
+from shared.jobs.records import JobRecord, JobStatus
+from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
 
 
 def _record(job_id="abc", **fields) -> JobRecord:

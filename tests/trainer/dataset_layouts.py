@@ -13,7 +13,7 @@ from services.trainer.data.manifest import TrainingData, collect_training_data
 from services.trainer.data.naming import parse_file_name
 from services.trainer.data.records import XrayRecord
 from shared.feedback import ConfirmedFilm, ModelAnswer
-from shared.intake import confirmed_film_key, confirmed_label_key
+from shared.jobs.keys import confirmed_film_key, confirmed_label_key
 from shared.schemas import ModelRef
 from shared.storage import LocalStorage
 from tests.shared.xray_files import dicom_bytes, jpeg_bytes, png_bytes, xray_dataset

@@ -22,7 +22,7 @@ from services.trainer.celery_app import (
 )
 from services.trainer.registry.retrain_lock import LOCK_KEY, retrain_exclusively
 from services.trainer.settings import REPO_ROOT, TrainerSettings, TrainingDataMissingError
-from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE, PURGE_TASK
+from shared.jobs.queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE, PURGE_TASK
 from tests.support.procs import ManagedProcess, python_argv, wait_until
 
 SAMPLE_DATA = REPO_ROOT / "data" / "sample"

@@ -12,15 +12,10 @@ import redis
 from services.trainer.cli.main import main
 from services.trainer.settings import get_settings
 from shared.feedback import confirm
-from shared.jobs import JobStore, shadow_key
-from shared.schemas import (
-    ClassProbabilities,
-    JobRecord,
-    ModelRef,
-    PredictionResult,
-    ReaderFeedback,
-    utc_now,
-)
+from shared.jobs.keys import shadow_key
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
+from shared.schemas import ClassProbabilities, ModelRef, PredictionResult, ReaderFeedback, utc_now
 from shared.shadow import ShadowAnswer, ShadowOutput
 from shared.storage import LocalStorage
 

@@ -16,9 +16,9 @@ from celery import Celery
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.worker.celery_app import QUEUE, TASK_NAME
-from shared.jobs import JobStore
-from shared.schemas import JobRecord, JobStatus
+from shared.jobs.queue import enqueue_predict
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
 from shared.storage import LocalStorage
 from tests.support.model_server import ModelServer
 from tests.support.worker import CeleryWorker, start_celery_worker
@@ -55,7 +55,7 @@ class JobClient:
         return job_id
 
     def send(self, job_id: str) -> None:
-        self.celery.send_task(TASK_NAME, args=[job_id], queue=QUEUE)
+        enqueue_predict(self.celery, job_id)
 
     def submit(self, data: bytes) -> str:
         job_id = self.create(data)

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.trainer.artifact.drift_reference import compute_reference, write_reference
 from shared.drift import FILM_BYTES, films_key
 from shared.imaging import decode_xray, to_model_input
-from shared.job_queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE
-from shared.schemas import JobRecord, JobStatus
+from shared.jobs.queue import DRIFT_CHECK_TASK, INFERENCE_QUEUE
+from shared.jobs.records import JobRecord, JobStatus
 from tests.support.model_server import start_model_server
 from tests.worker.jobs import (
     WorkerStack,

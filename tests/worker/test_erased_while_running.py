@@ -7,8 +7,8 @@ import pytest
 from services.worker.job import WorkerDeps, process_job
 from services.worker.settings import WorkerSettings
 from shared.errors import JobNotFoundError
+from shared.jobs.records import JobRecord
 from shared.retention import erase_job
-from shared.schemas import JobRecord
 from tests.worker.jobs import xray_jpeg
 
 

@@ -15,8 +15,9 @@ from shared.contract import PNEUMONIA_PROBABILITY
 from shared.dicom_intake.receive import DicomIntake
 from shared.drift import MEAN_INTENSITY, PROBABILITY, DriftRecorder
 from shared.imaging import DecodeLimits
-from shared.jobs import JobStore
-from shared.schemas import ClassProbabilities, JobRecord, ModelRef, PredictionResult
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
+from shared.schemas import ClassProbabilities, ModelRef, PredictionResult
 from shared.storage import LocalStorage
 from tests.shared.test_job_sites import Queue
 from tests.shared.xray_files import xray_dataset

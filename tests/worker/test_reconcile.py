@@ -1,5 +1,6 @@
-"""Finding jobs the broker lost and sending them again (one pass, and the loop a long-running
-deployment runs); the dead-letter list's bookkeeping."""
+"""Finding accepted jobs left behind (Redis lost them, or they stopped moving) and sending them
+again (one pass, and the loop a long-running deployment runs); the dead-letter list's
+bookkeeping."""
 
 from __future__ import annotations
 
@@ -8,26 +9,29 @@ import os
 import re
 import signal
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
-from kombu import Queue
 
 from services.worker import dead_letter
 from services.worker.celery_app import QUEUE
 from services.worker.errors import ModelNotFoundError
-from services.worker.reconcile import broker_job_ids, reconcile
-from shared.jobs import JobStore, open_marker_key
-from shared.schemas import Failure, JobRecord, JobStatus, utc_now
+from services.worker.reconcile import reconcile, reconcile_pass
+from shared.jobs.keys import open_marker_key
+from shared.jobs.records import JobRecord, JobStatus
+from shared.jobs.store import JobStore
+from shared.schemas import Failure, utc_now
 from shared.storage import LocalStorage
 from tests.support.procs import REPO_ROOT, ManagedProcess, free_port, python_argv, wait_until
 from tests.support.redis import start_redis
 from tests.worker.jobs import JobClient, xray_jpeg
 
 LOOP_START_S = 60  # importing Celery and boto3 on a busy machine
-PASS_LINE = re.compile(r"reconcile pass (\d+): unfinished=(\d+) held_by_broker=(\d+) "
+STALE_S = 600.0  # the default visibility timeout: no job here goes stale
+PASS_LINE = re.compile(r"reconcile pass (\d+): unfinished=(\d+) in_flight=(\d+) "
                        r"too_young=(\d+) requeued=(\d+)")
 FAILED_LINE = re.compile(r"reconcile pass \d+ failed, next in [\d.]+ s: ConnectionError: ")
 
@@ -40,42 +44,57 @@ def jobs(redis_url, tmp_path):
     client.close()
 
 
-def test_broker_job_ids_sees_waiting_and_taken_messages(jobs, redis_url):
-    client = redis.Redis.from_url(redis_url)
-    jobs.send("waiting-1")
-    jobs.send("taken-1")
-    jobs.celery.send_task("cxr.other", args=["not-a-job"], queue=QUEUE)
-    assert broker_job_ids(client) == {"waiting-1", "taken-1"}
-
-    taken = []
-    with jobs.celery.connection_for_read() as connection, connection.Consumer(
-            Queue(QUEUE), callbacks=[lambda body, message: taken.append(message)],
-            accept=["json"]):
-        connection.drain_events(timeout=10)  # one message, delivered and not acked
-        assert len(taken) == 1
-        assert client.hlen("unacked") == 1
-        assert broker_job_ids(client) == {"waiting-1", "taken-1"}
-
-
-def test_reconcile_sends_only_old_unfinished_jobs_the_broker_lacks(jobs, redis_url):
+def test_reconcile_sends_only_old_unfinished_jobs_redis_lost(jobs, redis_url):
     client = redis.Redis.from_url(redis_url)
     lost = jobs.create(b"x")
-    in_queue = jobs.create(b"x")
-    jobs.send(in_queue)
     failed = jobs.create(b"x")
     jobs.store.mark_failed(failed, Failure(code="corrupt_image", message="cut off"))
     young = jobs.store.create(JobRecord(job_id="young", client_id="t", upload_key="uploads/y",
                                         created_at=utc_now() + timedelta(minutes=5)))
-    client.flushall()  # the Redis copies go; storage keeps every record
-    jobs.send(in_queue)
+    client.flushall()  # the Redis copies, queues and in-flight set go; storage keeps every record
+    accepted_after = jobs.submit(b"x")
 
     sent: list[str] = []
-    assert reconcile(jobs.store, client, sent.append, min_age_s=60) == []
-    assert reconcile(jobs.store, client, sent.append, min_age_s=0) == [lost]
+    assert reconcile(jobs.store, sent.append, stale_after_s=STALE_S, min_age_s=60) == []
+    assert reconcile(jobs.store, sent.append, stale_after_s=STALE_S, min_age_s=0) == [lost]
     assert sent == [lost]
     assert jobs.store.get(lost).status is JobStatus.QUEUED
     assert client.exists(f"cxr:job:{lost}")  # back in Redis for status reads
-    assert young.job_id not in sent
+    assert young.job_id not in sent and accepted_after not in sent
+    assert reconcile(jobs.store, sent.append, stale_after_s=STALE_S, min_age_s=0) == []  # once
+
+
+def test_a_job_that_stops_moving_is_sent_again_once_per_stale_period(jobs):
+    """A job whose message was lost (or whose worker died) while Redis kept its data: sent again
+    once it has not moved for `stale_after_s`; a job that moved within it is left alone."""
+    left_behind = jobs.submit(b"x")
+    time.sleep(1.2)
+    started = jobs.submit(b"x")
+    jobs.store.mark_running(started)  # a worker took it and runs it
+    sent: list[str] = []
+    result = reconcile_pass(jobs.store, sent.append, stale_after_s=1.0, min_age_s=0)
+    assert (result.unfinished, result.in_flight, result.requeued) == (2, 1, [left_behind])
+    assert reconcile(jobs.store, sent.append, stale_after_s=1.0, min_age_s=0) == []
+    time.sleep(1.2)  # neither moved since: both are sent, each once
+    assert sorted(reconcile(jobs.store, sent.append, stale_after_s=1.0, min_age_s=0)) == sorted(
+        [left_behind, started])
+    assert sent.count(left_behind) == 2 and sent.count(started) == 1
+
+
+def test_a_job_that_finishes_during_a_pass_is_not_sent(jobs, monkeypatch):
+    job_id = jobs.submit(b"x")
+    time.sleep(0.6)
+    listed = jobs.store.list_unfinished()
+
+    def list_then_finish(*, scan_all: bool = False) -> list[JobRecord]:
+        jobs.store.mark_failed(job_id, Failure(code="corrupt_image", message="cut off"))
+        return listed
+
+    monkeypatch.setattr(jobs.store, "list_unfinished", list_then_finish)
+    sent: list[str] = []
+    assert reconcile(jobs.store, sent.append, stale_after_s=0.5, min_age_s=0) == []
+    assert sent == []
+    assert jobs.store.get(job_id).status is JobStatus.FAILED
 
 
 def test_dead_letters_are_listed_and_taken_back_for_requeueing(jobs, redis_url):
@@ -143,10 +162,11 @@ def test_one_shot_exit_status_says_whether_the_pass_ran(jobs, redis_url, tmp_pat
     """0 when the pass finished, 1 with one line (no traceback) when Redis or storage is down:
     what a CronJob counts as a failed run and retries."""
     lost = jobs.create(b"x")
+    redis.Redis.from_url(redis_url).flushall()
     done = run_once(cli_env(redis_url, jobs.storage.root))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"requeued": [lost]}
-    assert "unfinished=1 held_by_broker=0 too_young=0 requeued=1" in done.stderr
+    assert "unfinished=1 in_flight=0 too_young=0 requeued=1" in done.stderr
 
     redis_down = run_once(cli_env(f"redis://127.0.0.1:{free_port()}/0", jobs.storage.root))
     assert redis_down.returncode == 1, redis_down.stderr
@@ -161,8 +181,22 @@ def test_one_shot_exit_status_says_whether_the_pass_ran(jobs, redis_url, tmp_pat
     assert "reconcile pass failed: StorageError: S3 is unreachable" in storage_down.stderr
     assert "Traceback" not in storage_down.stderr
 
-    assert run_once(cli_env(redis_url, jobs.storage.root)).returncode == 0
-    assert broker_job_ids(redis.Redis.from_url(redis_url)) == {lost}  # sent once, then held
+    again = run_once(cli_env(redis_url, jobs.storage.root))
+    assert "unfinished=1 in_flight=1 too_young=0 requeued=0" in again.stderr  # sent once
+    assert redis.Redis.from_url(redis_url).llen(QUEUE) == 1
+
+
+def test_the_cli_refuses_a_stale_time_a_running_job_can_reach(jobs, redis_url):
+    """A job goes without moving for up to its hard time limit plus its longest retry countdown
+    while a worker holds it: a shorter `--stale-after-s` would send it to a second worker."""
+    env = cli_env(redis_url, jobs.storage.root, CXR_TASK_SOFT_TIME_LIMIT_S="10",
+                  CXR_TASK_TIME_LIMIT_S="12", CXR_RETRY_BACKOFF_MAX_S="4",
+                  CXR_BROKER_VISIBILITY_TIMEOUT_S="20")
+    refused = run_once(env, "--stale-after-s", "16")
+    assert refused.returncode == 2, refused.stderr
+    assert "--stale-after-s must exceed 16 s" in refused.stderr
+    assert run_once(env, "--stale-after-s", "17").returncode == 0
+    assert run_once(env).returncode == 0  # the default: the visibility timeout
 
 
 def test_scan_all_finds_a_job_kept_before_the_open_jobs_index(jobs, redis_url):
@@ -187,7 +221,7 @@ def start_loop(tmp_path: Path, env: dict[str, str], heartbeat: Path) -> ManagedP
 
 
 def pass_lines(loop: ManagedProcess) -> list[tuple[int, ...]]:
-    """(pass, unfinished, held_by_broker, too_young, requeued) for each finished pass logged."""
+    """(pass, unfinished, in_flight, too_young, requeued) for each finished pass logged."""
     return [tuple(map(int, m.groups())) for m in PASS_LINE.finditer(loop.log_path.read_text())]
 
 
@@ -213,7 +247,6 @@ def test_the_loop_requeues_a_job_lost_from_redis_once_and_stops_on_sigterm(
         assert first == (1, 2, 1, 0, 1), loop.log_tail()
         assert all(counts[1:] == (2, 2, 0, 0) for counts in later), loop.log_tail()
         assert f"re-queued job {lost}" in loop.log_tail()
-        assert broker_job_ids(client) == {lost, held}
         assert client.llen(QUEUE) == 2  # sent again once, then seen in the queue
         assert heartbeat.is_file()
 
@@ -234,7 +267,7 @@ def test_the_loop_survives_redis_going_away_and_requeues_once_it_is_back(tmp_pat
         queued = client.submit(b"x")
         loop = start_loop(tmp_path, cli_env(server.url, storage.root), heartbeat)
         wait_until(heartbeat.is_file, LOOP_START_S, "a first pass", loop)
-        assert pass_lines(loop)[0][1:] == (1, 1, 0, 0)  # held by the broker: left alone
+        assert pass_lines(loop)[0][1:] == (1, 1, 0, 0)  # in flight: left alone
 
         def failed_passes() -> int:
             return len(FAILED_LINE.findall(loop.log_path.read_text()))
@@ -247,7 +280,8 @@ def test_the_loop_survives_redis_going_away_and_requeues_once_it_is_back(tmp_pat
         assert "Traceback" not in loop.log_tail(20000)
 
         server = start_redis(tmp_path / "redis", port=server.port)  # back, empty
-        wait_until(lambda: queued in broker_job_ids(server.client()), 60, "re-queued", loop)
+        wait_until(lambda: queued in JobStore(server.client(), storage).in_flight(), 60,
+                   "re-queued", loop)
         wait_until(heartbeat.is_file, 30, "a pass after the restart", loop)
         assert terminate(loop) == 0, loop.log_tail()
         assert server.client().llen(QUEUE) == 1

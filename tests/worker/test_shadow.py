@@ -11,8 +11,9 @@ import redis
 
 from services.worker.grpc_serving import ServingClient
 from shared.errors import CXRError
-from shared.jobs import JobStore, result_key, shadow_key, storage_key
-from shared.schemas import JobStatus
+from shared.jobs.keys import result_key, shadow_key, storage_key
+from shared.jobs.records import JobStatus
+from shared.jobs.store import JobStore
 from shared.shadow import read_shadow
 from shared.storage import LocalStorage
 from tests.support.model_server import labelled_models_config, start_labelled_server

@@ -7,8 +7,8 @@ import pytest
 import redis
 
 from services.worker.grpc_serving import ServingClient
-from shared.jobs import JobStore
-from shared.schemas import JobStatus
+from shared.jobs.records import JobStatus
+from shared.jobs.store import JobStore
 from shared.storage import LocalStorage
 from tests.support.model_server import labelled_models_config, start_labelled_server
 from tests.support.procs import wait_until

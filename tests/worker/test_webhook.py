@@ -21,14 +21,9 @@ from pydantic import ValidationError
 
 from services.worker import webhook
 from services.worker.settings import WorkerSettings, get_settings
-from shared.jobs import JobStore
-from shared.schemas import (
-    ClassProbabilities,
-    Failure,
-    JobRecord,
-    ModelRef,
-    PredictionResult,
-)
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
+from shared.schemas import ClassProbabilities, Failure, ModelRef, PredictionResult
 from shared.storage import LocalStorage
 from tests.support.webhook_receiver import WebhookReceiver
 

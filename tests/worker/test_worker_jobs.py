@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.worker.keys import attention_key, heatmap_key, result_key
 from shared.heatmap import decode_attention, heatmap_png
 from shared.imaging import DecodeLimits
-from shared.schemas import JobStatus, PredictionResult
+from shared.jobs.keys import attention_key, heatmap_key, result_key
+from shared.jobs.records import JobStatus
+from shared.schemas import PredictionResult
 from tests.support.model_server import start_model_server
 from tests.worker.jobs import (
     WorkerStack,

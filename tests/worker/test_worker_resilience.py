@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from services.worker import dead_letter
-from shared.jobs import JobStore
-from shared.schemas import JobStatus
+from shared.jobs.records import JobStatus
+from shared.jobs.store import JobStore
 from shared.storage import LocalStorage
 from tests.support.procs import REPO_ROOT, free_port, python_argv
 from tests.worker.jobs import JobClient, metric_value, wait_for_metric, xray_jpeg

@@ -26,10 +26,11 @@ from shared.errors import ImageError, JobNotFinishedError, JobNotFoundError
 from shared.feedback import confirm
 from shared.heatmap import film_png, heatmap_png
 from shared.imaging import decode_xray
-from shared.intake import new_job_id, submit_job
-from shared.jobs import INDEX_ENTRY_PATTERN
+from shared.jobs.intake import new_job_id, submit_job
+from shared.jobs.keys import INDEX_ENTRY_PATTERN
+from shared.jobs.records import JOB_ID_PATTERN, JobRecord, JobStatus
 from shared.retention import erase_job
-from shared.schemas import JOB_ID_PATTERN, JobRecord, JobStatus, ReaderFeedback
+from shared.schemas import ReaderFeedback
 from shared.shadow import read_shadow
 from shared.upload_privacy import stored_upload
 
@@ -222,8 +223,8 @@ async def _wait_until_finished(request: Request, resources: GatewayResources, re
                                wait_s: float) -> JobRecord:
     """The record once the job has finished, or as it is after `wait_s` seconds.
 
-    Woken by the job's "finished" notice (`shared.jobs.finished_channel`, heard by the process's
-    one listener, `services.gateway.notices`), re-reading the record at least every
+    Woken by the job's "finished" notice (`shared.jobs.keys.finished_channel`, heard by the
+    process's one listener, `services.gateway.notices`), re-reading the record at least every
     `CXR_WAIT_POLL_SECONDS` in case a notice is lost, and every 0.2 s while nothing listens.
     """
     deadline = time.monotonic() + wait_s

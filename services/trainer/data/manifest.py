@@ -42,7 +42,7 @@ from services.trainer.data.records import XrayRecord
 from services.trainer.data.site_records import read_site_records
 from shared.errors import CXRError
 from shared.feedback import ConfirmedFilm
-from shared.intake import CONFIRMED_LABEL_FILE, CONFIRMED_PREFIX
+from shared.jobs.keys import CONFIRMED_LABEL_FILE, CONFIRMED_PREFIX
 from shared.schemas import UTCDateTime
 from shared.storage import Storage
 

@@ -21,17 +21,25 @@ When a job finishes, its status is published on the Redis channel `cxr:job-finis
 the same transaction that stores the record, so a client waiting on the job (the gateway's
 `?wait=`) can answer at once instead of polling. The message is only a wake-up call: subscribers
 read the record itself, and one lost message costs a waiter at most its polling interval.
+
+Redis also keeps the sorted set `cxr:jobs:in-flight` of the jobs accepted and not finished, each
+scored by when the project last saw it move: accepted, started (each attempt), or put back in the
+queue (`requeue`, `save`). Every write of an unfinished record sets its score, in the same
+transaction; the write that finishes a job, and `delete`, remove it. The reconciler reads it beside
+the open-jobs index (docs/reliability.md, "Reconciler").
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from urllib.parse import quote, unquote
+from datetime import datetime
+from typing import cast
+from urllib.parse import unquote
 
 import redis
 from pydantic import ValidationError
@@ -44,87 +52,34 @@ from shared.errors import (
     JobNotFoundError,
     ObjectNotFoundError,
 )
-from shared.schemas import (
-    JOB_ID_PATTERN,
-    Failure,
-    Feedback,
-    JobRecord,
-    JobStatus,
-    PredictionResult,
-    utc_now,
+from shared.jobs.keys import (
+    CLIENT_INDEX_PREFIX,
+    IN_FLIGHT_KEY,
+    INDEX_ENTRY_PATTERN,
+    OPEN_PREFIX,
+    client_index_key,
+    client_index_prefix,
+    finished_channel,
+    index_stamp,
+    open_marker_key,
+    parse_index_stamp,
+    redis_key,
+    storage_key,
 )
+from shared.jobs.records import JOB_ID_PATTERN, JobRecord, JobStatus
+from shared.schemas import Failure, Feedback, PredictionResult, utc_now
 from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_SECONDS = 7 * 24 * 3600
 _JOB_ID = re.compile(JOB_ID_PATTERN)
+_INDEX_ENTRY = re.compile(INDEX_ENTRY_PATTERN)
 
 # A change returns the new record, or None to leave the stored one as it is.
 RecordChange = Callable[[JobRecord], JobRecord | None]
 # Runs a creator's own write beside the marker's (each local write waits on its own fsync).
 _BESIDE = ThreadPoolExecutor(max_workers=8, thread_name_prefix="job-create")
-
-
-def redis_key(job_id: str) -> str:
-    return f"cxr:job:{job_id}"
-
-
-def storage_key(job_id: str) -> str:
-    return f"jobs/{job_id}.json"
-
-
-OPEN_PREFIX = "jobs-open/"
-
-
-def open_marker_key(job_id: str) -> str:
-    return f"{OPEN_PREFIX}{job_id}"
-
-
-def result_key(job_id: str) -> str:
-    """The result JSON the worker writes beside the record."""
-    return f"results/{job_id}.json"
-
-
-def heatmap_key(job_id: str) -> str:
-    """The overlay PNG, drawn on first read from the upload and the attention map."""
-    return f"heatmaps/{job_id}.png"
-
-
-def attention_key(job_id: str) -> str:
-    """The Grad-CAM map as uint8 `.npy` at the model's resolution (shared.heatmap)."""
-    return f"heatmaps/{job_id}.attention.npy"
-
-
-SHADOW_PREFIX = "shadow/"
-
-
-def shadow_key(job_id: str) -> str:
-    """What a shadow model version answered for the job (`shared.shadow`); never shown to the
-    client."""
-    return f"{SHADOW_PREFIX}{job_id}.json"
-
-
-CLIENT_INDEX_PREFIX = "jobs-by-client/"
-_STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
-# The name of one client-index marker: creation stamp, then the job id. Also the list cursor.
-INDEX_ENTRY_PATTERN = r"^\d{8}T\d{12}Z-[A-Za-z0-9_.-]{1,128}$"
-_INDEX_ENTRY = re.compile(INDEX_ENTRY_PATTERN)
-
-
-def index_stamp(moment: datetime) -> str:
-    """`moment` (timezone-aware) as the sortable UTC stamp of the client index."""
-    return moment.astimezone(UTC).strftime(_STAMP_FORMAT)
-
-
-def client_index_prefix(client: str) -> str:
-    """The folder of `client`'s index markers; any client name (AE titles too) is a safe key."""
-    return f"{CLIENT_INDEX_PREFIX}c-{quote(client, safe='')}/"
-
-
-def client_index_key(record: JobRecord) -> str:
-    stamp = index_stamp(record.created_at)
-    return f"{client_index_prefix(record.client_id)}{stamp}-{record.job_id}"
 
 
 @dataclass(frozen=True)
@@ -147,7 +102,7 @@ class IndexEntry:
         if not folder.startswith("c-") or "/" in folder or not _INDEX_ENTRY.match(name):
             return None
         stamp, _, job_id = name.partition("-")
-        created = datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
+        created = parse_index_stamp(stamp)
         return cls(key, unquote(folder[2:]), created, job_id)
 
 
@@ -157,11 +112,6 @@ class JobPage:
 
     records: list[JobRecord]
     next_cursor: str | None
-
-
-def finished_channel(job_id: str) -> str:
-    """The Redis pub/sub channel that hears the job's final status once it has finished."""
-    return f"cxr:job-finished:{job_id}"
 
 
 class JobStore:
@@ -185,6 +135,8 @@ class JobStore:
         if not self._redis.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl,
                                nx=True):
             raise JobExistsError(f"A prediction job with id {record.job_id} already exists.")
+        if not record.status.finished:
+            self._redis.zadd(IN_FLIGHT_KEY, {record.job_id: time.time()})
         index_key = client_index_key(record)
         try:
             pending: list[Future[object]] = [_BESIDE.submit(self._storage.put, index_key, b"")]
@@ -198,7 +150,10 @@ class JobStore:
                     write.result()  # its error, if any, is the caller's
             self._write_durable(record)
         except BaseException:
-            self._redis.delete(redis_key(record.job_id))  # no half-created job: the id stays free
+            with self._redis.pipeline() as pipe:  # no half-created job: the id stays free
+                pipe.delete(redis_key(record.job_id))
+                pipe.zrem(IN_FLIGHT_KEY, record.job_id)
+                pipe.execute()
             try:
                 self._storage.delete(index_key)
             except Exception:  # noqa: BLE001 - the first error is the one to report
@@ -222,6 +177,7 @@ class JobStore:
         """Overwrite both copies as given; state changes should go through the mark_* methods."""
         with self._redis.pipeline() as pipe:  # MULTI: the record and its notice together
             pipe.set(redis_key(record.job_id), record.model_dump_json(), ex=self._ttl)
+            _note_in_flight(pipe, record)
             if record.status.finished:
                 pipe.publish(finished_channel(record.job_id), record.status.value)
             pipe.execute()
@@ -318,7 +274,10 @@ class JobStore:
             raw = self._redis.get(redis_key(job_id)) if _JOB_ID.match(job_id) else None
             record = JobRecord.model_validate_json(raw) if raw is not None else None
         self._storage.delete(storage_key(job_id))
-        self._redis.delete(redis_key(job_id))
+        with self._redis.pipeline() as pipe:
+            pipe.delete(redis_key(job_id))
+            pipe.zrem(IN_FLIGHT_KEY, job_id)
+            pipe.execute()
         self._storage.delete(open_marker_key(job_id))
         if record is not None:
             self._storage.delete(client_index_key(record))
@@ -341,6 +300,23 @@ class JobStore:
             return record.model_copy(update={"feedback": feedback(record)})
 
         return self._update(job_id, change)
+
+    def requeue(self, job_id: str) -> JobRecord:
+        """Record that the job is being sent to the queue again, now (its in-flight time), and
+        restore its Redis copy from storage if Redis lost it. A finished job is returned unchanged
+        (check `.status.finished`: it must not be sent again)."""
+
+        def again(record: JobRecord) -> JobRecord | None:
+            return None if record.status.finished else record.model_copy()
+
+        return self._update(job_id, again)
+
+    def in_flight(self) -> dict[str, float]:
+        """Accepted, unfinished jobs Redis knows of: job id -> when the project last saw it move
+        (Unix time). Empty after Redis lost its data, though storage still has open jobs."""
+        entries = cast(list[tuple[bytes | str, float]],
+                       self._redis.zrange(IN_FLIGHT_KEY, 0, -1, withscores=True))
+        return {_text(job_id): float(score) for job_id, score in entries}
 
     def list_unfinished(self, *, scan_all: bool = False) -> list[JobRecord]:
         """Queued and running jobs from the durable copy, oldest first (for re-queueing).
@@ -411,6 +387,7 @@ class JobStore:
                     self._write_durable(updated, sync=sync)
                     pipe.multi()
                     pipe.set(key, updated.model_dump_json(), ex=self._ttl)
+                    _note_in_flight(pipe, updated)
                     if updated.status.finished and not current.status.finished:
                         pipe.publish(finished_channel(job_id), updated.status.value)
                     pipe.execute()
@@ -439,3 +416,16 @@ class JobStore:
         except ValidationError as exc:
             log.error("skipping unreadable job record %s: %s", key, exc)
             return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _note_in_flight(pipe: redis.client.Pipeline, record: JobRecord) -> None:
+    """In the transaction that writes `record`: an unfinished job moved now; a finished one is no
+    longer in flight."""
+    if record.status.finished:
+        pipe.zrem(IN_FLIGHT_KEY, record.job_id)
+    else:
+        pipe.zadd(IN_FLIGHT_KEY, {record.job_id: time.time()})

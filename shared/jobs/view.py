@@ -7,7 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from shared.schemas import Failure, Feedback, JobRecord, JobStatus, PredictionResult
+from shared.jobs.records import JobRecord, JobStatus
+from shared.schemas import Failure, Feedback, PredictionResult
 
 
 class JobLinks(BaseModel):

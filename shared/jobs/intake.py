@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from shared.contract import DEFAULT_SITE
 from shared.errors import CXRError
 from shared.imaging import DecodedImage
-from shared.jobs import JobStore
-from shared.operating_point import check_site_name
-from shared.schemas import Failure, JobRecord
+from shared.jobs.keys import upload_key
+from shared.jobs.records import JobRecord
+from shared.jobs.store import JobStore
+from shared.schemas import Failure
 from shared.storage import Storage
 
 if TYPE_CHECKING:
@@ -34,33 +35,6 @@ class Enqueuer(Protocol):
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-# --- Storage keys of uploads and of films readers confirmed (docs/architecture.md, "Storage") ---
-CONFIRMED_PREFIX = "confirmed/"
-CONFIRMED_LABEL_FILE = "label.json"
-FILM_EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "application/dicom": "dcm"}
-
-
-def upload_key(job_id: str) -> str:
-    """The job's stored upload (DICOM de-identified, JPEG/PNG without metadata)."""
-    return f"uploads/{job_id}"
-
-
-def confirmed_site_prefix(site: str) -> str:
-    """Everything readers confirmed at `site`: one folder per film, named by its job id."""
-    return f"{CONFIRMED_PREFIX}{check_site_name(site)}/"
-
-
-def confirmed_film_key(site: str, job_id: str, content_type: str | None) -> str:
-    """The confirmed film's image: `film.jpg`, `film.png` or `film.dcm` (else `film.bin`)."""
-    extension = FILM_EXTENSIONS.get(content_type or "", "bin")
-    return f"{confirmed_site_prefix(site)}{job_id}/film.{extension}"
-
-
-def confirmed_label_key(site: str, job_id: str) -> str:
-    """The confirmed film's label JSON (`shared.feedback.ConfirmedFilm`)."""
-    return f"{confirmed_site_prefix(site)}{job_id}/{CONFIRMED_LABEL_FILE}"
 
 
 def display_name(filename: str | None) -> str | None:
