@@ -200,6 +200,36 @@ def test_lowest_split_holds_the_lowest_numbered_patients_of_each_series() -> Non
     assert split_by_patient(records, 0.15, seed=99, strategy="lowest")[1] == held
 
 
+@pytest.mark.parametrize("strategy", ["random", "lowest"])
+def test_a_small_split_holds_both_labels_even_when_rounding_would_hold_none(
+        strategy: str) -> None:
+    # Three normal patients of four films each and six pneumonia patients of one film: 15 % of
+    # the normal films (1.8) is closer to none than to a whole patient (4).
+    normal = [XrayRecord(path=Path(f"NORMAL/IM-{p:04d}-{i:04d}.jpeg"), label="NORMAL",
+                         subtype=None, patient=f"IM-{p:04d}", split="train")
+              for p in range(1, 4) for i in range(4)]
+    pneumonia = [XrayRecord(path=Path(f"PNEUMONIA/person{p}_bacteria_{p}.jpeg"),
+                            label="PNEUMONIA", subtype="bacterial", patient=f"person{p}",
+                            split="train") for p in range(1, 7)]
+    rest, held = split_by_patient(normal + pneumonia, 0.15, strategy=strategy)
+    for part in (rest, held):
+        assert {r.label for r in part} == {"NORMAL", "PNEUMONIA"}
+    rest_patients, _ = _patients_and_groups(rest)
+    held_patients, _ = _patients_and_groups(held)
+    assert not rest_patients & held_patients
+
+
+def test_a_label_with_one_patient_stays_on_the_training_side() -> None:
+    records = [XrayRecord(path=Path(f"NORMAL/IM-0001-{i:04d}.jpeg"), label="NORMAL",
+                          subtype=None, patient="IM-0001", split="train") for i in range(3)]
+    records += [XrayRecord(path=Path(f"PNEUMONIA/person{p}_virus_{p}.jpeg"), label="PNEUMONIA",
+                           subtype="viral", patient=f"person{p}", split="train")
+                for p in range(1, 21)]
+    rest, held = split_by_patient(records, 0.15, strategy="lowest")
+    assert {r.label for r in held} == {"PNEUMONIA"}
+    assert sum(r.label == "NORMAL" for r in rest) == 3
+
+
 def test_split_refuses_nonsense_arguments() -> None:
     records = synthetic_records()
     for fraction in (0, 1, 1.5, -0.1):

@@ -64,11 +64,15 @@ def split_by_patient(records: Sequence[XrayRecord], fraction: float, seed: int =
     units = _units(records, groups, strategy)
     rng = np.random.default_rng(seed)
     held_units: set[int] = set()
+    considered: dict[int, list[list[tuple[int, int]]]] = defaultdict(list)  # by label
     for stratum in sorted(units):
         members = units[stratum]
         if strategy == "random":
             members = [members[i] for i in rng.permutation(len(members))]
         held_units |= _take_about(members, fraction, stop_at_first_miss=strategy == "lowest")
+        considered[0 if stratum[0] == 0 else 1].append(members)
+    for strata in considered.values():
+        _hold_one_of_each_label(strata, held_units)
     held = [r for r, g in zip(records, groups, strict=True) if g in held_units]
     rest = [r for r, g in zip(records, groups, strict=True) if g not in held_units]
     return rest, held
@@ -101,6 +105,20 @@ def _units(records: Sequence[XrayRecord], groups: np.ndarray,
     for members in strata.values():
         members.sort(key=lambda m: unit_sort_keys[m[0]])
     return strata
+
+
+def _hold_one_of_each_label(strata: list[list[tuple[int, int]]], held_units: set[int]) -> None:
+    """Hold the first unit of the label's largest stratum when rounding held none of the label.
+
+    A small data set (or a patient merged with others by shared duplicates) can make every
+    stratum's first unit larger than twice its share, and a held part without one of the labels
+    cannot choose a threshold. A label with a single unit stays whole on the training side.
+    """
+    units = [unit for members in strata for unit, _ in members]
+    if len(units) < 2 or held_units.intersection(units):
+        return
+    largest = max(strata, key=lambda members: (sum(size for _, size in members), -len(members)))
+    held_units.add(largest[0][0])
 
 
 def _take_about(units: list[tuple[int, int]], fraction: float,
