@@ -32,8 +32,9 @@ from shared.contract import ASSETS_EXTRA, CLASS_NAMES, MODEL_INFO_FILE
 
 # model_info fields of a teacher that the student's params and model_info repeat
 RECORDED_FIELDS = ("model_name", "version", "data_fingerprint", "training_split")
-# TrainConfig fields that decide which images validate a run (`recipe.validation_splits`)
-SPLIT_FIELDS = ("folds", "seed", "validation_strategy", "validation_fraction")
+# TrainConfig fields that decide which images validate a run (`recipe.validation_splits`); the
+# seed decides them only for folds and the "random" strategy
+SPLIT_FIELDS = ("folds", "validation_strategy", "validation_fraction")
 
 
 class DistillationError(ValueError):
@@ -80,8 +81,15 @@ class Teacher:
 
 
 def training_split(params: Mapping) -> dict:
-    """The settings that decide a run's validation images, from its params or `asdict(config)`."""
-    return {name: params[name] for name in SPLIT_FIELDS}
+    """The settings that decide a run's validation images, from its params or `asdict(config)`.
+
+    Runs that differ only in their seed share the "lowest" split, so their networks may teach
+    each other.
+    """
+    split = {name: params[name] for name in SPLIT_FIELDS}
+    if params["folds"] >= 2 or params["validation_strategy"] == "random":
+        split["seed"] = params["seed"]
+    return split
 
 
 def check_teachers(teachers: Sequence[Teacher], config: TrainConfig,
