@@ -3,9 +3,9 @@
 `train` runs the recipe (`modeling.recipe.run_training`), prints the validation metrics next to
 the HOG baseline's, writes `outcome.json` and figures to `--out`, and exports for serving when
 `--export-base` is given; `--teacher` (repeatable) distils exported versions into the network.
-`evaluate` scores an exported version folder on a Kaggle-layout folder at
-the model's own threshold and writes the metrics JSON (and figures with `--out`). `reexport`
-writes an exported version again with the current export code (`artifact.reexport`).
+`evaluate` scores an exported version folder on a Kaggle-layout folder at the model's own
+threshold and writes the metrics JSON (and figures with `--out`). `reexport` writes an exported
+version again with the current export code (`artifact.reexport`).
 """
 
 from __future__ import annotations
