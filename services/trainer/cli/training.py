@@ -53,8 +53,9 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--teacher", action="append", dest="teachers", type=Path, metavar="DIR",
                         help="an exported version folder to distil (repeatable): each training "
                         "image's target mixes in the teachers' mean class probabilities with "
-                        "weight distill_weight (--set distill_weight=0.7, the default); the "
-                        "teachers must record this run's data fingerprint and split")
+                        "weight distill_weight (--set distill_weight=0.7, the default); a "
+                        "teacher whose model_info records another data fingerprint or "
+                        "validation split than this run is refused")
     parser.add_argument("--hold-out-gate", action="store_true",
                         help="train without the promotion gate set (CXR_GATE_FRACTION, "
                         "CXR_GATE_SEED), as retraining does; with --export-base, score the "
