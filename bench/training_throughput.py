@@ -24,7 +24,7 @@ def measure(steps: int, warmup: int) -> dict:
     import keras
 
     from services.trainer.data.dataset import load_images, scan_dataset
-    from services.trainer.modeling.cnn_training import _training_stream, class_labels
+    from services.trainer.modeling.cnn_training import class_labels, training_stream
     from services.trainer.modeling.config import TrainConfig
     from services.trainer.modeling.model import build_network
     from services.trainer.modeling.recipe import subsample
@@ -40,8 +40,7 @@ def measure(steps: int, warmup: int) -> dict:
                           dropout=config.dropout, seed=config.seed,
                           frozen_blocks=config.frozen_blocks)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss=keras.losses.CategoricalCrossentropy(
-                      from_logits=True, label_smoothing=config.label_smoothing))
+                  loss=keras.losses.CategoricalCrossentropy(from_logits=True))
 
     ends: list[float] = []
 
@@ -49,7 +48,7 @@ def measure(steps: int, warmup: int) -> dict:
         def on_train_batch_end(self, batch, logs=None) -> None:
             ends.append(time.perf_counter())
 
-    model.fit(_training_stream(images, class_labels(used), config), epochs=1,
+    model.fit(training_stream(images, class_labels(used), config), epochs=1,
               steps_per_epoch=warmup + steps, callbacks=[StepClock()], verbose=0,
               shuffle=False)
     seconds = ends[-1] - ends[warmup - 1]

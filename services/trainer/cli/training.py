@@ -2,9 +2,10 @@
 
 `train` runs the recipe (`modeling.recipe.run_training`), prints the validation metrics next to
 the HOG baseline's, writes `outcome.json` and figures to `--out`, and exports for serving when
-`--export-base` is given. `evaluate` scores an exported version folder on a Kaggle-layout folder at
-the model's own threshold and writes the metrics JSON (and figures with `--out`). `reexport`
-writes an exported version again with the current export code (`artifact.reexport`).
+`--export-base` is given; `--teacher` (repeatable) distils exported versions into the network.
+`evaluate` scores an exported version folder on a Kaggle-layout folder at the model's own
+threshold and writes the metrics JSON (and figures with `--out`). `reexport` writes an exported
+version again with the current export code (`artifact.reexport`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from services.trainer.artifact.scoring import evaluate_saved_model
+from services.trainer.artifact.scoring import evaluate_saved_model, score_saved_model
 from services.trainer.cli.common import add_data_argument, not_an_export
 from services.trainer.data.dataset import load_images, scan_dataset
 from services.trainer.data.splits import split_gate_set
@@ -49,6 +50,12 @@ def add_train(subparsers: argparse._SubParsersAction) -> None:
                         metavar="FIELD=VALUE",
                         help="any other TrainConfig field, e.g. --set crop_area_min=0.5 "
                         "(repeatable; docs/model.md lists them)")
+    parser.add_argument("--teacher", action="append", dest="teachers", type=Path, metavar="DIR",
+                        help="an exported version folder to distil (repeatable): each training "
+                        "image's target mixes in the teachers' mean class probabilities with "
+                        "weight distill_weight (--set distill_weight=0.7, the default); a "
+                        "teacher whose model_info records another data fingerprint or "
+                        "validation split than this run is refused")
     parser.add_argument("--hold-out-gate", action="store_true",
                         help="train without the promotion gate set (CXR_GATE_FRACTION, "
                         "CXR_GATE_SEED), as retraining does; with --export-base, score the "
@@ -97,6 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from services.trainer.artifact.export import export_for_serving
+    from services.trainer.modeling.distill import DistillationError, lineage_info
     from services.trainer.modeling.model import architecture_info
     from services.trainer.modeling.recipe import run_training, select_records
 
@@ -106,12 +114,17 @@ def run_train(args: argparse.Namespace) -> int:
         folds=args.folds, ship=args.ship, batch_size=args.batch_size, seed=args.seed,
         max_images=args.max_images, target_sensitivity=args.target_sensitivity,
         baseline=False if args.no_baseline else None, verbose=1,
+        teachers=tuple(str(path) for path in args.teachers) if args.teachers else None,
         **overrides)
     records, gate_records = None, None
     if args.hold_out_gate:
         records, gate_records = split_gate_set(select_records(config), settings.gate_fraction,
                                                settings.gate_seed)
-    outcome = run_training(config, records=records)
+    try:
+        outcome = run_training(config, records=records, score_teacher=score_saved_model)
+    except DistillationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps({
         "validation": {k: outcome.validation.get(k) for k in SUMMARY_KEYS},
         "baseline": {k: (outcome.baseline or {}).get(k) for k in SUMMARY_KEYS},
@@ -126,7 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
             threshold=outcome.threshold, temperature=outcome.temperature,
             model_name=settings.model_name,
             extra_info={"data_fingerprint": outcome.params["data_fingerprint"],
-                        **architecture_info(outcome.params)})
+                        **architecture_info(outcome.params), **lineage_info(outcome.params)})
         print(f"exported {version_dir}")
         if gate_records is not None:
             _score_gate_set(gate_records, version_dir, settings, args.out / "gate.json")

@@ -1,9 +1,13 @@
 """Fitting one CNN: class-weighted, augmented tf.data input, Adam + cross-entropy, early stopping.
 
 Targets are the 3 classes (normal, bacterial, viral); a pneumonia of unknown subtype gets half of
-its mass on each subtype. Every class (and the unknown-subtype group) carries the same total weight,
-so normal films, outnumbered about 3 to 1 by pneumonia, are not drowned out. Early stopping watches
-the validation loss and restores the best epoch's weights.
+its mass on each subtype; every target is label-smoothed. With teachers (`modeling.distill`), a
+training image's target is (1 - w) times that smoothed target plus w times the teachers' mean
+class probabilities on the image (an unknown subtype's teacher part included as it is); validation
+targets stay the smoothed labels. The training `auroc` then counts a target as pneumonia when
+less than half of it is normal. Every class (and the unknown-subtype group) carries the same total
+weight, so normal films, outnumbered about 3 to 1 by pneumonia, are not drowned out. Early stopping
+watches the validation loss and restores the best epoch's weights.
 """
 
 from __future__ import annotations
@@ -36,6 +40,20 @@ def soft_targets(labels: np.ndarray) -> np.ndarray:
     targets[np.flatnonzero(known), labels[known]] = 1.0
     targets[~known, 1:] = 0.5
     return targets
+
+
+def training_targets(labels: np.ndarray, label_smoothing: float,
+                     teacher_probabilities: np.ndarray | None = None,
+                     distill_weight: float = 0.0) -> np.ndarray:
+    """Label-smoothed `soft_targets`, mixed with the teachers' class probabilities when given.
+
+    Smoothing as Keras does it: y * (1 - s) + s / classes; then (1 - w) * that + w * teachers.
+    """
+    smoothed = soft_targets(labels) * (1.0 - label_smoothing) + label_smoothing / 3
+    if teacher_probabilities is None:
+        return smoothed.astype(np.float32)
+    mixed = (1.0 - distill_weight) * smoothed + distill_weight * teacher_probabilities
+    return mixed.astype(np.float32)
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -79,11 +97,15 @@ def augment_config(config: TrainConfig) -> AugmentConfig:
         crop_area=(config.crop_area_min, 1.0), erase_corners=config.erase_corners)
 
 
-def _training_stream(images: np.ndarray, labels: np.ndarray,
-                     config: TrainConfig) -> tf.data.Dataset:
-    """An endless, reshuffled, augmented stream of (pixels, soft targets, weights) batches."""
-    data = tf.data.Dataset.from_tensor_slices(
-        (images, soft_targets(labels), balanced_weights(labels)))
+def training_stream(images: np.ndarray, labels: np.ndarray, config: TrainConfig,
+                    teacher_probabilities: np.ndarray | None = None) -> tf.data.Dataset:
+    """An endless, reshuffled, augmented stream of (pixels, targets, weights) batches.
+
+    Each image keeps its own target (`training_targets`) through shuffling and augmentation.
+    """
+    targets = training_targets(labels, config.label_smoothing, teacher_probabilities,
+                               config.distill_weight)
+    data = tf.data.Dataset.from_tensor_slices((images, targets, balanced_weights(labels)))
     batch_size = min(config.batch_size, len(images))
     batches = (data.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
                .repeat().batch(batch_size, drop_remainder=True).enumerate())
@@ -117,22 +139,27 @@ def predict_logits(model: keras.Model, images: np.ndarray, batch_size: int = 64)
 
 def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
             val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
-            *, epochs: int | None = None, seed_offset: int = 0) -> FittedCnn:
-    """Train one network; with validation data, stop early on its loss and keep the best epoch."""
+            *, epochs: int | None = None, seed_offset: int = 0,
+            teacher_probabilities: np.ndarray | None = None) -> FittedCnn:
+    """Train one network; with validation data, stop early on its loss and keep the best epoch.
+
+    `teacher_probabilities` [len(train_images), 3]: the teachers' part of each training target.
+    """
     model = build_network(config.backbone, image_size=config.image_size, width=config.width,
                           dropout=config.dropout, seed=config.seed + seed_offset,
                           equalize=config.equalize, frozen_blocks=config.frozen_blocks,
                           internal_size=config.internal_size)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                  label_smoothing=config.label_smoothing),
+        # the targets carry the label smoothing (`training_targets`)
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
         metrics=[PneumoniaAUC()],
     )
     validation = None
     callbacks: list[keras.callbacks.Callback] = []
     if val_images is not None and val_labels is not None:
-        validation = inference_stream(val_images, config.batch_size, soft_targets(val_labels))
+        validation = inference_stream(val_images, config.batch_size,
+                                      training_targets(val_labels, config.label_smoothing))
         callbacks = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                           restore_best_weights=True),
@@ -140,7 +167,7 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
                                               patience=max(1, config.patience // 3), min_lr=1e-5),
         ]
     steps = max(1, math.floor(len(train_images) / config.batch_size))
-    fit = model.fit(_training_stream(train_images, train_labels, config),
+    fit = model.fit(training_stream(train_images, train_labels, config, teacher_probabilities),
                     steps_per_epoch=steps, epochs=epochs or config.epochs,
                     validation_data=validation, callbacks=callbacks, verbose=config.verbose,
                     shuffle=False)

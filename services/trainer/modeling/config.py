@@ -44,6 +44,9 @@ class TrainConfig:
     crop_area_min: float = 0.6  # random crops keep this share of the film's area or more
     erase_corners: float = 0.5  # probability that each corner is covered during training
     intensity_scale: float = 1.5  # widens the brightness, contrast and gamma ranges
+    # exported version folders whose mean class probabilities join the training targets
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.7  # the teachers' share of each training target (with teachers)
     baseline: bool = True
     cache_dir: str | None = None
     deterministic: bool = True

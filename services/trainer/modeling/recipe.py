@@ -14,6 +14,10 @@ reported. The shipped model is one network retrained on all images for the media
 (`ship="refit"`, the default) or the fold ensemble (`ship="ensemble"`). Refit is the default
 because an ensemble costs each served image the CPU of every one of its networks, which the
 serving budget per image does not allow (`docs/benchmarks.md`).
+
+Distillation (`config.teachers`, `modeling.distill`): the teachers are checked against the run's
+data fingerprint and split, then score the training images once; each network trains towards the
+mix of labels and teachers, while validation, temperature, threshold and metrics use the labels.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ from services.trainer.evaluation.metrics import compute_metrics
 from services.trainer.evaluation.thresholds import choose_threshold
 from services.trainer.modeling.cnn_training import FittedCnn, class_labels, fit_cnn, predict_logits
 from services.trainer.modeling.config import TrainConfig
+from services.trainer.modeling.distill import (
+    Teacher,
+    TeacherScorer,
+    check_teachers,
+    teacher_probabilities,
+)
 from services.trainer.modeling.hog import (
     HOG_SIZE,
     fit_hog_baseline,
@@ -129,18 +139,33 @@ def _prepare_runtime(config: TrainConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def run_training(config: TrainConfig,
-                 records: Sequence[XrayRecord] | None = None) -> TrainingOutcome:
-    """Train, calibrate, threshold and measure; `records` (say, less a gate set) skip the scan."""
+def run_training(config: TrainConfig, records: Sequence[XrayRecord] | None = None, *,
+                 score_teacher: TeacherScorer | None = None) -> TrainingOutcome:
+    """Train, calibrate, threshold and measure; `records` (say, less a gate set) skip the scan.
+
+    With `config.teachers`, `score_teacher` scores them (`artifact.scoring.score_saved_model`);
+    a teacher that may have seen this run's validation or gate images raises `DistillationError`.
+    """
     _prepare_runtime(config)
     records = subsample(records if records is not None else select_records(config),
                         config.max_images, config.seed)
+    fingerprint = data_fingerprint(records)
+    teachers = [Teacher.read(path) for path in config.teachers]
+    if teachers and score_teacher is None:
+        raise ValueError("config.teachers need a score_teacher to score them")
+    check_teachers(teachers, config, fingerprint)
     images = load_images(records, size=config.image_size, cache_dir=config.cache_dir)
     labels = class_labels(records)
     is_pneumonia = (labels != 0).astype(int)
     subtypes = [r.subtype for r in records]
     splits = validation_splits(records, config)
-    oof_logits, history, fitted = _fit_networks(config, images, labels, splits)
+    taught = None
+    if teachers and score_teacher is not None:
+        trained_on = np.unique(np.concatenate([train_idx for train_idx, _ in splits]))
+        taught = teacher_probabilities(teachers, score_teacher, records, trained_on,
+                                       images=images, image_size=config.image_size,
+                                       cache_dir=config.cache_dir)
+    oof_logits, history, fitted = _fit_networks(config, images, labels, splits, taught)
     scored = np.sort(np.concatenate([val_idx for _, val_idx in splits]))
 
     temperature = fit_temperature(oof_logits[scored], labels[scored])
@@ -161,7 +186,8 @@ def run_training(config: TrainConfig,
     models = [run.model for run in fitted]
     if len(splits) > 1 and config.ship == "refit":
         epochs = int(np.median([run.best_epoch for run in fitted]))
-        models = [fit_cnn(config, images, labels, epochs=epochs, seed_offset=len(splits)).model]
+        models = [fit_cnn(config, images, labels, epochs=epochs, seed_offset=len(splits),
+                          teacher_probabilities=taught).model]
     baseline = (_hog_baseline(images, is_pneumonia, records, splits, scored, config)
                 if config.baseline else None)
 
@@ -170,7 +196,9 @@ def run_training(config: TrainConfig,
                                          threshold),
                **save_training_curves(out_dir / "figures", history)}
     outcome = TrainingOutcome(models=models, threshold=threshold, temperature=temperature,
-                              params=_params(config, records, splits, models), history=history,
+                              params=_params(config, records, splits, models, fingerprint,
+                                             teachers),
+                              history=history,
                               validation=validation, figures=figures, baseline=baseline,
                               calibration=calibration, folds=per_fold,
                               fold_summary=_fold_summary(per_fold))
@@ -178,9 +206,12 @@ def run_training(config: TrainConfig,
     return outcome
 
 
-def _fit_networks(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
-                  splits: Splits) -> tuple[np.ndarray, list[dict], list[FittedCnn]]:
+def _fit_networks(config: TrainConfig, images: np.ndarray, labels: np.ndarray, splits: Splits,
+                  taught: np.ndarray | None = None,
+                  ) -> tuple[np.ndarray, list[dict], list[FittedCnn]]:
     """One network per split; the logits each gives its own validation images, and histories.
+
+    `taught`: the teachers' mean class probabilities per image (rows of training images set).
 
     With K folds and an `out_dir`, every finished fold is checkpointed there (`folds/fold-K/`:
     weights, history, best epoch), so a long cross-validation that is stopped resumes at the first
@@ -196,7 +227,8 @@ def _fit_networks(config: TrainConfig, images: np.ndarray, labels: np.ndarray,
         run = checkpoint.load(config) if checkpoint else None
         if run is None:
             run = fit_cnn(config, images[train_idx], labels[train_idx], images[val_idx],
-                          labels[val_idx], seed_offset=fold)
+                          labels[val_idx], seed_offset=fold,
+                          teacher_probabilities=None if taught is None else taught[train_idx])
             if checkpoint:
                 checkpoint.save(run)
         oof_logits[val_idx] = predict_logits(run.model, images[val_idx])
@@ -279,12 +311,13 @@ def _hog_baseline(images: np.ndarray, is_pneumonia: np.ndarray, records: Sequenc
             "folds": per_fold, "fold_summary": _fold_summary(per_fold)}
 
 
-def _params(config: TrainConfig, records: Sequence[XrayRecord],
-            splits: Splits, models: list[keras.Model]) -> dict:
+def _params(config: TrainConfig, records: Sequence[XrayRecord], splits: Splits,
+            models: list[keras.Model], fingerprint: str, teachers: Sequence[Teacher]) -> dict:
     labels = class_labels(records)
     return {
         **dataclasses.asdict(config),
-        "data_fingerprint": data_fingerprint(records),
+        **({"teacher_models": [t.record() for t in teachers]} if teachers else {}),
+        "data_fingerprint": fingerprint,
         "data_images": len(records),
         "data_patients": len({r.patient for r in records}),
         "data_normal": int((labels == 0).sum()),
