@@ -199,7 +199,11 @@ class Attempt:
 
 
 class Undelivered(TransientFailure):
-    """A retryable `AttemptFailed` (`error`), with the attempt it ended."""
+    """A retryable `AttemptFailed` (`error`), with the attempt it ended.
+
+    It pickles as itself (so does `AttemptFailed`): Celery hands `on_failure`, and so
+    `WebhookTask.dead_letter`, only an exception that survives pickling unchanged.
+    """
 
     error: AttemptFailed
 
