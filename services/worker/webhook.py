@@ -12,8 +12,9 @@ answers it (the same `JobView` JSON), signed for the client's secret:
 
 The timestamp is inside the signed string, so a receiver that refuses old timestamps refuses a
 replayed request. A 2xx answer ends the delivery. No answer, 408, 425, 429 and 5xx are retried
-with exponential backoff and full jitter, at most `CXR_WEBHOOK_MAX_RETRIES` times; any other
-answer (a redirect, another 4xx) is not. A delivery that is not accepted goes to the Redis list
+by Celery (`shared.task_retries`: exponential backoff, full jitter), at most
+`CXR_WEBHOOK_MAX_RETRIES` times (`WebhookTask.dead_letter` once they are spent); any other answer
+(a redirect, another 4xx) is not. A delivery that is not accepted goes to the Redis list
 `CXR_WEBHOOK_DEAD_LETTER_KEY`. Each attempt is an audit line (action `webhook_delivery`) and a
 count in `cxr_worker_webhook_attempts`; each delivery's end a count in
 `cxr_worker_webhook_deliveries`. The job's `extra.webhook` holds the delivery's state.
@@ -32,7 +33,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import redis
-from celery.utils.time import get_exponential_backoff_interval
 
 from services.worker import dead_letter, metrics
 from services.worker.celery_app import QUEUE, app
@@ -46,6 +46,7 @@ from shared.jobs.view import JobView
 from shared.process_local import PerProcess
 from shared.redis_clients import redis_client
 from shared.storage import get_storage
+from shared.task_retries import RetryingTask, TransientFailure, retry_options
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class AttemptFailed(Exception):
     def __init__(self, reason: str, status: int | None, retryable: bool) -> None:
         super().__init__(reason)
         self.reason, self.status, self.retryable = reason, status, retryable
+
+    def __reduce__(self) -> tuple[type[AttemptFailed], tuple[str, int | None, bool]]:
+        return type(self), (self.reason, self.status, self.retryable)
 
 
 @dataclass
@@ -165,26 +169,74 @@ def request_webhook(job_id: str, *, unless_requested: bool = False) -> bool:
         return False
 
 
-def _record(deps: WebhookDeps, record: JobRecord, state: str, attempt: int,
-            delivery_id: str, **details: object) -> None:
-    try:
-        deps.jobs.set_extra(record.job_id, STATE_KEY, {
-            "state": state, "attempts": attempt, "delivery_id": delivery_id, **details})
-    except Exception:  # noqa: BLE001 - the job may have been deleted meanwhile
-        log.warning("could not record the webhook state of job %s", record.job_id)
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt at a job's webhook: what its audit line and the job's webhook state name."""
+
+    job_id: str
+    client_id: str
+    url: str
+    delivery_id: str
+    number: int  # 1 for the first try, n + 1 for the n-th retry
+
+    def audit(self, outcome: str, status: int | None, error: str | None = None) -> None:
+        extra: dict[str, object] = {"attempt": self.number, "outcome": outcome,
+                                    "delivery_id": self.delivery_id,
+                                    "receiver": urlsplit(self.url).hostname}
+        if error is not None:
+            extra["error"] = error
+        AuditEntry(self.client_id, AUDIT_ACTION, self.job_id, status=status or 0,
+                   extra=extra).emit()
+
+    def record(self, jobs: JobStore, state: str, **details: object) -> None:
+        """Set the job's `extra.webhook` to `state` after this attempt."""
+        try:
+            jobs.set_extra(self.job_id, STATE_KEY, {
+                "state": state, "attempts": self.number, "delivery_id": self.delivery_id,
+                **details})
+        except Exception:  # noqa: BLE001 - the job may have been deleted meanwhile
+            log.warning("could not record the webhook state of job %s", self.job_id)
 
 
-def _audit(record: JobRecord, attempt: int, delivery_id: str, outcome: str,
-           url: str, status: int | None, error: str | None = None) -> None:
-    extra: dict[str, object] = {"attempt": attempt, "outcome": outcome, "delivery_id": delivery_id,
-                                "receiver": urlsplit(url).hostname}
-    if error is not None:
-        extra["error"] = error
-    AuditEntry(record.client_id, AUDIT_ACTION, record.job_id, status=status or 0,
-               extra=extra).emit()
+class Undelivered(TransientFailure):
+    """A retryable `AttemptFailed` (`error`), with the attempt it ended.
+
+    It pickles as itself (so does `AttemptFailed`): Celery hands `on_failure`, and so
+    `WebhookTask.dead_letter`, only an exception that survives pickling unchanged.
+    """
+
+    error: AttemptFailed
+
+    def __init__(self, failed: AttemptFailed, attempt: Attempt) -> None:
+        super().__init__(failed, failed.reason)
+        self.attempt = attempt
+
+    def __reduce__(self) -> tuple[type[Undelivered], tuple[AttemptFailed, Attempt]]:
+        return type(self), (self.error, self.attempt)
 
 
-@app.task(name=WEBHOOK_TASK, bind=True, max_retries=get_settings().webhook_max_retries)
+class WebhookTask(RetryingTask):
+    """`cxr.webhook`: counts and logs each retry; dead-letters a delivery out of retries."""
+
+    def retrying(self, job_id: str, failure: TransientFailure, countdown: float) -> None:
+        metrics.WEBHOOK_RETRIES.inc()
+        log.warning("webhook of job %s: %s; retry %s/%s in %ss", job_id, failure.detail,
+                    self.request.retries + 1, self.max_retries, countdown)
+
+    def dead_letter(self, job_id: str, failure: TransientFailure, retries: int) -> None:
+        assert isinstance(failure, Undelivered), failure
+        _dead_letter(webhook_deps(), self.name, failure.attempt, failure.error.status,
+                     f"retries exhausted: {failure.detail}")
+
+
+def _settings_retry_options() -> dict[str, object]:
+    settings = get_settings()
+    return retry_options(max_retries=settings.webhook_max_retries,
+                         backoff_s=settings.webhook_backoff_s,
+                         backoff_max_s=settings.webhook_backoff_max_s, jitter=True)
+
+
+@app.task(base=WebhookTask, name=WEBHOOK_TASK, bind=True, **_settings_retry_options())
 def send_webhook(self, job_id: str, delivery_id: str) -> str:
     """One attempt at a job's webhook; retried, then dead-lettered, while it is not accepted."""
     deps = webhook_deps()
@@ -198,39 +250,33 @@ def send_webhook(self, job_id: str, delivery_id: str) -> str:
                  job_id)
         metrics.WEBHOOK_DELIVERIES.labels("dropped").inc()
         return "dropped"
-    attempt = self.request.retries + 1
+    attempt = Attempt(job_id, record.client_id, endpoint.url, delivery_id,
+                      self.request.retries + 1)
     try:
         status = post(deps.http, endpoint, job_body(record), delivery_id)
     except AttemptFailed as failed:
         metrics.WEBHOOK_ATTEMPTS.labels("no_answer" if failed.status is None
                                         else "refused").inc()
-        if not failed.retryable or self.request.retries >= self.max_retries:
-            reason = failed.reason if not failed.retryable else f"retries exhausted: {failed}"
-            _audit(record, attempt, delivery_id, "dead_lettered", endpoint.url, failed.status,
-                   reason)
-            _dead_letter(deps, self.name, record, attempt, delivery_id, reason)
+        if not failed.retryable:
+            _dead_letter(deps, self.name, attempt, failed.status, failed.reason)
             return "dead_lettered"
-        countdown = get_exponential_backoff_interval(
-            factor=settings.webhook_backoff_s, retries=self.request.retries,
-            maximum=settings.webhook_backoff_max_s, full_jitter=True)
-        _audit(record, attempt, delivery_id, "retry", endpoint.url, failed.status, failed.reason)
-        _record(deps, record, "pending", attempt, delivery_id, last_error=failed.reason)
-        metrics.WEBHOOK_RETRIES.inc()
-        log.warning("webhook of job %s: %s; retry %s/%s in %ss", job_id, failed, attempt,
-                    self.max_retries, countdown)
-        raise self.retry(exc=failed, countdown=countdown) from failed
+        if self.will_retry():  # recorded before the retry is sent, which may run at once
+            attempt.audit("retry", failed.status, failed.reason)
+            attempt.record(deps.jobs, "pending", last_error=failed.reason)
+        raise Undelivered(failed, attempt) from failed
     metrics.WEBHOOK_ATTEMPTS.labels("accepted").inc()
     metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
-    _audit(record, attempt, delivery_id, "delivered", endpoint.url, status)
-    _record(deps, record, "delivered", attempt, delivery_id, status=status)
+    attempt.audit("delivered", status)
+    attempt.record(deps.jobs, "delivered", status=status)
     return "delivered"
 
 
-def _dead_letter(deps: WebhookDeps, task: str, record: JobRecord, attempt: int,
-                 delivery_id: str, reason: str) -> None:
-    log.error("webhook of job %s not delivered after %s attempts: %s", record.job_id, attempt,
-              reason)
+def _dead_letter(deps: WebhookDeps, task: str, attempt: Attempt, status: int | None,
+                 reason: str) -> None:
+    attempt.audit("dead_lettered", status, reason)
+    log.error("webhook of job %s not delivered after %s attempts: %s", attempt.job_id,
+              attempt.number, reason)
     metrics.WEBHOOK_DELIVERIES.labels("dead_lettered").inc()
-    dead_letter.push(deps.redis, deps.settings.webhook_dead_letter_key, record.job_id, task,
-                     WebhookUndeliveredError(reason), attempt - 1)
-    _record(deps, record, "failed", attempt, delivery_id, reason=reason)
+    dead_letter.push(deps.redis, deps.settings.webhook_dead_letter_key, attempt.job_id, task,
+                     WebhookUndeliveredError(reason), attempt.number - 1)
+    attempt.record(deps.jobs, "failed", reason=reason)

@@ -18,7 +18,7 @@ from services.trainer.registry.publish import (
     render_models_config,
     serving_storage,
 )
-from services.trainer.registry.serving_status import VersionLoadWaiter
+from services.trainer.registry.version_wait import VersionLoadWaiter
 from shared.storage import S3Storage
 from tests.support.model_server import ModelServer
 from tests.support.procs import free_port, wait_until

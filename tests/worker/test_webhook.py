@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from services.worker import webhook
@@ -25,6 +27,7 @@ from shared.jobs.records import JobRecord
 from shared.jobs.store import JobStore
 from shared.schemas import ClassProbabilities, Failure, ModelRef, PredictionResult
 from shared.storage import LocalStorage
+from shared.task_retries import TransientFailure
 from tests.support.webhook_receiver import WebhookReceiver
 
 SECRET = "alice-webhook-secret-0123456789"
@@ -88,6 +91,12 @@ def run_task(job_id: str, delivery_id: str = "delivery-1") -> str:
     return webhook.send_webhook.apply(args=[job_id, delivery_id]).get()
 
 
+def run_out_of_retries(job_id: str) -> None:
+    """Run the task until Celery gives it up: its last failure is the one it was retried for."""
+    outcome = webhook.send_webhook.apply(args=[job_id, "delivery-1"])
+    assert outcome.failed() and isinstance(outcome.result, TransientFailure)
+
+
 def test_final_state_is_posted_signed(setup):
     setup.receiver.start()
     record = succeeded_job(setup.jobs)
@@ -131,12 +140,24 @@ def test_a_changed_body_or_secret_does_not_verify(setup):
                                                                 hit.body)
 
 
-def test_retried_until_the_receiver_accepts(setup):
+def test_retried_until_the_receiver_accepts(setup, monkeypatch):
     setup.receiver.statuses = [503, 429]
     setup.receiver.start()
     record = succeeded_job(setup.jobs)
+    seen_by_attempt = []  # the job's webhook state as each attempt starts
+
+    def post(*args):
+        seen_by_attempt.append(setup.jobs.get(record.job_id).extra.get(webhook.STATE_KEY))
+        return real_post(*args)
+
+    real_post = webhook.post
+    monkeypatch.setattr(webhook, "post", post)
 
     assert run_task(record.job_id, "delivery-7") == "delivered"
+
+    assert seen_by_attempt == [None] + [  # the retry finds the last failure recorded
+        {"state": "pending", "attempts": attempt, "delivery_id": "delivery-7",
+         "last_error": f"answered {status}"} for attempt, status in [(1, 503), (2, 429)]]
 
     hits = setup.receiver.received
     assert [hit.status for hit in hits] == [503, 429, 200]
@@ -150,16 +171,29 @@ def test_retried_until_the_receiver_accepts(setup):
     assert setup.redis.llen(get_settings().webhook_dead_letter_key) == 0
 
 
-def test_dead_lettered_after_the_last_retry(setup):
+def test_dead_lettered_after_the_last_retry(setup, caplog):
     setup.receiver.statuses = [500] * 10
     setup.receiver.start()
     record = succeeded_job(setup.jobs)
+    retried = REGISTRY.get_sample_value("cxr_worker_webhook_retries_total") or 0.0
 
-    assert run_task(record.job_id) == "dead_lettered"
+    with caplog.at_level(logging.WARNING, logger=webhook.log.name):
+        run_out_of_retries(record.job_id)
 
     assert len(setup.receiver.received) == 4  # the first try and max_retries = 3 more
+    retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
+    assert [line.split(": ", 1)[1].split(" in ")[0] for line in retries] == [
+        "answered 500; retry 1/3", "answered 500; retry 2/3", "answered 500; retry 3/3"]
+    # Exponential backoff with full jitter: the n-th countdown lies in
+    # [0, CXR_WEBHOOK_BACKOFF_S * 2**(n-1)] s.
+    backoff = get_settings().webhook_backoff_s
+    countdowns = [float(line.rsplit(" in ", 1)[1].removesuffix("s")) for line in retries]
+    assert all(0 <= countdown <= backoff * 2**n for n, countdown in enumerate(countdowns))
+    assert REGISTRY.get_sample_value("cxr_worker_webhook_retries_total") == retried + 3
     lines = setup.audit_lines(record.job_id)
     assert [line["outcome"] for line in lines] == ["retry", "retry", "retry", "dead_lettered"]
+    assert (lines[-1]["attempt"], lines[-1]["status"], lines[-1]["error"]) == (
+        4, 500, "retries exhausted: answered 500")
     (raw,) = setup.redis.lrange(get_settings().webhook_dead_letter_key, 0, -1)
     entry = json.loads(raw)
     assert entry["job_id"] == record.job_id
@@ -189,12 +223,13 @@ def test_an_untrusted_certificate_gets_nothing(setup, monkeypatch):
     setup.receiver.start()
     record = succeeded_job(setup.jobs)
 
-    assert run_task(record.job_id) == "dead_lettered"
+    run_out_of_retries(record.job_id)
 
     assert setup.receiver.received == []
     lines = setup.audit_lines(record.job_id)
     assert len(lines) == 4 and all(line["status"] == 0 for line in lines)
     assert lines[0]["error"] == "no answer (ConnectError)"
+    assert lines[-1]["error"] == "retries exhausted: no answer (ConnectError)"
 
 
 def test_failed_and_refused_jobs_are_sent_too(setup):

@@ -123,7 +123,7 @@ def _load_waiter(settings):
     """Waits for the model server to load a new version (`CXR_PUBLISH_WAIT_FOR_LOAD_S`, 0: off)."""
     if settings.publish_wait_for_load_s <= 0:
         return None
-    from services.trainer.registry.serving_status import VersionLoadWaiter
+    from services.trainer.registry.version_wait import VersionLoadWaiter
 
     return VersionLoadWaiter(settings.model_server_grpc, settings.model_name,
                              settings.publish_wait_for_load_s).wait
