@@ -51,19 +51,30 @@ def test_evaluate_cli_refuses_a_folder_that_is_not_a_model(tmp_path):
 
 @pytest.mark.slow
 def test_train_cli_trains_writes_outcome_and_exports(tmp_path):
+    # `--set` may give a field that has an option of its own when that option is not given.
     result = _cli("train", "--data", str(SAMPLE_DIR), "--epochs", "1", "--max-images", "24",
-                  "--batch-size", "8", "--out", str(tmp_path / "train"),
+                  "--set", "batch_size=8", "--set", "seed=5", "--out", str(tmp_path / "train"),
                   "--export-base", str(tmp_path / "serving"), "--version", "3",
                   env={"CXR_TRAIN_IMAGE_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads((tmp_path / "train" / "outcome.json").read_text())
     assert set(METRIC_KEYS) <= set(outcome["validation"])
-    assert outcome["params"]["epochs"] == 1
+    assert (outcome["params"]["epochs"], outcome["params"]["batch_size"],
+            outcome["params"]["seed"]) == (1, 8, 5)
     version_dir = tmp_path / "serving" / "cxr-pneumonia" / "3"
     assert (version_dir / "saved_model.pb").is_file()
     info = json.loads((version_dir / "assets.extra" / "model_info.json").read_text())
     assert info["threshold"] == pytest.approx(outcome["threshold"])
     assert list((tmp_path / "cache").glob("*.npy"))  # the image cache setting was honoured
+
+
+def test_train_cli_refuses_a_field_given_by_its_option_and_by_set(tmp_path):
+    result = _cli("train", "--data", str(SAMPLE_DIR), "--seed", "1", "--set", "seed=2",
+                  "--out", str(tmp_path / "train"))
+    assert result.returncode == 2
+    assert "seed given both by its own option and by --set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "train").exists()
 
 
 def test_train_cli_needs_version_with_export_base(tmp_path):

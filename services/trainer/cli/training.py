@@ -108,14 +108,20 @@ def run_train(args: argparse.Namespace) -> int:
     from services.trainer.modeling.model import architecture_info
     from services.trainer.modeling.recipe import run_training, select_records
 
+    # Fields with an option of their own; --set may give one only where its option is not given.
+    options = {
+        "data_dir": str(args.data), "out_dir": str(args.out), "epochs": args.epochs,
+        "folds": args.folds, "ship": args.ship, "batch_size": args.batch_size, "seed": args.seed,
+        "max_images": args.max_images, "target_sensitivity": args.target_sensitivity,
+        "baseline": False if args.no_baseline else None,
+        "teachers": tuple(str(path) for path in args.teachers) if args.teachers else None}
+    twice = sorted(name for name in overrides if options.get(name) is not None)
+    if twice:
+        print(f"error: {', '.join(twice)} given both by its own option and by --set; "
+              "give it once", file=sys.stderr)
+        return 2
     settings = get_settings()
-    config = TrainConfig.from_settings(
-        settings, data_dir=str(args.data), out_dir=str(args.out), epochs=args.epochs,
-        folds=args.folds, ship=args.ship, batch_size=args.batch_size, seed=args.seed,
-        max_images=args.max_images, target_sensitivity=args.target_sensitivity,
-        baseline=False if args.no_baseline else None, verbose=1,
-        teachers=tuple(str(path) for path in args.teachers) if args.teachers else None,
-        **overrides)
+    config = TrainConfig.from_settings(settings, verbose=1, **{**options, **overrides})
     records, gate_records = None, None
     if args.hold_out_gate:
         records, gate_records = split_gate_set(select_records(config), settings.gate_fraction,
