@@ -153,7 +153,8 @@ def test_a_client_lists_only_its_own_jobs_newest_first_in_pages(stack):
                          params={"created_after": future}).json()["items"] == []
 
         for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "../jobs"},
-                    {"status": "done"}, {"created_after": "yesterday"}):
+                    {"status": "done"}, {"created_after": "yesterday"},
+                    {"created_after": "202111919"}, {"created_before": "1700000000"}):
             refused = carol.get("/v1/predictions", params=bad)
             assert refused.status_code == 422, (bad, refused.text)
             assert refused.json()["code"] == "invalid_request"

@@ -7,11 +7,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, File, Header, Path, Query, Request, Response, UploadFile
+from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.api_models import JobList, JobView
@@ -160,6 +162,18 @@ async def _wait_for_record(resources: GatewayResources, job_id: str, client: str
             await asyncio.sleep(POLL_INTERVAL_S)
 
 
+def _iso_8601_only(value: object) -> object:
+    """A query time must be written as ISO 8601, the documented format: pydantic would also read
+    a bare number as seconds since 1970, which no client means by it."""
+    if isinstance(value, str) and not ISO_8601_DATE.match(value):
+        raise ValueError("expected an ISO 8601 time, e.g. 2026-01-31T08:00:00Z")
+    return value
+
+
+ISO_8601_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+QueryTime = Annotated[datetime, BeforeValidator(_iso_8601_only)]
+
+
 def _as_utc(moment: datetime | None) -> datetime | None:
     """A time given without a zone is read as UTC."""
     if moment is None:
@@ -180,9 +194,9 @@ async def list_predictions(
         pattern=INDEX_ENTRY_PATTERN, max_length=160,
         description="`next_cursor` of the previous page; leave out for the newest jobs.")] = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
-    created_after: Annotated[datetime | None, Query(description=(
+    created_after: Annotated[QueryTime | None, Query(description=(
         "Only jobs created at or after this time (ISO 8601; without a zone: UTC)."))] = None,
-    created_before: Annotated[datetime | None, Query(description=(
+    created_before: Annotated[QueryTime | None, Query(description=(
         "Only jobs created before this time (ISO 8601; without a zone: UTC)."))] = None,
 ) -> JobList:
     """The calling client's own jobs, newest first, `limit` at a time: follow `next_cursor` for
