@@ -7,8 +7,14 @@ two or more. It fits nothing on the folder, so the folder may be a site's accept
 answers whether distilling an ensemble into one network is worth a training run; the service
 never serves an ensemble of separate versions.
 
+With `--operating-point`, the mean of all the given versions also gets the threshold a trained
+version would get: chosen (sensitivity first, `CXR_TARGET_SENSITIVITY`) on the training period's
+validation films (the recipe's split, the gate set held out), then measured on the gate set and on
+the folder.
+
     python -m scripts.ensemble_auroc --data ../shared/data/site_acceptance \\
-        --model models/cxr-pneumonia/4 --model OTHER_EXPORT [--model ...] [--json OUT]
+        --model models/cxr-pneumonia/4 --model OTHER_EXPORT [--model ...] [--operating-point] \\
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,7 +30,16 @@ from sklearn.metrics import roc_auc_score
 from services.trainer.artifact.reexport import read_model_info
 from services.trainer.artifact.scoring import score_saved_model
 from services.trainer.data.dataset import load_images, scan_dataset
-from services.trainer.evaluation.metrics import bootstrap_auroc_ci
+from services.trainer.data.records import XrayRecord
+from services.trainer.data.splits import split_by_patient, split_gate_set
+from services.trainer.evaluation.metrics import bootstrap_auroc_ci, compute_metrics
+from services.trainer.evaluation.thresholds import choose_threshold
+from services.trainer.modeling.config import TrainConfig
+from services.trainer.modeling.recipe import select_records
+from services.trainer.settings import get_settings
+
+OPERATING_POINT_KEYS = ("n", "auroc", "auroc_ci", "sensitivity", "specificity", "ece",
+                        "threshold")
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -43,30 +58,64 @@ def combinations_auroc(y_true: np.ndarray, logits: dict[str, np.ndarray]) -> lis
     return rows
 
 
+def mean_logit(models: list[Path], records: list[XrayRecord]) -> np.ndarray:
+    """The mean of the versions' logits of p(pneumonia), each at its own input size."""
+    return np.mean([logit(score_saved_model(model, load_images(
+        records, size=int(read_model_info(model)["image_size"]))).p_pneumonia)
+        for model in models], axis=0)
+
+
+def labels(records: list[XrayRecord]) -> np.ndarray:
+    return np.array([r.label == "PNEUMONIA" for r in records], dtype=int)
+
+
+def operating_point(models: list[Path], data_records: list[XrayRecord]) -> dict:
+    """The mean's threshold chosen on the training period's validation films, and its figures
+    there, on the gate set and on `data_records`."""
+    settings = get_settings()
+    config = TrainConfig.from_settings(settings)
+    trainable, gate = split_gate_set(select_records(config), settings.gate_fraction,
+                                     settings.gate_seed)
+    _, validation = split_by_patient(trainable, config.validation_fraction, seed=config.seed,
+                                     strategy=config.validation_strategy)
+    result = {}
+    threshold = None
+    for name, records in (("validation", validation), ("gate", gate), ("data", data_records)):
+        probability = 1.0 / (1.0 + np.exp(-mean_logit(models, records)))
+        if threshold is None:
+            threshold = choose_threshold(labels(records), probability,
+                                         settings.target_sensitivity)
+        metrics = compute_metrics(labels(records), probability, threshold)
+        result[name] = {key: metrics[key] for key in OPERATING_POINT_KEYS}
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout labelled folder")
     parser.add_argument("--model", type=Path, action="append", required=True,
                         help="an exported version folder (give two or more)")
+    parser.add_argument("--operating-point", action="store_true",
+                        help="also the mean's threshold from the training period's validation "
+                        "films, measured on the gate set and on --data")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     if len(args.model) < 2:
         parser.error("give at least two --model folders")
     records = scan_dataset(args.data)
-    y_true = np.array([r.label == "PNEUMONIA" for r in records], dtype=int)
-    logits = {}
-    for model in args.model:
-        size = int(read_model_info(model)["image_size"])
-        logits[str(model)] = logit(score_saved_model(model, load_images(records, size=size))
-                                   .p_pneumonia)
+    y_true = labels(records)
+    logits = {str(model): mean_logit([model], records) for model in args.model}
     rows = combinations_auroc(y_true, logits)
     for row in rows:
         low, high = row["auroc_ci"]
         print(f"{row['auroc']:.3f} ({low:.3f}-{high:.3f})  " + " + ".join(row["models"]))
+    report: dict = {"data": str(args.data), "n": len(y_true), "rows": rows}
+    if args.operating_point:
+        report["operating_point"] = operating_point(args.model, records)
+        print(json.dumps(report["operating_point"], indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"data": str(args.data), "n": len(y_true), "rows": rows},
-                                        indent=2))
+        args.json.write_text(json.dumps(report, indent=2))
     return 0
 
 

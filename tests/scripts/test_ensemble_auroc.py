@@ -23,3 +23,29 @@ def test_logit_is_finite_at_the_ends_and_inverts_the_sigmoid():
     values = logit(p)
     assert np.isfinite(values).all()
     assert 1 / (1 + np.exp(-values[1:3])) == pytest.approx(p[1:3])
+
+
+def test_the_operating_point_is_chosen_on_validation_films_and_measured_on_the_others(
+        tmp_path, monkeypatch):
+    from scripts.ensemble_auroc import operating_point
+    from services.trainer.data.dataset import scan_dataset
+    from services.trainer.settings import get_settings
+    from tests.support.tiny_model import make_tiny_serving_model
+    from tests.trainer.conftest import SAMPLE_DIR
+
+    models = [make_tiny_serving_model(tmp_path / "serving", version, seed=version, image_size=64)
+              for version in (1, 2)]
+    monkeypatch.setenv("CXR_DATA_DIR", str(SAMPLE_DIR))
+    monkeypatch.setenv("CXR_GATE_FRACTION", "0.3")
+    get_settings.cache_clear()
+    try:
+        result = operating_point(models, scan_dataset(SAMPLE_DIR))
+    finally:
+        get_settings.cache_clear()
+    assert set(result) == {"validation", "gate", "data"}
+    assert len({part["threshold"] for part in result.values()}) == 1
+    # The threshold meets the target sensitivity on the films it was chosen on.
+    assert result["validation"]["sensitivity"] >= 0.95
+    assert result["data"]["n"] == 40
+    assert 0 < result["gate"]["n"] < 40 and 0 < result["validation"]["n"] < 40
+    assert result["gate"]["n"] + result["validation"]["n"] < 40
