@@ -120,15 +120,15 @@ class PromotionGate:
               champion_version: int | None = None) -> GateVerdict:
         """The verdict from metrics already computed on the gate set (pure; no models run)."""
         checks = [
-            _floor("auroc", candidate.get("auroc"), self.min_auroc),
-            _floor("sensitivity", candidate.get("sensitivity"), self.min_sensitivity),
-            _floor("specificity", candidate.get("specificity"), self.min_specificity),
+            floor_check("auroc", candidate.get("auroc"), self.min_auroc),
+            floor_check("sensitivity", candidate.get("sensitivity"), self.min_sensitivity),
+            floor_check("specificity", candidate.get("specificity"), self.min_specificity),
         ]
         if champion is not None:
             checks += [
-                _regression("auroc", candidate.get("auroc"), champion.get("auroc"),
+                regression_check("auroc", candidate.get("auroc"), champion.get("auroc"),
                             self.max_auroc_drop),
-                _regression("sensitivity", candidate.get("sensitivity"),
+                regression_check("sensitivity", candidate.get("sensitivity"),
                             champion.get("sensitivity"), self.max_sensitivity_drop),
             ]
         return GateVerdict(all(c.passed for c in checks), checks, candidate, champion,
@@ -146,7 +146,7 @@ class PromotionGate:
                            {"gate.set_fingerprint": gate_set.fingerprint})
 
 
-def _floor(metric: str, value: float | None, floor: float) -> GateCheck:
+def floor_check(metric: str, value: float | None, floor: float) -> GateCheck:
     if value is None:
         return GateCheck(f"{metric}_floor", False,
                          f"{metric} is undefined on the gate set (a class is missing)")
@@ -155,7 +155,7 @@ def _floor(metric: str, value: float | None, floor: float) -> GateCheck:
                      f"{metric} {value:.4f} {'>=' if passed else '<'} floor {floor:.4f}")
 
 
-def _regression(metric: str, value: float | None, champion: float | None,
+def regression_check(metric: str, value: float | None, champion: float | None,
                 max_drop: float) -> GateCheck:
     if value is None or champion is None:
         return GateCheck(f"{metric}_regression", value is not None,

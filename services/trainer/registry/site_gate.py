@@ -16,7 +16,7 @@ from pathlib import Path
 from services.trainer.artifact.scoring import run_site_acceptance
 from services.trainer.data.site_records import read_site_records
 from services.trainer.evaluation.site_calibration import SiteAcceptance
-from services.trainer.registry.gates import GateCheck, _floor, _regression
+from services.trainer.registry.gates import GateCheck, floor_check, regression_check
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,14 @@ class SiteGate:
     def judge(self, site: str, candidate: dict, champion: dict | None = None) -> list[GateCheck]:
         """Checks on one site's reports (`site_calibration` report dicts); pure."""
         figures = candidate["site_threshold"]
-        checks = [_floor("sensitivity", figures["sensitivity"], self.min_sensitivity),
-                  _floor("specificity", figures["specificity"], self.min_specificity)]
+        checks = [floor_check("sensitivity", figures["sensitivity"], self.min_sensitivity),
+                  floor_check("specificity", figures["specificity"], self.min_specificity)]
         if champion is not None:
             before = champion["site_threshold"]
             checks += [
-                _regression("sensitivity", figures["sensitivity"], before["sensitivity"],
+                regression_check("sensitivity", figures["sensitivity"], before["sensitivity"],
                             self.max_sensitivity_drop),
-                _regression("specificity", figures["specificity"], before["specificity"],
+                regression_check("specificity", figures["specificity"], before["specificity"],
                             self.max_specificity_drop)]
         return [GateCheck(f"site.{site}.{c.name}", c.passed, f"site {site}: {c.detail}")
                 for c in checks]
