@@ -58,34 +58,45 @@ def combinations_auroc(y_true: np.ndarray, logits: dict[str, np.ndarray]) -> lis
     return rows
 
 
-def mean_logit(models: list[Path], records: list[XrayRecord]) -> np.ndarray:
-    """The mean of the versions' logits of p(pneumonia), each at its own input size."""
-    return np.mean([logit(score_saved_model(model, load_images(
-        records, size=int(read_model_info(model)["image_size"]))).p_pneumonia)
-        for model in models], axis=0)
+def model_logits(models: list[Path], records: list[XrayRecord]) -> dict[str, np.ndarray]:
+    """Each version's logit of p(pneumonia), at its own input size (films read once per size)."""
+    images: dict[int, np.ndarray] = {}
+    logits = {}
+    for model in models:
+        size = int(read_model_info(model)["image_size"])
+        if size not in images:
+            images[size] = load_images(records, size=size)
+        logits[str(model)] = logit(score_saved_model(model, images[size]).p_pneumonia)
+    return logits
+
+
+def mean_logit(logits: dict[str, np.ndarray]) -> np.ndarray:
+    return np.mean(list(logits.values()), axis=0)
 
 
 def labels(records: list[XrayRecord]) -> np.ndarray:
     return np.array([r.label == "PNEUMONIA" for r in records], dtype=int)
 
 
-def operating_point(models: list[Path], data_records: list[XrayRecord]) -> dict:
+def operating_point(models: list[Path], data_records: list[XrayRecord],
+                    data_mean_logit: np.ndarray) -> dict:
     """The mean's threshold chosen on the training period's validation films, and its figures
-    there, on the gate set and on `data_records`."""
+    there, on the gate set and on the data folder (`data_mean_logit`, its films' mean logit)."""
     settings = get_settings()
     config = TrainConfig.from_settings(settings)
     trainable, gate = split_gate_set(select_records(config), settings.gate_fraction,
                                      settings.gate_seed)
     _, validation = split_by_patient(trainable, config.validation_fraction, seed=config.seed,
                                      strategy=config.validation_strategy)
+    scored = [(name, records, mean_logit(model_logits(models, records)))
+              for name, records in (("validation", validation), ("gate", gate))]
+    scored.append(("data", data_records, data_mean_logit))
+    probabilities = {name: 1.0 / (1.0 + np.exp(-z)) for name, _, z in scored}
+    threshold = choose_threshold(labels(validation), probabilities["validation"],
+                                 settings.target_sensitivity)
     result = {}
-    threshold = None
-    for name, records in (("validation", validation), ("gate", gate), ("data", data_records)):
-        probability = 1.0 / (1.0 + np.exp(-mean_logit(models, records)))
-        if threshold is None:
-            threshold = choose_threshold(labels(records), probability,
-                                         settings.target_sensitivity)
-        metrics = compute_metrics(labels(records), probability, threshold)
+    for name, records, _ in scored:
+        metrics = compute_metrics(labels(records), probabilities[name], threshold)
         result[name] = {key: metrics[key] for key in OPERATING_POINT_KEYS}
     return result
 
@@ -104,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least two --model folders")
     records = scan_dataset(args.data)
     y_true = labels(records)
-    logits = {str(model): mean_logit([model], records) for model in args.model}
+    logits = model_logits(args.model, records)
     rows = combinations_auroc(y_true, logits)
     for row in rows:
         low, high = row["auroc_ci"]
         print(f"{row['auroc']:.3f} ({low:.3f}-{high:.3f})  " + " + ".join(row["models"]))
     report: dict = {"data": str(args.data), "n": len(y_true), "rows": rows}
     if args.operating_point:
-        report["operating_point"] = operating_point(args.model, records)
+        report["operating_point"] = operating_point(args.model, records, mean_logit(logits))
         print(json.dumps(report["operating_point"], indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def test_logit_is_finite_at_the_ends_and_inverts_the_sigmoid():
 
 def test_the_operating_point_is_chosen_on_validation_films_and_measured_on_the_others(
         tmp_path, monkeypatch):
-    from scripts.ensemble_auroc import operating_point
+    from scripts.ensemble_auroc import mean_logit, model_logits, operating_point
     from services.trainer.data.dataset import scan_dataset
     from services.trainer.settings import get_settings
     from tests.support.tiny_model import make_tiny_serving_model
@@ -39,7 +39,8 @@ def test_the_operating_point_is_chosen_on_validation_films_and_measured_on_the_o
     monkeypatch.setenv("CXR_GATE_FRACTION", "0.3")
     get_settings.cache_clear()
     try:
-        result = operating_point(models, scan_dataset(SAMPLE_DIR))
+        films = scan_dataset(SAMPLE_DIR)
+        result = operating_point(models, films, mean_logit(model_logits(models, films)))
     finally:
         get_settings.cache_clear()
     assert set(result) == {"validation", "gate", "data"}
