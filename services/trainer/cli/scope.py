@@ -13,8 +13,12 @@ import argparse
 import json
 from pathlib import Path
 
-from services.trainer.cli.common import not_an_export, positive_int
-from services.trainer.data.dataset import load_images, scan_dataset
+from services.trainer.cli.common import (
+    add_version_writing_arguments,
+    not_an_export,
+    positive_int,
+    write_version_again,
+)
 from services.trainer.scope.data import load_scope_data
 
 
@@ -67,28 +71,19 @@ def run_train_scope(args: argparse.Namespace) -> int:
 def add_bundle_scope(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bundle-scope", help="a new version: an exported pneumonia version plus a scope screen")
-    parser.add_argument("--model", type=Path, required=True,
-                        help="an exported version folder <base>/<model name>/<version>/")
+    add_version_writing_arguments(parser, "--out-base")
     parser.add_argument("--scope", type=Path, required=True, help="a train-scope --out folder")
-    parser.add_argument("--out-base", type=Path, required=True,
-                        help="serving base folder: writes <base>/<model name>/<version>/")
-    parser.add_argument("--version", type=int, required=True, help="version number to write")
-    parser.add_argument("--images", type=Path, default=Path("data/sample"),
-                        help="Kaggle-layout X-rays both folders must answer alike")
     parser.set_defaults(handler=run_bundle_scope)
 
 
 def run_bundle_scope(args: argparse.Namespace) -> int:
     if not_an_export(args.model):
         return 2
-    from services.trainer.artifact.reexport import read_model_info, reexport
     from services.trainer.scope.model import ScopeScreen
 
-    screen = ScopeScreen.load(args.scope)
-    size = int(read_model_info(args.model)["image_size"])
-    images = load_images(scan_dataset(args.images, find_duplicates=False), size=size)
-    target, difference = reexport(args.model, args.out_base, args.version, images, scope=screen)
-    print(f"wrote {target}; pneumonia outputs match {args.model} on {len(images)} images "
+    target, difference, count = write_version_again(
+        args.model, args.out_base, args.version, args.images, scope=ScopeScreen.load(args.scope))
+    print(f"wrote {target}; pneumonia outputs match {args.model} on {count} images "
           f"(largest difference {difference:.2e})")
     return 0
 

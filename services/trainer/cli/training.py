@@ -19,8 +19,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from services.trainer.artifact.scoring import evaluate_saved_model, score_saved_model
-from services.trainer.cli.common import add_data_argument, not_an_export
-from services.trainer.data.dataset import load_images, scan_dataset
+from services.trainer.cli.common import (
+    add_data_argument,
+    add_version_writing_arguments,
+    not_an_export,
+    write_version_again,
+)
 from services.trainer.data.splits import split_gate_set
 from services.trainer.modeling.config import TrainConfig
 from services.trainer.registry.gates import GateSet
@@ -200,25 +204,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_reexport(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reexport", help="write an exported version again with the current export code")
-    parser.add_argument("--model", type=Path, required=True,
-                        help="an exported version folder <base>/<model name>/<version>/")
-    parser.add_argument("--export-base", type=Path, required=True,
-                        help="serving base folder: writes <base>/<model name>/<version>/")
-    parser.add_argument("--version", type=int, required=True, help="version number to write")
-    parser.add_argument("--images", type=Path, default=Path("data/sample"),
-                        help="Kaggle-layout X-rays both folders must answer alike")
+    add_version_writing_arguments(parser, "--export-base")
     parser.set_defaults(handler=run_reexport)
 
 
 def run_reexport(args: argparse.Namespace) -> int:
     if not_an_export(args.model):
         return 2
-    from services.trainer.artifact.reexport import read_model_info, reexport
-
-    size = int(read_model_info(args.model)["image_size"])
-    images = load_images(scan_dataset(args.images, find_duplicates=False), size=size)
-    target, difference = reexport(args.model, args.export_base, args.version, images)
-    print(f"wrote {target}; outputs match the original on {len(images)} images "
+    target, difference, count = write_version_again(args.model, args.export_base, args.version,
+                                                    args.images)
+    print(f"wrote {target}; outputs match the original on {count} images "
           f"(largest difference {difference:.2e})")
     return 0
 
