@@ -41,7 +41,13 @@ def sequence_uids(answer: dict, tag: str) -> list[str]:
     return [item[REFERENCED_SOP_INSTANCE]["Value"][0] for item in answer[tag]["Value"]]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True)
+def fresh_redis(redis_url) -> None:
+    """Each test on a flushed Redis: the module's gateway counts requests per client per minute
+    in the session's Redis, which earlier modules' tests with the same clients also used."""
+
+
+@pytest.fixture
 def jobs(module_gateway) -> JobStore:
     return JobStore(redis.Redis.from_url(module_gateway.env["CXR_REDIS_URL"]),
                     LocalStorage(module_gateway.storage_root))
