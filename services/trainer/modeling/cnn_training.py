@@ -7,7 +7,9 @@ class probabilities on the image (an unknown subtype's teacher part included as 
 targets stay the smoothed labels. The training `auroc` then counts a target as pneumonia when
 less than half of it is normal. Every class (and the unknown-subtype group) carries the same total
 weight, so normal films, outnumbered about 3 to 1 by pneumonia, are not drowned out. Early stopping
-watches the validation loss and restores the best epoch's weights.
+watches the validation loss and restores the best epoch's weights; with `ema_momentum` the network
+instead ends with Adam's exponential moving average of its weights over the steps (Keras'
+`use_ema`), a flatter point than any one epoch's weights, and early stopping only ends training.
 """
 
 from __future__ import annotations
@@ -149,8 +151,10 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
                           dropout=config.dropout, seed=config.seed + seed_offset,
                           equalize=config.equalize, frozen_blocks=config.frozen_blocks,
                           internal_size=config.internal_size)
+    averaged = config.ema_momentum is not None
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(config.learning_rate, use_ema=averaged,
+                                        ema_momentum=config.ema_momentum or 0.99),
         # the targets carry the label smoothing (`training_targets`)
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
         metrics=[PneumoniaAUC()],
@@ -162,7 +166,7 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
                                       training_targets(val_labels, config.label_smoothing))
         callbacks = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                          restore_best_weights=True),
+                                          restore_best_weights=not averaged),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
                                               patience=max(1, config.patience // 3), min_lr=1e-5),
         ]
@@ -176,5 +180,6 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
         for epoch in range(len(fit.history["loss"]))
     ]
     losses = fit.history.get("val_loss")
-    best_epoch = int(np.argmin(losses)) + 1 if losses else len(history)
+    # the moving average runs to the last step, so it is the last epoch's weights that are kept
+    best_epoch = int(np.argmin(losses)) + 1 if losses and not averaged else len(history)
     return FittedCnn(model=model, history=history, best_epoch=best_epoch)
