@@ -91,6 +91,8 @@ def recipe_overrides(pairs: list[str]) -> dict:
             overrides[name] = type(default)(text)
         elif default is None and str(fields[name].type).startswith("int"):
             overrides[name] = int(text)  # int | None
+        elif default is None and str(fields[name].type).startswith("float"):
+            overrides[name] = float(text)  # float | None
         elif isinstance(default, str) or default is None:
             overrides[name] = text
         else:
