@@ -142,10 +142,12 @@ def predict_logits(model: keras.Model, images: np.ndarray, batch_size: int = 64)
 def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
             val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
             *, epochs: int | None = None, seed_offset: int = 0,
-            teacher_probabilities: np.ndarray | None = None) -> FittedCnn:
+            teacher_probabilities: np.ndarray | None = None,
+            callbacks: Sequence[keras.callbacks.Callback] = ()) -> FittedCnn:
     """Train one network; with validation data, stop early on its loss and keep the best epoch.
 
-    `teacher_probabilities` [len(train_images), 3]: the teachers' part of each training target.
+    `teacher_probabilities` [len(train_images), 3]: the teachers' part of each training target;
+    `callbacks` run after the recipe's own.
     """
     model = build_network(config.backbone, image_size=config.image_size, width=config.width,
                           dropout=config.dropout, seed=config.seed + seed_offset,
@@ -160,11 +162,11 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
         metrics=[PneumoniaAUC()],
     )
     validation = None
-    callbacks: list[keras.callbacks.Callback] = []
+    stopping: list[keras.callbacks.Callback] = []
     if val_images is not None and val_labels is not None:
         validation = inference_stream(val_images, config.batch_size,
                                       training_targets(val_labels, config.label_smoothing))
-        callbacks = [
+        stopping = [
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                           restore_best_weights=not averaged),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
@@ -173,8 +175,8 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
     steps = max(1, math.floor(len(train_images) / config.batch_size))
     fit = model.fit(training_stream(train_images, train_labels, config, teacher_probabilities),
                     steps_per_epoch=steps, epochs=epochs or config.epochs,
-                    validation_data=validation, callbacks=callbacks, verbose=config.verbose,
-                    shuffle=False)
+                    validation_data=validation, callbacks=[*stopping, *callbacks],
+                    verbose=config.verbose, shuffle=False)
     history = [
         {"epoch": epoch + 1, **{name: float(values[epoch]) for name, values in fit.history.items()}}
         for epoch in range(len(fit.history["loss"]))
