@@ -115,6 +115,8 @@ def test_recipe_overrides_parse_each_field_type():
         "equalize": True, "crop_area_min": 0.4, "width": 24}
     assert recipe_overrides(["max_images=300", "ship=ensemble"]) == {
         "max_images": 300, "ship": "ensemble"}
+    assert recipe_overrides(["ema_momentum=0.995", "internal_size=160"]) == {
+        "ema_momentum": 0.995, "internal_size": 160}  # float | None and int | None
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         recipe_overrides(["no_such_field=1"])
     with pytest.raises(ValueError, match="true or false"):
