@@ -7,6 +7,10 @@ two or more. It fits nothing on the folder, so the folder may be a site's accept
 answers whether distilling an ensemble into one network is worth a training run; the service
 never serves an ensemble of separate versions.
 
+With `--soup`, every combination of two or more versions of one architecture is also scored as a
+single network whose weights are the versions' mean (a "model soup": one network's cost, where the
+mean logit costs one network per version).
+
 With `--operating-point`, the mean of all the given versions also gets the threshold a trained
 version would get: chosen (sensitivity first, `CXR_TARGET_SENSITIVITY`) on the training period's
 validation films (the recipe's split, the gate set held out), then measured on the gate set and on
@@ -14,7 +18,7 @@ the folder.
 
     python -m scripts.ensemble_auroc --data ../shared/data/site_acceptance \\
         --model models/cxr-pneumonia/4 --model OTHER_EXPORT [--model ...] [--operating-point] \\
-        [--json OUT]
+        [--soup] [--json OUT]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from services.trainer.artifact.reexport import read_model_info
+from services.trainer.artifact.reexport import read_model_info, rebuild_members
 from services.trainer.artifact.scoring import score_saved_model
 from services.trainer.data.dataset import load_images, scan_dataset
 from services.trainer.data.records import XrayRecord
@@ -37,6 +41,7 @@ from services.trainer.evaluation.thresholds import choose_threshold
 from services.trainer.modeling.config import TrainConfig
 from services.trainer.modeling.recipe import select_records
 from services.trainer.settings import get_settings
+from shared.contract import pneumonia_probability
 
 OPERATING_POINT_KEYS = ("n", "auroc", "auroc_ci", "sensitivity", "specificity", "ece",
                         "threshold")
@@ -68,6 +73,38 @@ def model_logits(models: list[Path], records: list[XrayRecord]) -> dict[str, np.
             images[size] = load_images(records, size=size)
         logits[str(model)] = logit(score_saved_model(model, images[size]).p_pneumonia)
     return logits
+
+
+# model_info fields that must agree for versions' weights to be averaged into one network
+SOUP_FIELDS = ("backbone", "image_size", "internal_size", "equalize", "batch_norm_folded")
+
+
+def soup_logits(models: list[Path], records: list[XrayRecord]) -> dict[tuple[str, ...], np.ndarray]:
+    """For each combination of two or more versions, the logit of p(pneumonia) of one network
+    holding the mean of their weights (temperature 1: the ranking is what is measured)."""
+    from services.trainer.modeling.cnn_training import predict_logits
+
+    infos = [read_model_info(model) for model in models]
+    differing = [key for key in SOUP_FIELDS if len({str(info.get(key)) for info in infos}) > 1]
+    if differing:
+        raise ValueError(f"versions differ in {', '.join(differing)}: no weights to average")
+    members = {str(model): rebuild_members(model, info) for model, info in zip(models, infos,
+                                                                               strict=True)}
+    if any(len(networks) != 1 for networks in members.values()):
+        raise ValueError("a soup averages single networks, not ensembles")
+    weights = {name: networks[0].get_weights() for name, networks in members.items()}
+    network = members[str(models[0])][0]
+    images = load_images(records, size=int(infos[0]["image_size"]))
+    soups = {}
+    for size in range(2, len(models) + 1):
+        for names in itertools.combinations(weights, size):
+            network.set_weights([np.mean(arrays, axis=0)
+                                 for arrays in zip(*(weights[n] for n in names), strict=True)])
+            raw = predict_logits(network, images)
+            probabilities = np.exp(raw - raw.max(axis=1, keepdims=True))
+            probabilities /= probabilities.sum(axis=1, keepdims=True)
+            soups[names] = logit(pneumonia_probability(probabilities))
+    return soups
 
 
 def mean_logit(logits: dict[str, np.ndarray]) -> np.ndarray:
@@ -109,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operating-point", action="store_true",
                         help="also the mean's threshold from the training period's validation "
                         "films, measured on the gate set and on --data")
+    parser.add_argument("--soup", action="store_true",
+                        help="also one network with the mean weights of each combination")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     if len(args.model) < 2:
@@ -117,9 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     y_true = labels(records)
     logits = model_logits(args.model, records)
     rows = combinations_auroc(y_true, logits)
+    if args.soup:
+        rows += [{"models": list(names), "soup": True,
+                  "auroc": float(roc_auc_score(y_true, score)),
+                  "auroc_ci": bootstrap_auroc_ci(y_true, score)}
+                 for names, score in soup_logits(args.model, records).items()]
     for row in rows:
         low, high = row["auroc_ci"]
-        print(f"{row['auroc']:.3f} ({low:.3f}-{high:.3f})  " + " + ".join(row["models"]))
+        joined = (" & " if row.get("soup") else " + ").join(row["models"])
+        print(f"{row['auroc']:.3f} ({low:.3f}-{high:.3f})  " + joined)
     report: dict = {"data": str(args.data), "n": len(y_true), "rows": rows}
     if args.operating_point:
         report["operating_point"] = operating_point(args.model, records, mean_logit(logits))

@@ -50,3 +50,37 @@ def test_the_operating_point_is_chosen_on_validation_films_and_measured_on_the_o
     assert result["data"]["n"] == 40
     assert 0 < result["gate"]["n"] < 40 and 0 < result["validation"]["n"] < 40
     assert result["gate"]["n"] + result["validation"]["n"] < 40
+
+
+def test_a_soup_of_identical_versions_scores_as_the_version_does_through_its_signature(tmp_path):
+    from scripts.ensemble_auroc import model_logits, soup_logits
+    from services.trainer.data.dataset import scan_dataset
+    from tests.support.tiny_model import make_tiny_serving_model
+    from tests.trainer.conftest import SAMPLE_DIR
+
+    same = [make_tiny_serving_model(tmp_path / "serving", version, seed=3, image_size=64)
+            for version in (1, 2)]
+    other = make_tiny_serving_model(tmp_path / "serving", 3, seed=4, image_size=64)
+    films = scan_dataset(SAMPLE_DIR)[:12]
+    served = model_logits([same[0], other], films)
+    soups = soup_logits([*same, other], films)
+    assert set(soups) == {(str(same[0]), str(same[1])), (str(same[0]), str(other)),
+                          (str(same[1]), str(other)), (str(same[0]), str(same[1]), str(other))}
+    np.testing.assert_allclose(soups[(str(same[0]), str(same[1]))], served[str(same[0])],
+                               atol=1e-4)
+    # averaging two different networks gives a third network, not either of them
+    mixed = soups[(str(same[0]), str(other))]
+    assert not np.allclose(mixed, served[str(same[0])], atol=1e-4)
+    assert not np.allclose(mixed, served[str(other)], atol=1e-4)
+
+
+def test_versions_of_different_input_sizes_make_no_soup(tmp_path):
+    from scripts.ensemble_auroc import soup_logits
+    from services.trainer.data.dataset import scan_dataset
+    from tests.support.tiny_model import make_tiny_serving_model
+    from tests.trainer.conftest import SAMPLE_DIR
+
+    models = [make_tiny_serving_model(tmp_path / "serving", 1, image_size=64),
+              make_tiny_serving_model(tmp_path / "serving", 2, image_size=96)]
+    with pytest.raises(ValueError, match="image_size"):
+        soup_logits(models, scan_dataset(SAMPLE_DIR)[:4])
