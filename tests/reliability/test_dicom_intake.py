@@ -49,12 +49,15 @@ pytestmark = pytest.mark.slow
 
 MAX_UPLOAD_BYTES = 4_000_000
 MAX_ELEMENT_BYTES = 1_000_000
-# The node's association timeouts are not under test here (test_dicom_connections has them):
-# they are generous, so that a node busy refusing an attack on a loaded machine does not time
-# a peer out.
+# The node's association timeouts and per-address connection limit are not under test here
+# (test_dicom_connections has them): they are generous, so that a node busy refusing an attack on
+# a loaded machine does not time a peer out, and so that the normal traffic's connections, one
+# after another from the same address as the attack's, are not refused while the node's threads
+# for the ones just released are still ending.
 LIMITS_ENV = {"CXR_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
               "CXR_MAX_DICOM_ELEMENT_BYTES": str(MAX_ELEMENT_BYTES),
-              "CXR_PACS_SCP_ACSE_TIMEOUT_S": "30", "CXR_PACS_NETWORK_TIMEOUT_S": "30"}
+              "CXR_PACS_SCP_ACSE_TIMEOUT_S": "30", "CXR_PACS_NETWORK_TIMEOUT_S": "30",
+              "CXR_PACS_SCP_MAX_CONNECTIONS_PER_ADDRESS": "32"}
 # The stated ceiling: growth of the process's resident memory while attacks run (each one at a
 # time, sent three times) beside normal traffic. Without the limits the nested instance alone
 # took a gateway from 0.5 GB to over 5 GB.
