@@ -77,6 +77,15 @@ def test_train_cli_refuses_a_field_given_by_its_option_and_by_set(tmp_path):
     assert not (tmp_path / "train").exists()
 
 
+def test_train_cli_refuses_a_value_out_of_its_fields_range(tmp_path):
+    result = _cli("train", "--data", str(SAMPLE_DIR), "--set", "ema_momentum=1.5",
+                  "--out", str(tmp_path / "train"))
+    assert result.returncode == 2
+    assert "ema_momentum must be in (0, 1)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "train").exists()
+
+
 def test_train_cli_needs_version_with_export_base(tmp_path):
     result = _cli("train", "--data", str(SAMPLE_DIR), "--export-base", str(tmp_path))
     assert result.returncode == 2

@@ -127,7 +127,11 @@ def run_train(args: argparse.Namespace) -> int:
               "give it once", file=sys.stderr)
         return 2
     settings = get_settings()
-    config = TrainConfig.from_settings(settings, verbose=1, **{**options, **overrides})
+    try:
+        config = TrainConfig.from_settings(settings, verbose=1, **{**options, **overrides})
+    except ValueError as err:  # a value out of its field's range
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     records, gate_records = None, None
     if args.hold_out_gate:
         records, gate_records = split_gate_set(select_records(config), settings.gate_fraction,
