@@ -36,6 +36,7 @@ from services.trainer.artifact.scoring import score_saved_model
 from services.trainer.data.dataset import load_images, scan_dataset
 from services.trainer.data.records import XrayRecord
 from services.trainer.data.splits import split_by_patient, split_gate_set
+from services.trainer.evaluation.calibration import softmax
 from services.trainer.evaluation.metrics import bootstrap_auroc_ci, compute_metrics
 from services.trainer.evaluation.thresholds import choose_threshold
 from services.trainer.modeling.config import TrainConfig
@@ -88,8 +89,8 @@ def soup_logits(models: list[Path], records: list[XrayRecord]) -> dict[tuple[str
     differing = [key for key in SOUP_FIELDS if len({str(info.get(key)) for info in infos}) > 1]
     if differing:
         raise ValueError(f"versions differ in {', '.join(differing)}: no weights to average")
-    members = {str(model): rebuild_members(model, info) for model, info in zip(models, infos,
-                                                                               strict=True)}
+    members = {str(model): rebuild_members(model, info)
+               for model, info in zip(models, infos, strict=True)}
     if any(len(networks) != 1 for networks in members.values()):
         raise ValueError("a soup averages single networks, not ensembles")
     weights = {name: networks[0].get_weights() for name, networks in members.items()}
@@ -100,9 +101,7 @@ def soup_logits(models: list[Path], records: list[XrayRecord]) -> dict[tuple[str
         for names in itertools.combinations(weights, size):
             network.set_weights([np.mean(arrays, axis=0)
                                  for arrays in zip(*(weights[n] for n in names), strict=True)])
-            raw = predict_logits(network, images)
-            probabilities = np.exp(raw - raw.max(axis=1, keepdims=True))
-            probabilities /= probabilities.sum(axis=1, keepdims=True)
+            probabilities = softmax(predict_logits(network, images))
             soups[names] = logit(pneumonia_probability(probabilities))
     return soups
 

@@ -27,9 +27,8 @@ def _queued_tasks(redis_client, queue: str = "inference") -> list[tuple[str, lis
 
 
 @pytest.fixture
-def gateway(module_gateway, redis_url):
-    """The module's gateway, on a flushed Redis (no jobs, no queued tasks, fresh rate limits)."""
-    return module_gateway
+def gateway(fresh_module_gateway):
+    return fresh_module_gateway
 
 
 def _uploads(gateway) -> set[str]:

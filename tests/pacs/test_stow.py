@@ -41,21 +41,15 @@ def sequence_uids(answer: dict, tag: str) -> list[str]:
     return [item[REFERENCED_SOP_INSTANCE]["Value"][0] for item in answer[tag]["Value"]]
 
 
-@pytest.fixture(autouse=True)
-def fresh_redis(redis_url) -> None:
-    """Each test on a flushed Redis: the module's gateway counts requests per client per minute
-    in the session's Redis, which earlier modules' tests with the same clients also used."""
-
-
 @pytest.fixture
-def jobs(module_gateway) -> JobStore:
-    return JobStore(redis.Redis.from_url(module_gateway.env["CXR_REDIS_URL"]),
-                    LocalStorage(module_gateway.storage_root))
+def jobs(fresh_module_gateway) -> JobStore:
+    return JobStore(redis.Redis.from_url(fresh_module_gateway.env["CXR_REDIS_URL"]),
+                    LocalStorage(fresh_module_gateway.storage_root))
 
 
-def test_stow_rs_stores_each_instance_as_a_dicom_job(module_gateway, jobs):
+def test_stow_rs_stores_each_instance_as_a_dicom_job(fresh_module_gateway, jobs):
     first, second = chest_dx(), chest_dx(label="NORMAL")
-    response = stow(module_gateway, multipart(part(first), part(second)))
+    response = stow(fresh_module_gateway, multipart(part(first), part(second)))
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/dicom+json")
     answer = response.json()
@@ -64,43 +58,44 @@ def test_stow_rs_stores_each_instance_as_a_dicom_job(module_gateway, jobs):
     record = jobs.get(instance_job_id(first.SOPInstanceUID, "alice", "stow-rs"))
     assert record.source == "dicom" and record.client_id == "alice"
     assert record.extra["dicom"]["study_instance_uid"] == first.StudyInstanceUID
-    stored = dcmread(io.BytesIO((module_gateway.storage_root / record.upload_key).read_bytes()))
+    stored_file = fresh_module_gateway.storage_root / record.upload_key
+    stored = dcmread(io.BytesIO(stored_file.read_bytes()))
     assert not stored.PatientName and stored.PatientIdentityRemoved == "YES"
 
 
-def test_stow_rs_partial_failure_is_202_and_total_failure_409(module_gateway, jobs):
+def test_stow_rs_partial_failure_is_202_and_total_failure_409(fresh_module_gateway, jobs):
     good = chest_dx()
-    response = stow(module_gateway, multipart(part(good), b"not dicom at all"))
+    response = stow(fresh_module_gateway, multipart(part(good), b"not dicom at all"))
     assert response.status_code == 202
     answer = response.json()
     assert sequence_uids(answer, REFERENCED) == [good.SOPInstanceUID]
     assert answer[FAILED]["Value"][0][FAILURE_REASON]["Value"] == [0xC000]
     assert jobs.get(instance_job_id(good.SOPInstanceUID, "alice", "stow-rs")) is not None
 
-    response = stow(module_gateway, multipart(b"garbage"))
+    response = stow(fresh_module_gateway, multipart(b"garbage"))
     assert response.status_code == 409
     answer = response.json()
     assert REFERENCED not in answer
     assert answer[FAILED]["Value"][0][FAILURE_REASON]["Value"] == [0xC000]
 
 
-def test_stow_rs_refuses_other_sop_classes_and_media_types(module_gateway):
+def test_stow_rs_refuses_other_sop_classes_and_media_types(fresh_module_gateway):
     secondary_capture = chest_dx()
     secondary_capture.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    response = stow(module_gateway, multipart(part(secondary_capture)))
+    response = stow(fresh_module_gateway, multipart(part(secondary_capture)))
     assert response.status_code == 409
     assert response.json()[FAILED]["Value"][0][FAILURE_REASON]["Value"] == [0x0122]
-    assert stow(module_gateway, b"{}", content_type="application/json").status_code == 415
+    assert stow(fresh_module_gateway, b"{}", content_type="application/json").status_code == 415
 
 
-def test_stow_rs_needs_an_api_key(module_gateway):
-    response = stow(module_gateway, multipart(part(chest_dx())), as_client=None)
+def test_stow_rs_needs_an_api_key(fresh_module_gateway):
+    response = stow(fresh_module_gateway, multipart(part(chest_dx())), as_client=None)
     assert response.status_code == 401
 
 
-def test_stow_rs_lists_a_refused_film_as_failed_with_its_reason(module_gateway, jobs):
+def test_stow_rs_lists_a_refused_film_as_failed_with_its_reason(fresh_module_gateway, jobs):
     good, photo, lateral = chest_dx(), chest_dx(pixels=photograph()), chest_dx(view="LL")
-    response = stow(module_gateway, multipart(part(good), part(photo), part(lateral)))
+    response = stow(fresh_module_gateway, multipart(part(good), part(photo), part(lateral)))
     assert response.status_code == 202, response.text
     answer = response.json()
     assert sequence_uids(answer, REFERENCED) == [good.SOPInstanceUID]
@@ -113,6 +108,6 @@ def test_stow_rs_lists_a_refused_film_as_failed_with_its_reason(module_gateway, 
     assert "not analysed" in comments[0]
     for refused in (photo, lateral):
         assert jobs.get(instance_job_id(refused.SOPInstanceUID, "alice", "stow-rs")) is None
-    metrics = module_gateway.metrics_text()
+    metrics = fresh_module_gateway.metrics_text()
     assert 'cxr_gateway_scope_refused_total{reason="colour_image"} 1.0' in metrics
     assert 'cxr_gateway_scope_refused_total{reason="lateral_view"} 1.0' in metrics

@@ -133,4 +133,12 @@ def module_gateway(tmp_path_factory, redis_server) -> Iterator[GatewayProcess]:
     gateway.stop()
 
 
+@pytest.fixture
+def fresh_module_gateway(module_gateway, redis_url) -> GatewayProcess:
+    """The module's gateway on a flushed Redis: no jobs, no queued tasks, and fresh per-minute
+    request counts (counted in the session's Redis by client name, so every gateway's tests with
+    the same clients add to them)."""
+    return module_gateway
+
+
 MODULE_GATEWAY_ENV = {"CXR_MAX_UPLOAD_BYTES": "2000000", "CXR_RATE_LIMIT_PER_MINUTE": "20"}

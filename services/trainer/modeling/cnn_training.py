@@ -155,8 +155,8 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
                           internal_size=config.internal_size)
     averaged = config.ema_momentum is not None
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, use_ema=averaged,
-                                        ema_momentum=config.ema_momentum or 0.99),
+        optimizer=keras.optimizers.Adam(config.learning_rate, **(
+            {"use_ema": True, "ema_momentum": config.ema_momentum} if averaged else {})),
         # the targets carry the label smoothing (`training_targets`)
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
         metrics=[PneumoniaAUC()],
