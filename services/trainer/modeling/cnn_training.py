@@ -10,6 +10,9 @@ weight, so normal films, outnumbered about 3 to 1 by pneumonia, are not drowned 
 watches the validation loss and restores the best epoch's weights; with `ema_momentum` the network
 instead ends with Adam's exponential moving average of its weights over the steps (Keras'
 `use_ema`), a flatter point than any one epoch's weights, and early stopping only ends training.
+With `probe_head` the head starts from a logistic regression on the pooled features of the
+unaugmented training films ("linear probing, then fine-tuning", LP-FT, which was reported to
+distort pretrained features less under distribution shift).
 """
 
 from __future__ import annotations
@@ -139,6 +142,22 @@ def predict_logits(model: keras.Model, images: np.ndarray, batch_size: int = 64)
     return model.predict(inference_stream(images, batch_size), verbose=0).astype(np.float64)
 
 
+def probe_head(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> None:
+    """Set the head (`logits`) to a class-balanced multinomial logistic regression fitted on the
+    network's pooled features (`gap`) of `images`; films of unknown subtype are left out."""
+    from sklearn.linear_model import LogisticRegression
+
+    features = keras.Model(model.inputs, model.get_layer("gap").output).predict(
+        inference_stream(images, 64), verbose=0)
+    known = labels != UNKNOWN_SUBTYPE
+    if len(np.unique(labels[known])) != 3:
+        raise ValueError("probing the head needs training films of all three classes")
+    regression = LogisticRegression(class_weight="balanced", max_iter=2000)
+    regression.fit(features[known], labels[known])
+    model.get_layer("logits").set_weights([regression.coef_.T.astype(np.float32),
+                                           regression.intercept_.astype(np.float32)])
+
+
 def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndarray,
             val_images: np.ndarray | None = None, val_labels: np.ndarray | None = None,
             *, epochs: int | None = None, seed_offset: int = 0,
@@ -153,6 +172,8 @@ def fit_cnn(config: TrainConfig, train_images: np.ndarray, train_labels: np.ndar
                           dropout=config.dropout, seed=config.seed + seed_offset,
                           equalize=config.equalize, frozen_blocks=config.frozen_blocks,
                           internal_size=config.internal_size)
+    if config.probe_head:
+        probe_head(model, train_images, train_labels)
     averaged = config.ema_momentum is not None
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate, **(

@@ -47,6 +47,9 @@ class TrainConfig:
     # Adam keeps an exponential moving average of the weights with this momentum and the network
     # ends with the average instead of one epoch's weights (None: off)
     ema_momentum: float | None = None
+    # LP-FT: the head is first fitted alone, by a logistic regression on the pooled features of the
+    # unaugmented training films, then the whole network is fine-tuned from there
+    probe_head: bool = False
     # exported version folders whose mean class probabilities join the training targets
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.7  # the teachers' share of each training target (with teachers)
