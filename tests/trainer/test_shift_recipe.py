@@ -9,7 +9,12 @@ import tensorflow as tf
 
 from services.trainer.cli.training import recipe_overrides
 from services.trainer.evaluation.metrics import outer_band_share
-from services.trainer.modeling.augment import AugmentConfig, augment_batch, corner_mask
+from services.trainer.modeling.augment import (
+    AugmentConfig,
+    augment_batch,
+    corner_mask,
+    resample,
+)
 from services.trainer.modeling.model import HistogramEqualization, build_cnn
 
 STILL = AugmentConfig(rotation_deg=0, shear_deg=0, zoom=(1, 1), translation=0, brightness=0,
@@ -133,3 +138,45 @@ def test_recipe_settings_reach_the_augmentation_ranges():
     assert ranges.gamma == pytest.approx((0.49, 1.45 ** 2))
     assert ranges.brightness == pytest.approx(0.30)
     assert ranges.crop_area == (0.5, 1.0) and ranges.erase_corners == 0.25
+    assert augment_config(TrainConfig(resample_min=0.5)).resample == 0.5
+    assert augment_config(TrainConfig()).resample == 1.0  # off unless asked for
+    for wrong in (0.0, 1.5):
+        with pytest.raises(ValueError, match="resample_min"):
+            TrainConfig(resample_min=wrong)
+
+
+def fine_and_coarse(size: int = 64) -> np.ndarray:
+    """A one-pixel checkerboard (the kind of trace a resize leaves) on a half-bright film."""
+    grid = np.indices((size, size)).sum(axis=0) % 2
+    film = np.where(np.arange(size)[None, :] < size // 2, 60.0, 180.0)
+    return (film + 20.0 * (2 * grid - 1))[None, :, :, None].astype(np.float32).repeat(2, axis=0)
+
+
+def checkerboard_amplitude(images: np.ndarray) -> float:
+    """The mean absolute difference between horizontal neighbours inside each half."""
+    left, right = images[:, 4:-4, 4:28, 0], images[:, 4:-4, 36:60, 0]
+    return float(np.mean([np.abs(np.diff(part, axis=2)).mean() for part in (left, right)]))
+
+
+def test_resampling_wipes_one_pixel_traces_and_keeps_the_film():
+    images = fine_and_coarse()
+    assert checkerboard_amplitude(images) == pytest.approx(40.0)
+    for step in range(5):
+        out = resample(tf.constant(images), 64, 0.5, tf.constant([3, step], tf.int64)).numpy()
+        assert out.shape == images.shape
+        assert checkerboard_amplitude(out) < 10.0  # the trace is mostly gone
+        # the halves keep their grey levels and the mean is kept
+        assert out[:, 8:-8, 4:24].mean() == pytest.approx(60.0, abs=5.0)
+        assert out[:, 8:-8, 40:60].mean() == pytest.approx(180.0, abs=5.0)
+        assert out.mean() == pytest.approx(images.mean(), abs=1.0)
+
+
+def test_augmentation_resamples_only_when_asked():
+    images = fine_and_coarse()
+    still = dict(rotation_deg=0, shear_deg=0, zoom=(1, 1), translation=0, brightness=0,
+                 contrast=(1, 1), gamma=(1, 1), blur_sigma=(0, 0), noise=0)
+    seed = tf.constant([1, 1], tf.int64)
+    kept = augment_batch(images, seed, AugmentConfig(**still)).numpy()
+    np.testing.assert_allclose(kept, images, atol=1e-3)
+    wiped = augment_batch(images, seed, AugmentConfig(**still, resample=0.5)).numpy()
+    assert checkerboard_amplitude(wiped) < 10.0

@@ -99,7 +99,8 @@ def augment_config(config: TrainConfig) -> AugmentConfig:
 
     return AugmentConfig(
         brightness=base.brightness * scale, contrast=widen(base.contrast), gamma=widen(base.gamma),
-        crop_area=(config.crop_area_min, 1.0), erase_corners=config.erase_corners)
+        crop_area=(config.crop_area_min, 1.0), erase_corners=config.erase_corners,
+        resample=config.resample_min)
 
 
 def training_stream(images: np.ndarray, labels: np.ndarray, config: TrainConfig,

@@ -44,6 +44,7 @@ class TrainConfig:
     crop_area_min: float = 0.6  # random crops keep this share of the film's area or more
     erase_corners: float = 0.5  # probability that each corner is covered during training
     intensity_scale: float = 1.5  # widens the brightness, contrast and gamma ranges
+    resample_min: float = 1.0  # each batch resampled to between this share of its side and all of it
     # Adam keeps an exponential moving average of the weights with this momentum and the network
     # ends with the average instead of one epoch's weights (None: off)
     ema_momentum: float | None = None
@@ -61,6 +62,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.learning_rate is None:
             self.learning_rate = LEARNING_RATES[self.backbone]
+        if not 0.0 < self.resample_min <= 1.0:
+            raise ValueError(f"resample_min must be in (0, 1], got {self.resample_min}")
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in (0, 1), got {self.ema_momentum}")
 
