@@ -44,7 +44,7 @@ class TrainConfig:
     crop_area_min: float = 0.6  # random crops keep this share of the film's area or more
     erase_corners: float = 0.5  # probability that each corner is covered during training
     intensity_scale: float = 1.5  # widens the brightness, contrast and gamma ranges
-    resample_min: float = 1.0  # each batch resampled to between this share of its side and all of it
+    resample_min: float = 1.0  # each batch resampled to this share of its side or more (1: off)
     # Adam keeps an exponential moving average of the weights with this momentum and the network
     # ends with the average instead of one epoch's weights (None: off)
     ema_momentum: float | None = None
