@@ -114,14 +114,19 @@ def labels(records: list[XrayRecord]) -> np.ndarray:
     return np.array([r.label == "PNEUMONIA" for r in records], dtype=int)
 
 
+def gate_split(config: TrainConfig) -> tuple[list[XrayRecord], list[XrayRecord]]:
+    """(trainable, gate): the configured data set split as training runs split it (`CXR_GATE_*`)."""
+    settings = get_settings()
+    return split_gate_set(select_records(config), settings.gate_fraction, settings.gate_seed)
+
+
 def operating_point(models: list[Path], data_records: list[XrayRecord],
                     data_mean_logit: np.ndarray) -> dict:
     """The mean's threshold chosen on the training period's validation films, and its figures
     there, on the gate set and on the data folder (`data_mean_logit`, its films' mean logit)."""
     settings = get_settings()
     config = TrainConfig.from_settings(settings)
-    trainable, gate = split_gate_set(select_records(config), settings.gate_fraction,
-                                     settings.gate_seed)
+    trainable, gate = gate_split(config)
     _, validation = split_by_patient(trainable, config.validation_fraction, seed=config.seed,
                                      strategy=config.validation_strategy)
     scored = [(name, records, mean_logit(model_logits(models, records)))

@@ -29,15 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.ensemble_auroc import labels
+from scripts.ensemble_auroc import gate_split, labels
 from services.trainer.artifact.reexport import read_model_info
 from services.trainer.artifact.scoring import score_saved_model
 from services.trainer.data.dataset import load_images, scan_dataset
-from services.trainer.data.records import XrayRecord
-from services.trainer.data.splits import split_gate_set
 from services.trainer.evaluation.thresholds import choose_threshold
 from services.trainer.modeling.config import TrainConfig
-from services.trainer.modeling.recipe import select_records
 from services.trainer.settings import get_settings
 
 
@@ -69,13 +66,6 @@ def transfer(gate_y, gate_p, data_y, data_p, own_threshold: float, *,
     }
 
 
-def gate_records() -> list[XrayRecord]:
-    settings = get_settings()
-    _, gate = split_gate_set(select_records(TrainConfig.from_settings(settings)),
-                             settings.gate_fraction, settings.gate_seed)
-    return gate
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="Kaggle-layout labelled folder")
@@ -88,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 < args.specificity_floor <= 1.0:
         parser.error("--specificity-floor must be in (0, 1]")
     target = get_settings().target_sensitivity
-    gate, data = gate_records(), scan_dataset(args.data)
+    gate, data = gate_split(TrainConfig.from_settings())[1], scan_dataset(args.data)
     report: dict = {"data": str(args.data), "target_sensitivity": target,
                     "specificity_floor": args.specificity_floor, "models": {}}
     for model in args.model:
