@@ -95,6 +95,26 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, sig)
 
+    def group_alive(self) -> list[int]:
+        """The pids of this process's group that still run (zombies left out), read from /proc.
+
+        A SIGKILL sent to a group takes effect in each member when the kernel next schedules it:
+        a pool child busy on another core can finish a system call (a write to Redis) after its
+        parent has been reaped.
+        """
+        alive = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            state, _ppid, group = stat.rpartition(")")[2].split()[:3]
+            if int(group) == self.popen.pid and state != "Z":
+                alive.append(int(entry.name))
+        return alive
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.alive():
             self.kill(signal.SIGTERM)

@@ -41,6 +41,8 @@ class CeleryWorker:
         """SIGKILL the main process and its pool, as a crashed node would."""
         self.process.kill(signal.SIGKILL)
         self.process.popen.wait(10)
+        # Only once every pool child is gone does the store show what the kill interrupted.
+        wait_until(lambda: not self.process.group_alive(), 10, "the killed worker's pool gone")
 
     def log_tail(self, chars: int = 6000) -> str:
         return self.process.log_tail(chars)

@@ -13,16 +13,18 @@ from skimage import data, transform
 
 from services.trainer.artifact.export import export_for_serving
 from services.trainer.artifact.reexport import reexport
-from services.trainer.modeling.config import EFFICIENTNET_LITE0
+from services.trainer.modeling.config import CUSTOM, EFFICIENTNET_LITE0
 from services.trainer.modeling.model import (
     GRADCAM_LAYER,
     architecture_info,
     build_network,
+    gradcam_layer,
     is_folded,
     serving_form,
 )
 from services.trainer.modeling.pretrained import (
     FEATURE_CHANNELS,
+    STRIDE16_LAYER,
     build_imagenet_classifier,
     imagenet_weights_path,
     load_imagenet_weights,
@@ -159,3 +161,19 @@ def test_a_smaller_internal_size_keeps_the_input_contract_and_survives_reexport(
     assert recorded["internal_size"] == 32 and recorded["batch_norm_folded"] is True
     served = tf.saved_model.load(str(new)).signatures["gradcam"](image=tf.constant(images))
     assert served["heatmap"].shape == (2, 64, 64)
+    # the last map is 1 x 1, which gives a flat heatmap: the 2 x 2 map at S/16 explains (an
+    # untrained head may weigh every cell negative on a film, and that heatmap is zero)
+    assert (np.ptp(served["heatmap"].numpy(), axis=(1, 2)) > 0.1).any()
+
+
+def test_a_network_with_a_coarse_last_map_is_explained_on_its_map_at_one_sixteenth():
+    shrunk = build_network(EFFICIENTNET_LITE0, image_size=224, internal_size=160, imagenet=False)
+    assert shrunk.get_layer(GRADCAM_LAYER).output.shape[1:3] == (5, 5)
+    assert gradcam_layer(shrunk) == STRIDE16_LAYER
+    assert shrunk.get_layer(STRIDE16_LAYER).output.shape[1:] == (10, 10, 112)
+    assert gradcam_layer(serving_form(shrunk)) == STRIDE16_LAYER  # the layer survives folding
+    # 7 x 7 is fine enough: the last map, as before
+    assert gradcam_layer(build_network(EFFICIENTNET_LITE0, image_size=224,
+                                       imagenet=False)) == GRADCAM_LAYER
+    # a network without a map at S/16 keeps its last map however coarse
+    assert gradcam_layer(build_network(CUSTOM, image_size=64)) == GRADCAM_LAYER

@@ -7,9 +7,10 @@ images [N, S, S, 1]:
 - `serving_default` -> `pneumonia_probability` [N], `class_probabilities` [N, 3]
   (normal, bacterial, viral; temperature-scaled softmax, averaged over an ensemble) and
   `threshold` [N] (the model's own operating point, so it travels with the version);
-- `gradcam` -> `heatmap` [N, S, S] in 0..1 (Grad-CAM of the pneumonia probability) and the same
-  three outputs as `serving_default`, computed by the same forward pass: one call answers a job
-  that wants the prediction and its explanation (clients check the outputs in the metadata).
+- `gradcam` -> `heatmap` [N, S, S] in 0..1 (Grad-CAM of the pneumonia probability on the map
+  `gradcam_layer` names) and the same three outputs as `serving_default`, computed by the same
+  forward pass: one call answers a job that wants the prediction and its explanation (clients
+  check the outputs in the metadata).
 
 With a scope screen (`services.trainer.scope.model.ScopeScreen`), both signatures also answer
 `scope_scores` and `scope_thresholds` [N, len(SCOPE_CHECKS)] from the same input; an export
@@ -31,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from services.trainer.modeling.model import GRADCAM_LAYER, is_folded, serving_form
+from services.trainer.modeling.model import gradcam_layer, is_folded, serving_form
 from services.trainer.scope.model import ScopeScreen
 from shared.contract import (
     ASSETS_EXTRA,
@@ -64,7 +65,7 @@ class _ServingFunctions:
         self.models = list(models)
         self.scope = scope
         self.gradcam_models = [
-            keras.Model(m.inputs, [m.get_layer(GRADCAM_LAYER).output, m.outputs[0]])
+            keras.Model(m.inputs, [m.get_layer(gradcam_layer(m)).output, m.outputs[0]])
             for m in self.models
         ]
         self.threshold = float(threshold)
@@ -207,6 +208,7 @@ def export_for_serving(
             "image_size": image_size,
             "class_names": list(CLASS_NAMES),
             "ensemble_size": len(functions.models),
+            "gradcam_layer": gradcam_layer(functions.models[0]),
             **(extra_info or {}),
             "batch_norm_folded": any(is_folded(model) for model in functions.models),
         }

@@ -9,7 +9,10 @@ before it is kept.
 
 The same path adds a scope screen to a version (`bundle-scope`): the pneumonia networks are
 rebuilt as above and exported with the screen, and the pneumonia outputs must match the old
-folder's. A version that already holds a screen (`assets.extra/scope/`) keeps it when written
+folder's. When the current code explains with another map than the old folder did
+(`gradcam_layer`, recorded in model_info; a folder without it used the last map), the heatmap is a
+new one and is left out of the comparison; the predictions must still match. A version that
+already holds a screen (`assets.extra/scope/`) keeps it when written
 again, unless another is given. The version's model card and metrics (`assets.extra/model_card.md`,
 `metrics.json`) are carried over: the weights and the answers are the same.
 """
@@ -28,7 +31,7 @@ import tensorflow as tf
 from services.trainer.artifact.drift_reference import reference_path
 from services.trainer.artifact.export import SCOPE_DIR, export_for_serving
 from services.trainer.modeling.config import CUSTOM
-from services.trainer.modeling.model import build_network
+from services.trainer.modeling.model import GRADCAM_LAYER, build_network
 from services.trainer.scope.model import PREFIX as SCOPE_PREFIX
 from services.trainer.scope.model import ScopeScreen
 from shared.contract import (
@@ -44,7 +47,7 @@ from shared.contract import (
 
 # Fields `export_for_serving` writes itself; the rest of model_info.json is carried over.
 _EXPORT_FIELDS = {"model_name", "version", "threshold", "temperature", "image_size",
-                  "class_names", "ensemble_size", "scope", "batch_norm_folded"}
+                  "class_names", "ensemble_size", "scope", "batch_norm_folded", "gradcam_layer"}
 # Files of `assets.extra` a re-export copies as they are (the export writes the others itself).
 CARRIED_FILES = (MODEL_CARD_FILE, METRICS_FILE)
 # The largest difference in any output allowed between the old and the new folder; the heatmap
@@ -164,6 +167,8 @@ def reexport(model_dir: Path, base_path: Path, version: int, images: np.ndarray,
     )
     carry_drift_reference(model_dir, target)
     differences = output_differences(model_dir, target, images)
+    if read_model_info(target)["gradcam_layer"] != info.get("gradcam_layer", GRADCAM_LAYER):
+        differences.pop(HEATMAP, None)  # explained on another map: a new heatmap, not a regression
     beyond = {key: value for key, value in differences.items()
               if value > TOLERANCES.get(key, PARITY_TOLERANCE)}
     if beyond:

@@ -3,8 +3,9 @@ a 2-core CPU) and EfficientNet-Lite0 started from ImageNet weights (`pretrained.
 
 Contract with `export.py`, both backbones: the model takes float pixel values 0..255 shaped
 [N, S, S, 1] (normalisation is inside), returns 3 logits (normal, bacterial, viral) and has a layer
-named `gradcam_target` whose output is the last convolutional feature map. `build_network` picks
-the backbone by name (`BACKBONES`); the name travels in the export's model_info.
+named `gradcam_target` whose output is the last convolutional feature map; `gradcam_layer` names
+the map the export explains with. `build_network` picks the backbone by name (`BACKBONES`); the
+name travels in the export's model_info.
 
 Cost: the stem is a stride-2 convolution followed by max pooling, so nothing after the first layer
 runs above S/4 (56 x 56 for 224 inputs); the stages are depthwise-separable convolutions with a
@@ -25,6 +26,7 @@ from keras import layers, ops
 
 from services.trainer.modeling.config import BACKBONES, CUSTOM, EFFICIENTNET_LITE0
 from services.trainer.modeling.pretrained import (
+    STRIDE16_LAYER,
     efficientnet_lite0_features,
     fold_batch_norms,
     load_imagenet_weights,
@@ -34,6 +36,9 @@ from shared.contract import CLASS_NAMES
 
 GRADCAM_LAYER = "gradcam_target"
 INTERNAL_RESIZE = "internal_resize"
+# The fewest cells a side of the Grad-CAM map may have: with fewer, each cell spans a lung zone and
+# the film's border together, and the upsampled heatmap cannot tell them apart.
+GRADCAM_MIN_SIDE = 7
 
 
 @keras.saving.register_keras_serializable(package="cxr")
@@ -177,6 +182,17 @@ def _efficientnet_lite0(image_size: int, dropout: float, seed: int, equalize: bo
         x = layers.Dropout(dropout, name="dropout")(x)
     logits = layers.Dense(len(CLASS_NAMES), name="logits")(x)
     return keras.Model(inputs, logits, name="cxr_efficientnet_lite0"), sources
+
+
+def gradcam_layer(model: keras.Model) -> str:
+    """The layer whose map Grad-CAM weighs: the last map (`GRADCAM_LAYER`), unless it has fewer
+    than `GRADCAM_MIN_SIDE` cells a side (an EfficientNet-Lite0 on films shrunk inside the
+    network: 5 x 5 at 160 pixels) and the network has a finer one, its map at S/16."""
+    names = {layer.name for layer in model.layers}
+    side = model.get_layer(GRADCAM_LAYER).output.shape[1]
+    if side is not None and side < GRADCAM_MIN_SIDE and STRIDE16_LAYER in names:
+        return STRIDE16_LAYER
+    return GRADCAM_LAYER
 
 
 def is_folded(model: keras.Model) -> bool:

@@ -38,6 +38,8 @@ BN_EPSILON = 1e-3
 # Lite0 keeps at width and depth 1.0 (without squeeze-excitation, with ReLU6)
 BLOCK_SETTINGS = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
                   (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+# The output of the last block before the final stride-2 stage: the network's map at S/16
+STRIDE16_LAYER = f"effl0_blocks_{sum(setting[4] for setting in BLOCK_SETTINGS[:5]) - 1}_add"
 STEM_CHANNELS = 32
 FEATURE_CHANNELS = 1280
 IMAGENET_CLASSES = 1000
