@@ -2,16 +2,16 @@
 (default 100,000, the most `CXR_DRIFT_MAX_FILMS` keeps), and what recording one film costs a job.
 
 Fills one site's record in Redis (`CXR_REDIS_URL`, under a site name of its own, removed at the
-end) with films drawn from the bundled version's reference (`models/cxr-pneumonia/4`), each value
-jittered so no two films are alike, then runs the check the worker runs
-(`services.worker.drift.run_drift_check`, with the reference read from `models/`) `--repeat`
-times, timing the read of the window (Redis and parsing) and the tests apart. Prints a Markdown
-table; `--json` writes the numbers.
+end) with films drawn from the bundled version's reference (the highest version under
+`models/cxr-pneumonia/`), each value jittered so no two films are alike, then runs the check the
+worker runs (`services.worker.drift.run_drift_check`, with the reference read from `models/`)
+`--repeat` times, timing the read of the window (Redis and parsing) and the tests apart. Prints a
+Markdown table; `--json` writes the numbers.
 
     python -m bench.drift --films 100000 --json out/bench/drift.json
 
 `--real-films` prints instead each statistic's KS D and PSI for `nih_adult` and
-`site_acceptance` against version 4's reference (the figures in docs/monitoring.md; loads
+`site_acceptance` against the bundled version's reference (the figures in docs/monitoring.md; loads
 TensorFlow and runs the model over 813 films):
 
     python -m bench.drift --real-films
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serving_latency import ROOT
+from bench.serving_latency import ROOT, latest_bundled_model
 from services.worker.drift import read_reference, run_drift_check
 from services.worker.settings import WorkerSettings
 from shared.drift import STATISTICS, DriftRecorder, DriftReference, compare
@@ -38,7 +38,7 @@ from shared.storage import LocalStorage
 
 MODELS = ROOT / "models"
 MODEL_NAME = "cxr-pneumonia"
-VERSION = 3
+VERSION = int(latest_bundled_model().name)  # the bundled version
 DATA = ROOT.parent / "shared" / "data"
 CHUNK = 10_000
 

@@ -13,7 +13,7 @@ time, and the process's CPU time, which a busy machine disturbs less).
     PYTHONPATH=. python -m bench.scope_figures loco --data-root ../shared/data \\
         --cache out/scope-cache --steps 400 --json out/scope-loco.json
     PYTHONPATH=. python -m bench.scope_figures latency --without EXPORT_WITHOUT_SCREEN \\
-        --with models/cxr-pneumonia/4 --json out/scope-latency.json
+        --with models/cxr-pneumonia/5 --json out/scope-latency.json
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ validation films (the recipe's split, the gate set held out), then measured on t
 the folder.
 
     python -m scripts.ensemble_auroc --data ../shared/data/site_acceptance \\
-        --model models/cxr-pneumonia/4 --model OTHER_EXPORT [--model ...] [--operating-point] \\
+        --model models/cxr-pneumonia/5 --model OTHER_EXPORT [--model ...] [--operating-point] \\
         [--soup] [--json OUT]
 """
 

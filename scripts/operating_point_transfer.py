@@ -18,7 +18,7 @@ the operating point, never a way to choose a threshold: a site's own threshold i
 cross-fitted by `site-calibrate`.
 
     python -m scripts.operating_point_transfer --data ../shared/data/site_acceptance \\
-        --model models/cxr-pneumonia/4 [--model ...] [--specificity-floor 0.85] [--json OUT]
+        --model models/cxr-pneumonia/5 [--model ...] [--specificity-floor 0.85] [--json OUT]
 """
 
 from __future__ import annotations

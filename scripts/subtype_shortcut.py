@@ -13,7 +13,7 @@ does. It reports, on the trainer's gate set (patients no model trains on, `CXR_G
 - the AUROC of a score that knows nothing but the source group: P(viral | source) counted on the
   pneumonia films outside the gate set.
 
-    python -m scripts.subtype_shortcut --model models/cxr-pneumonia/4 \\
+    python -m scripts.subtype_shortcut --model models/cxr-pneumonia/5 \\
         --data DATA_DIR --manifest DATA_DIR/manifest.csv [--json out/subtype_shortcut.json]
 """
 

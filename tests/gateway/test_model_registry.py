@@ -105,7 +105,7 @@ def test_a_bundled_champion_shows_its_own_folders_metrics_and_card(mlflow_server
     name = f"cxr-bundled-{uuid.uuid4().hex[:8]}"
     version = _register_bare_champion(mlflow_server.tracking_uri, name)
     # What publishing the bundled version into the serving base puts there.
-    bundled = REPO_ROOT / "models" / "cxr-pneumonia" / "4" / "assets.extra"
+    bundled = REPO_ROOT / "models" / "cxr-pneumonia" / "5" / "assets.extra"
     extra = tmp_path / "serving" / name / version / "assets.extra"
     extra.mkdir(parents=True)
     for file in ("metrics.json", "model_card.md"):
@@ -116,7 +116,7 @@ def test_a_bundled_champion_shows_its_own_folders_metrics_and_card(mlflow_server
     expected = json.loads((bundled / "metrics.json").read_text())["metrics"]
     assert registry["model_version"] == version
     assert registry["metrics"] == pytest.approx(expected)
-    assert registry["metrics"]["gate.auroc"] == pytest.approx(0.994)
+    assert {"gate.auroc", "site_acceptance.auroc"} <= set(registry["metrics"])
     assert registry["model_card"] == (REPO_ROOT / "models" / "MODEL_CARD.md").read_text()
     assert registry["from_version_files"] == ["metrics", "model_card"]
 

@@ -107,7 +107,7 @@ def test_evaluate_only_the_named_split(sample_export, tmp_path):
     assert only_test["n"] == 4 and only_test["splits"] == ["test"]
 
 
-BUNDLED = REPO_ROOT / "models" / "cxr-pneumonia" / "4"
+BUNDLED = REPO_ROOT / "models" / "cxr-pneumonia" / "5"
 
 
 def test_evaluate_at_a_sites_operating_point_keeps_its_keys(tmp_path):

@@ -176,7 +176,15 @@ def test_a_stopped_cross_validation_resumes_from_its_finished_folds(tmp_path, mo
     assert second.folds[0]["auroc"] == first.folds[0]["auroc"]
     assert second.folds[0]["best_epoch"] == first.folds[0]["best_epoch"]
 
-    # other settings give other networks: nothing is reused
-    trained.clear()
-    run_training(dataclasses.replace(config, learning_rate=1e-3))
-    assert trained == [0, 1]
+    # other settings give other networks: a fold's key changes, and its checkpoint is not reused
+    images = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8, 1)
+    train_idx, val_idx = np.array([0, 1, 2]), np.array([3])
+    key = recipe._fold_key(config, images, train_idx, val_idx)
+    other = dataclasses.replace(config, learning_rate=1e-3)
+    assert recipe._fold_key(other, images, train_idx, val_idx) != key
+    assert recipe._fold_key(config, images, np.array([0, 1, 3]), np.array([2])) != key
+    assert recipe._fold_key(config, images[::-1].copy(), train_idx, val_idx) != key
+    # what only changes the output's place or form keeps it
+    assert recipe._fold_key(dataclasses.replace(config, out_dir="elsewhere", verbose=1,
+                                                ship="refit"), images, train_idx, val_idx) == key
+    assert recipe.FoldCheckpoint(tmp_path / "folds" / "fold-0", key).load(config) is None

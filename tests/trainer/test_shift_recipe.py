@@ -139,7 +139,7 @@ def test_recipe_settings_reach_the_augmentation_ranges():
     assert ranges.brightness == pytest.approx(0.30)
     assert ranges.crop_area == (0.5, 1.0) and ranges.erase_corners == 0.25
     assert augment_config(TrainConfig(resample_min=0.5)).resample == 0.5
-    assert augment_config(TrainConfig()).resample == 1.0  # off unless asked for
+    assert augment_config(TrainConfig(resample_min=1.0)).resample == 1.0  # off
     for wrong in (0.0, 1.5):
         with pytest.raises(ValueError, match="resample_min"):
             TrainConfig(resample_min=wrong)

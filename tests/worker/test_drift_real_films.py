@@ -1,7 +1,7 @@
-"""The drift check on real films: the bundled model (version 4) answers every film of a shifted
+"""The drift check on real films: the bundled model (version 5) answers every film of a shifted
 stream (adult films, `nih_adult`) and of the site's own later period (`site_acceptance`); their
 statistics are recorded per site as the worker records them, and the check, against the reference
-committed beside version 4, fires for the adults only, with its gauges in the metrics."""
+committed beside version 5, fires for the adults only, with its gauges in the metrics."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
-VERSION_DIR = MODELS / "cxr-pneumonia" / "4"
+VERSION_DIR = MODELS / "cxr-pneumonia" / "5"
 VERSION = int(VERSION_DIR.name)
 DATA = REPO.parent / "shared" / "data"
 SETS = {"adult-hospital": DATA / "nih_adult", "home-site": DATA / "site_acceptance"}
@@ -39,7 +39,7 @@ SETS = {"adult-hospital": DATA / "nih_adult", "home-site": DATA / "site_acceptan
 
 @pytest.fixture(scope="module")
 def film_statistics():
-    """Each set's films through the worker's preprocessing and version 4, as recorded stats."""
+    """Each set's films through the worker's preprocessing and version 5, as recorded stats."""
     missing = [str(folder) for folder in SETS.values() if not folder.is_dir()]
     if missing or not VERSION_DIR.is_dir():
         raise FileNotFoundError(f"the real films or the bundled model are missing: {missing}")

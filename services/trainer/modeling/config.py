@@ -38,13 +38,14 @@ class TrainConfig:
     patience: int = 6
     augment: bool = True
     backbone: Literal["custom", "efficientnet_lite0"] = "efficientnet_lite0"  # BACKBONES
-    frozen_blocks: int = 5  # pretrained backbone: the stem and this many first blocks stay fixed
-    internal_size: int | None = None  # pretrained backbone: resized to this inside the network
+    frozen_blocks: int = 2  # pretrained backbone: the stem and this many first blocks stay fixed
+    # pretrained backbone: films larger than this are shrunk to it inside the network (None: not)
+    internal_size: int | None = 160
     equalize: bool = False  # histogram equalisation inside the model, before standardisation
     crop_area_min: float = 0.6  # random crops keep this share of the film's area or more
     erase_corners: float = 0.5  # probability that each corner is covered during training
     intensity_scale: float = 1.5  # widens the brightness, contrast and gamma ranges
-    resample_min: float = 1.0  # each batch resampled to this share of its side or more (1: off)
+    resample_min: float = 0.5  # each batch resampled to this share of its side or more (1: off)
     # Adam keeps an exponential moving average of the weights with this momentum and the network
     # ends with the average instead of one epoch's weights (None: off)
     ema_momentum: float | None = None

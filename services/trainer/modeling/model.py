@@ -148,8 +148,8 @@ def build_pretrained(image_size: int = 224, dropout: float = 0.3, seed: int = 0,
     batches of grey films would give noisy estimates); `frozen_blocks` more leaves the stem and the
     first blocks untrained, which also spares their backward pass. `folded`: the serving form, each
     BatchNorm folded into its convolution (`serving_form` fills it), never trained.
-    `internal_size`: the film is resized to this many pixels inside the network (area averaging)
-    before the backbone; the input stays `image_size` (the serving contract).
+    `internal_size`: a larger film is shrunk to this many pixels inside the network (area
+    averaging) before the backbone; the input stays `image_size` (the serving contract).
     """
     model, sources = _efficientnet_lite0(image_size, dropout, seed, equalize, folded,
                                          internal_size)
@@ -171,7 +171,7 @@ def _efficientnet_lite0(image_size: int, dropout: float, seed: int, equalize: bo
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = HistogramEqualization(name="equalize")(inputs) if equalize else inputs
-    if internal_size and internal_size != image_size:
+    if internal_size and internal_size < image_size:
         x = layers.Resizing(internal_size, internal_size, interpolation="area",
                             name=INTERNAL_RESIZE)(x)
     x = GreyToImageNetRgb(name="grey_to_rgb")(x)
