@@ -166,6 +166,29 @@ def test_a_smaller_internal_size_keeps_the_input_contract_and_survives_reexport(
     assert (np.ptp(served["heatmap"].numpy(), axis=(1, 2)) > 0.1).any()
 
 
+def test_a_version_explained_on_its_last_map_is_reexported_onto_the_finer_one(tmp_path,
+                                                                              monkeypatch):
+    import services.trainer.artifact.export as export
+
+    model = build_network(EFFICIENTNET_LITE0, image_size=64, internal_size=32)
+    info = architecture_info({"backbone": EFFICIENTNET_LITE0, "internal_size": 32})
+    with monkeypatch.context() as patch:  # as the export did before it chose the map
+        patch.setattr(export, "gradcam_layer", lambda network: GRADCAM_LAYER)
+        old = export_for_serving(model, base_path=tmp_path / "old", version=1, threshold=0.5,
+                                 extra_info=info)
+    recorded = json.loads((old / "assets.extra" / "model_info.json").read_text())
+    assert recorded["gradcam_layer"] == GRADCAM_LAYER
+    images = np.random.RandomState(4).randint(0, 256, (2, 64, 64, 1)).astype(np.uint8)
+    # the heatmaps differ (a flat one against a varying one): only the predictions are compared
+    new, difference = reexport(old, tmp_path / "new", 2, images)
+    assert difference <= 1e-5
+    assert json.loads((new / "assets.extra" / "model_info.json").read_text())[
+        "gradcam_layer"] == STRIDE16_LAYER
+    heatmaps = [tf.saved_model.load(str(folder)).signatures["gradcam"](
+        image=tf.constant(images))["heatmap"].numpy() for folder in (old, new)]
+    assert np.abs(heatmaps[0] - heatmaps[1]).max() > 0.1
+
+
 def test_a_network_with_a_coarse_last_map_is_explained_on_its_map_at_one_sixteenth():
     shrunk = build_network(EFFICIENTNET_LITE0, image_size=224, internal_size=160, imagenet=False)
     assert shrunk.get_layer(GRADCAM_LAYER).output.shape[1:3] == (5, 5)

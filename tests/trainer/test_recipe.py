@@ -63,8 +63,11 @@ def test_exported_model_has_the_serving_layout(sample_export):
 
 @pytest.mark.slow
 def test_folds_give_out_of_fold_metrics_and_a_refit_model(tmp_path):
+    # fold mechanics, whatever the network: the small custom one at 64 px (the default network
+    # trains end to end in test_evaluate's train command)
     config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path), epochs=1, batch_size=8,
-                         width=4, folds=2, ship="refit", baseline=True, verbose=0)
+                         backbone="custom", width=4, image_size=64, folds=2, ship="refit",
+                         baseline=True, verbose=0)
     outcome = run_training(config)
     assert len(outcome.models) == 1 and outcome.params["ensemble_size"] == 1
     assert outcome.validation["n"] == outcome.params["data_images"]  # every image scored once
@@ -160,8 +163,10 @@ def test_hog_baseline_separates_oriented_textures():
 def test_a_stopped_cross_validation_resumes_from_its_finished_folds(tmp_path, monkeypatch):
     import services.trainer.modeling.recipe as recipe
 
+    # the checkpoint mechanics do not depend on the network: the small custom one at 64 px
     config = TrainConfig(data_dir=str(SAMPLE_DIR), out_dir=str(tmp_path), epochs=1, batch_size=8,
-                         width=4, folds=2, ship="ensemble", baseline=False, verbose=0)
+                         backbone="custom", width=4, image_size=64, folds=2, ship="ensemble",
+                         baseline=False, verbose=0)
     first = run_training(config)
     assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["fold-0", "fold-1"]
 

@@ -12,9 +12,9 @@ rebuilt as above and exported with the screen, and the pneumonia outputs must ma
 folder's. When the current code explains with another map than the old folder did
 (`gradcam_layer`, recorded in model_info; a folder without it used the last map), the heatmap is a
 new one and is left out of the comparison; the predictions must still match. A version that
-already holds a screen (`assets.extra/scope/`) keeps it when written
-again, unless another is given. The version's model card and metrics (`assets.extra/model_card.md`,
-`metrics.json`) are carried over: the weights and the answers are the same.
+already holds a screen (`assets.extra/scope/`) keeps it when written again, unless another is
+given. The version's model card and metrics (`assets.extra/model_card.md`, `metrics.json`) are
+carried over: the weights and the answers are the same.
 """
 
 from __future__ import annotations
