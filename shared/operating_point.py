@@ -71,6 +71,8 @@ class OperatingPoint(BaseModel):
     calibration: Calibration
     threshold: float = Field(ge=0.0, le=1.0)
     target_sensitivity: float = Field(gt=0.0, le=1.0)
+    # the probability the threshold holds the target (None: it holds it on average)
+    sensitivity_confidence: float | None = Field(default=None, gt=0.0, lt=1.0)
     model_threshold: float = Field(ge=0.0, le=1.0)
     fitted_at: UTCDateTime
     data_fingerprint: str

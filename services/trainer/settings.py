@@ -40,6 +40,11 @@ class TrainerSettings(SharedSettings):
     # --- training recipe (services.trainer.modeling.config.TrainConfig.from_settings) ---
     target_sensitivity: float = Field(default=0.95, gt=0, le=1, description=(
         "The sensitivity the decision threshold is chosen to reach."))
+    site_threshold_confidence: float | None = Field(default=0.95, gt=0, lt=1, description=(
+        "A site's threshold reaches the target sensitivity with this probability over the draw "
+        "of its acceptance set (a one-sided binomial bound, `services/trainer/evaluation/"
+        "thresholds.py`); empty: it reaches it on average. The site report says when a "
+        "cross-fitted half had too few pneumonia films for it."))
     train_epochs: int = Field(default=5, ge=1, description=(
         "Training epochs (at most: early stopping keeps the best epoch's weights)."))
     train_batch_size: int = Field(default=32, ge=1, description="Training batch size.")
@@ -89,6 +94,11 @@ class TrainerSettings(SharedSettings):
         "Largest sensitivity loss against the champion's on the same site's set."))
     site_max_specificity_drop: float = Field(default=0.03, ge=0, le=1, description=(
         "Largest specificity loss against the champion's on the same site's set."))
+
+    @field_validator("site_threshold_confidence", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value):
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
     @field_validator("site_acceptance_sets")
     @classmethod

@@ -147,6 +147,14 @@ def test_site_calibrate_runs_offline_into_out(tmp_path):
     report = json.loads((tmp_path / "site" / "report.json").read_text())
     assert sum(report["site_threshold"]["confusion"].values()) == 40
     assert (tmp_path / "site" / "report.html").read_text().count("data:image/png;base64,") >= 3
+    # The default asks 95% confidence; 20 sample pneumonia films split in two are too few for it,
+    # and the report says so.
+    assert point.sensitivity_confidence == report["sensitivity_confidence"] == 0.95
+    assert "needs 59 pneumonia films per half" in report["threshold_note"]
+    assert "confidence is not reached" in (tmp_path / "site" / "report.html").read_text()
+    bad = _cli("site-calibrate", "--model", str(BUNDLED), "--data", str(SAMPLE_DIR),
+               "--site", "sample", "--out", str(tmp_path / "bad"), "--confidence", "1")
+    assert bad.returncode == 2 and "--confidence" in bad.stderr
     refused = _cli("site-calibrate", "--model", str(BUNDLED), "--data", str(SAMPLE_DIR),
                    "--site", "../x", "--out", str(tmp_path / "bad"))
     assert refused.returncode == 2 and "site name" in refused.stderr

@@ -9,7 +9,7 @@ from services.trainer.evaluation.metrics import (
     bootstrap_auroc_ci,
     compute_metrics,
 )
-from services.trainer.evaluation.thresholds import choose_threshold
+from services.trainer.evaluation.thresholds import choose_threshold, pneumonia_films_needed
 
 # Four pneumonia (1) and four normal (0) images; at threshold 0.35 the confusion is
 # tp 3 (0.9, 0.8, 0.7), fn 1 (0.3), fp 2 (0.6, 0.4), tn 2 (0.2, 0.1).
@@ -127,6 +127,43 @@ def test_threshold_for_new_films_on_a_large_sample():
     p = [i / 100 for i in range(1, 101)] + [0.0] * 10
     assert choose_threshold(y, p, 0.95) == pytest.approx(0.05)
     assert choose_threshold(y, p, 0.95, for_new_films=False) == pytest.approx(0.06)
+
+
+def test_threshold_with_confidence_bounds_the_misses_binomially():
+    # 100 pneumonia films scored 0.01 .. 1.00, target 0.95. Missing m fitted films is allowed while
+    # P(Binomial(100, 0.05) <= m) <= 1 - confidence; that probability is 0.0059 (m = 0),
+    # 0.0371 (m = 1), 0.1183 (m = 2), 0.4360 (m = 4), 0.6160 (m = 5).
+    y = [1] * 100 + [0] * 10
+    p = [i / 100 for i in range(1, 101)] + [0.0] * 10
+    assert choose_threshold(y, p, 0.95, confidence=0.95) == pytest.approx(0.02)  # m = 1
+    assert choose_threshold(y, p, 0.95, confidence=0.90) == pytest.approx(0.02)  # m = 1
+    assert choose_threshold(y, p, 0.95, confidence=0.99) == pytest.approx(0.01)  # m = 0
+    assert choose_threshold(y, p, 0.95, confidence=0.50) == pytest.approx(0.05)  # m = 4
+    # the bound decides, not the expected-sensitivity rule (which stops at 0.05 for any confidence)
+    assert choose_threshold(y, p, 0.95) == pytest.approx(0.05)
+
+
+def test_threshold_with_confidence_still_takes_the_fewest_false_positives():
+    # Two pneumonia films below every normal one cost nothing to miss and everything to catch:
+    # with 100 films the bound allows m = 1, so the threshold catches the 0.02 film and
+    # puts every normal film (0.015) below it.
+    y = [1] * 100 + [0] * 20
+    p = [i / 100 for i in range(1, 101)] + [0.015] * 20
+    assert choose_threshold(y, p, 0.95, confidence=0.95) == pytest.approx(0.02)
+
+
+def test_pneumonia_films_needed_for_a_confident_threshold():
+    # 0.95 ** 59 = 0.0485 <= 0.05 < 0.95 ** 58 = 0.0510
+    assert pneumonia_films_needed(0.95, 0.95) == 59
+    assert pneumonia_films_needed(0.9, 0.9) == 22  # 0.9 ** 22 = 0.0985, 0.9 ** 21 = 0.1094
+    # with fewer films no threshold meets the bound: every fitted pneumonia film is caught
+    y = [1] * 58 + [0] * 5
+    p = [(i + 1) / 100 for i in range(58)] + [0.0] * 5
+    assert choose_threshold(y, p, 0.95, confidence=0.95) == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        pneumonia_films_needed(1.0, 0.95)
+    with pytest.raises(ValueError):
+        choose_threshold(y, p, 0.95, confidence=1.0)
 
 
 def test_threshold_ties_go_to_the_highest():

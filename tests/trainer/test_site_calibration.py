@@ -156,6 +156,56 @@ def test_site_acceptance_uses_identity_when_the_fit_is_refused():
     assert result.report["ece_after"] == pytest.approx(result.report["ece_before"])
 
 
+def test_a_confident_site_threshold_is_fitted_and_recorded_as_asked():
+    y, p, groups = site_like(n_patients=400, seed=5)
+    halves = split_halves(y, groups)
+    assert min(int(y[halves != h].sum()) for h in (0, 1)) >= 59  # enough for 95% / 95%
+    average = site_acceptance("east", y, p, 0.5, groups, fingerprint="e" * 64,
+                              bootstrap_resamples=10)
+    confident = site_acceptance("east", y, p, 0.5, groups, fingerprint="e" * 64,
+                                confidence=0.95, bootstrap_resamples=10)
+    # Each half's threshold is the bound's choice on the other half, and never above the
+    # average rule's: holding the target with confidence catches at least as many films.
+    for fitted_on, fit in zip(confident.cross.fitted_on, confident.cross.fits, strict=True):
+        assert fit.threshold == fit_point(p[fitted_on], y[fitted_on], 0.95, True, 0.95).threshold
+    assert all(c.threshold <= a.threshold for c, a in zip(
+        confident.cross.fits, average.cross.fits, strict=True))
+    assert confident.point.threshold < average.point.threshold
+    assert confident.report["site_threshold"]["sensitivity"] >= \
+        average.report["site_threshold"]["sensitivity"]
+    assert confident.point.sensitivity_confidence == 0.95
+    assert average.point.sensitivity_confidence is None
+    assert confident.report["threshold_note"] is None
+    # A small set cannot hold the bound: the report says how many films it would need.
+    y, p, groups = site_like()
+    small = site_acceptance("east", y, p, 0.5, groups, fingerprint="e" * 64, confidence=0.95,
+                            bootstrap_resamples=10)
+    assert "needs 59 pneumonia films per half" in small.report["threshold_note"]
+
+
+def test_split_variation_repeats_the_cross_fit_over_patient_splits():
+    from bench.site_rules import split_variation
+
+    y, p, groups = site_like(n_patients=400, seed=5)
+    rows = {c: split_variation(p, y, groups, 0.95, c, splits=5, min_specificity=0.9)
+            for c in (None, 0.95)}
+    # Split 0 is the one site-calibrate measures: one split gives exactly its figures.
+    decisions = cross_fit(p, y, split_halves(y, groups, 0), 0.95, True, 0.95).decisions
+    one = split_variation(p, y, groups, 0.95, 0.95, splits=1, min_specificity=0.9)
+    assert one["sensitivity"]["median"] == pytest.approx(decisions[y == 1].mean())
+    assert one["specificity"]["median"] == pytest.approx(1 - decisions[y == 0].mean())
+    # Other splits fit other thresholds.
+    assert rows[0.95]["sensitivity"]["p5"] != rows[0.95]["sensitivity"]["p95"]
+    # The confident rule never catches fewer pneumonia films than the average one.
+    assert rows[0.95]["sensitivity"]["median"] >= rows[None]["sensitivity"]["median"]
+    assert rows[0.95]["share_sensitivity_below_target"] <= \
+        rows[None]["share_sensitivity_below_target"]
+    for row in rows.values():
+        assert row["splits"] == 5
+        assert 0 <= row["share_both_met"] <= 1 - max(row["share_sensitivity_below_target"],
+                                                     row["share_specificity_below_floor"])
+
+
 def test_a_site_csv_names_files_labels_and_patients(tmp_path):
     (tmp_path / "img").mkdir()
     for low, name in enumerate(("a.jpeg", "b.jpeg", "c.jpeg")):

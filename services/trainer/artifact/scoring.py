@@ -21,8 +21,10 @@ from services.trainer.evaluation.site_calibration import (
     site_acceptance,
 )
 from shared.contract import (
+    ASSETS_EXTRA,
     CLASS_PROBABILITIES,
     INPUT_NAME,
+    MODEL_INFO_FILE,
     MODEL_NAME,
     PNEUMONIA_PROBABILITY,
     SERVING_SIGNATURE,
@@ -96,6 +98,13 @@ def evaluate_saved_model(model_dir: str | Path, data_dir: str | Path,
             "splits": list(splits) if splits else None}
 
 
+def model_image_size(model_dir: Path) -> int:
+    """The input side an exported version was made for (its model_info), 224 when unrecorded."""
+    info_file = model_dir / ASSETS_EXTRA / MODEL_INFO_FILE
+    return int(json.loads(info_file.read_text()).get("image_size", 224)) if info_file.is_file() \
+        else 224
+
+
 def score_site(model_dir: Path, records: Sequence[XrayRecord], image_size: int = 224):
     """(labels, p(pneumonia), the model's threshold) through `serving_default`."""
     scores = score_saved_model(model_dir, load_images(records, size=image_size))
@@ -104,14 +113,13 @@ def score_site(model_dir: Path, records: Sequence[XrayRecord], image_size: int =
 
 
 def run_site_acceptance(site: str, model_dir: Path, records: Sequence[XrayRecord], *,
-                        target_sensitivity: float, model_name: str = MODEL_NAME,
+                        target_sensitivity: float, confidence: float | None = None,
+                        model_name: str = MODEL_NAME,
                         model_version: int | None = None) -> SiteAcceptance:
     """Score `records` with the exported model at `model_dir`, then `site_acceptance`."""
-    info_file = model_dir / "assets.extra" / "model_info.json"
-    size = int(json.loads(info_file.read_text()).get("image_size", 224)) if info_file.is_file() \
-        else 224
-    y, p, model_threshold = score_site(model_dir, records, size)
+    y, p, model_threshold = score_site(model_dir, records, model_image_size(model_dir))
     return site_acceptance(site, y, p, model_threshold, patient_groups(records),
                            fingerprint=data_fingerprint(records),
-                           target_sensitivity=target_sensitivity, model_name=model_name,
+                           target_sensitivity=target_sensitivity, confidence=confidence,
+                           model_name=model_name,
                            model_version=model_version)

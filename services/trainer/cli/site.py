@@ -30,6 +30,15 @@ def _site_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _confidence(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number or 'none': {text!r}") from err
+
+
 def add_site_calibrate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "site-calibrate", help="fit and validate a site's operating point on its acceptance set")
@@ -45,6 +54,10 @@ def add_site_calibrate(subparsers: argparse._SubParsersAction) -> None:
                         "figures (required with --model)")
     parser.add_argument("--target-sensitivity", type=float,
                         help="sensitivity the site threshold must reach (CXR_TARGET_SENSITIVITY)")
+    parser.add_argument("--confidence", type=_confidence, default=argparse.SUPPRESS,
+                        help="probability that the threshold reaches it on the site's later "
+                        "films, in (0, 1); 'none': reach it on average "
+                        "(CXR_SITE_THRESHOLD_CONFIDENCE)")
     parser.set_defaults(handler=run_site_calibrate)
 
 
@@ -57,23 +70,29 @@ def run_site_calibrate(args: argparse.Namespace) -> int:
     if not 0 < target <= 1:
         print(f"error: --target-sensitivity must be in (0, 1], got {target}", file=sys.stderr)
         return 2
+    confidence = getattr(args, "confidence", settings.site_threshold_confidence)
+    if confidence is not None and not 0 < confidence < 1:
+        print(f"error: --confidence must be in (0, 1), got {confidence}", file=sys.stderr)
+        return 2
     records = read_site_records(args.data)
     with tempfile.TemporaryDirectory(prefix="cxr-site-") as scratch:
         if args.model is not None:
             if not_an_export(args.model):
                 return 2
             result = run_site_acceptance(args.site, args.model, records,
-                                         target_sensitivity=target,
+                                         target_sensitivity=target, confidence=confidence,
                                          model_name=settings.model_name)
             files = write_report(result, args.out)
         else:
-            result, files = _registered(args, settings, records, target, Path(scratch))
+            result, files = _registered(args, settings, records, target, confidence,
+                                        Path(scratch))
     print(json.dumps(summary(result.report), indent=2))
     print(f"report: {files['report_html']}")
     return 0
 
 
-def _registered(args, settings, records, target: float, scratch: Path):
+def _registered(args, settings, records, target: float, confidence: float | None,
+                scratch: Path):
     from services.trainer.registry.promotion import registry_for, site_tag
     from services.trainer.registry.publish import has_version, serving_storage, write_site_points
     from services.trainer.registry.tracking import log_site_run
@@ -81,7 +100,8 @@ def _registered(args, settings, records, target: float, scratch: Path):
     registry = registry_for(settings)
     model_dir = registry.download_saved_model(args.version, scratch / "model")
     result = run_site_acceptance(args.site, model_dir, records, target_sensitivity=target,
-                                 model_name=settings.model_name, model_version=args.version)
+                                 confidence=confidence, model_name=settings.model_name,
+                                 model_version=args.version)
     files = write_report(result, args.out or scratch / "report")
     run_id = log_site_run(result, files, args.version)
     registry.tag_version(args.version, {site_tag(args.site): result.point.model_dump_json(),

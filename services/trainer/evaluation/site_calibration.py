@@ -3,7 +3,9 @@
 A site hands over a labelled acceptance set. The model version scores it through its exported
 `serving_default` signature; on those scores this module fits the site's operating point (Platt
 calibration of the model's logit, then the sensitivity-first threshold of `thresholds.py` on the
-calibrated scale) and measures it.
+calibrated scale) and measures it. With a `confidence` the threshold meets the target sensitivity
+with that probability over the draw of the acceptance set, not just on average: a site signs off
+on the threshold it is handed, fitted on a few hundred films.
 
 Every figure that depends on the fit is cross-fitted: the site's patients (files with identical
 pixels kept together) are split into two halves, the point is fitted on one half and measured on
@@ -41,7 +43,7 @@ from services.trainer.evaluation.metrics import (
     bootstrap_auroc_ci,
     compute_metrics,
 )
-from services.trainer.evaluation.thresholds import choose_threshold
+from services.trainer.evaluation.thresholds import choose_threshold, pneumonia_films_needed
 from shared.contract import MODEL_NAME
 from shared.operating_point import (
     LOGIT_EPS,
@@ -109,10 +111,12 @@ class FittedPoint:
     threshold: float
 
 
-def fit_point(p, y, target_sensitivity: float, calibrate: bool = True) -> FittedPoint:
+def fit_point(p, y, target_sensitivity: float, calibrate: bool = True,
+              confidence: float | None = None) -> FittedPoint:
     """Calibration (unless `calibrate` is false) and the threshold on the calibrated scale."""
     calibration = fit_platt(p, y) if calibrate else Calibration()
-    threshold = choose_threshold(y, apply_calibration(calibration, p), target_sensitivity)
+    threshold = choose_threshold(y, apply_calibration(calibration, p), target_sensitivity,
+                                 confidence=confidence)
     return FittedPoint(calibration, threshold)
 
 
@@ -161,14 +165,14 @@ class CrossFit:
 
 
 def cross_fit(p, y, halves: np.ndarray, target_sensitivity: float,
-              calibrate: bool = True) -> CrossFit:
+              calibrate: bool = True, confidence: float | None = None) -> CrossFit:
     """Fit on one half, measure on the other, both ways."""
     p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=int)
     p_site, threshold = np.empty_like(p), np.empty_like(p)
     fits, fitted_on = [], []
     for half in (0, 1):
         fit_idx, measure_idx = np.flatnonzero(halves != half), np.flatnonzero(halves == half)
-        fitted = fit_point(p[fit_idx], y[fit_idx], target_sensitivity, calibrate)
+        fitted = fit_point(p[fit_idx], y[fit_idx], target_sensitivity, calibrate, confidence)
         p_site[measure_idx] = apply_calibration(fitted.calibration, p[measure_idx])
         threshold[measure_idx] = fitted.threshold
         fits.append(fitted)
@@ -224,8 +228,8 @@ class SiteAcceptance:
 
 def site_acceptance(site: str, y, p_model, model_threshold: float, groups: Sequence[str], *,
                     fingerprint: str, target_sensitivity: float = 0.95,
-                    model_name: str = MODEL_NAME, model_version: int | None = None,
-                    seed: int = CROSS_FIT_SEED,
+                    confidence: float | None = None, model_name: str = MODEL_NAME,
+                    model_version: int | None = None, seed: int = CROSS_FIT_SEED,
                     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES) -> SiteAcceptance:
     """Fit the site's operating point on scored, labelled images and measure it cross-fitted."""
     check_site_name(site)
@@ -236,26 +240,27 @@ def site_acceptance(site: str, y, p_model, model_threshold: float, groups: Seque
     if len(np.unique(halves)) != 2 or any(len(np.unique(y[halves == h])) != 2 for h in (0, 1)):
         raise DatasetError(f"site {site}: too few patients to split into two halves that each "
                            "hold normal and pneumonia images")
-    calibrated = cross_fit(p, y, halves, target_sensitivity, calibrate=True)
+    calibrated = cross_fit(p, y, halves, target_sensitivity, True, confidence)
     ece_before = expected_calibration_error(y, p)
     ece_after = expected_calibration_error(y, calibrated.p_site)
-    final = fit_point(p, y, target_sensitivity, calibrate=True)
+    final = fit_point(p, y, target_sensitivity, True, confidence)
     refused = final.calibration.refused
     if refused is None and ece_after > ece_before:
         refused = (f"the calibration made the held-out ECE worse ({ece_before:.4f} -> "
                    f"{ece_after:.4f})")
     if refused is not None:
         log.warning("site %s: calibration refused, identity used: %s", site, refused)
-        final = fit_point(p, y, target_sensitivity, calibrate=False)
+        final = fit_point(p, y, target_sensitivity, False, confidence)
         final = FittedPoint(Calibration(refused=refused), final.threshold)
-        shipped = cross_fit(p, y, halves, target_sensitivity, calibrate=False)
+        shipped = cross_fit(p, y, halves, target_sensitivity, False, confidence)
     else:
         shipped = calibrated
     model_metrics = compute_metrics(y, p, model_threshold, bootstrap_resamples=bootstrap_resamples)
     point = OperatingPoint(
         site=site, model_name=model_name, model_version=model_version,
         calibration=final.calibration, threshold=final.threshold,
-        target_sensitivity=target_sensitivity, model_threshold=model_threshold,
+        target_sensitivity=target_sensitivity, sensitivity_confidence=confidence,
+        model_threshold=model_threshold,
         fitted_at=datetime.now(UTC), data_fingerprint=fingerprint, n=len(y),
         n_pneumonia=int(y.sum()), n_normal=int(len(y) - y.sum()))
     report = {
@@ -263,6 +268,8 @@ def site_acceptance(site: str, y, p_model, model_threshold: float, groups: Seque
         "data_fingerprint": fingerprint, "n": len(y), "n_pneumonia": int(y.sum()),
         "n_normal": int(len(y) - y.sum()), "n_groups": len(set(groups)),
         "target_sensitivity": target_sensitivity,
+        "sensitivity_confidence": confidence,
+        "threshold_note": _threshold_note(y, halves, target_sensitivity, confidence),
         "auroc": model_metrics["auroc"], "auroc_ci": model_metrics["auroc_ci"],
         "cross_fitted_auroc": compute_metrics(y, shipped.p_site, 0.5,
                                               bootstrap_resamples=1)["auroc"],
@@ -285,6 +292,20 @@ def site_acceptance(site: str, y, p_model, model_threshold: float, groups: Seque
         "operating_point": json.loads(point.model_dump_json()),
     }
     return SiteAcceptance(report, point, y, p, shipped)
+
+
+def _threshold_note(y, halves, target_sensitivity: float, confidence: float | None) -> str | None:
+    """Why the confidence asked for could not be held, when a half had too few pneumonia films."""
+    if confidence is None or target_sensitivity >= 1.0:
+        return None
+    needed = pneumonia_films_needed(target_sensitivity, confidence)
+    fitted = [int(y[halves != h].sum()) for h in (0, 1)]
+    if min(fitted) >= needed:
+        return None
+    return (f"{confidence:.0%} confidence in a sensitivity of {target_sensitivity:.0%} needs "
+            f"{needed} pneumonia films per half; the halves had {fitted[0]} and {fitted[1]}, so "
+            "each threshold catches every pneumonia film it was fitted on and the confidence is "
+            "not reached")
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -314,6 +335,14 @@ def _with_ci(figures: dict, name: str) -> str:
     return f"{_pct(figures.get(name))}{interval}"
 
 
+def threshold_rule(target_sensitivity: float, confidence: float | None) -> str:
+    """The threshold rule in words."""
+    if confidence is None:
+        return f"expected sensitivity on new films at least {target_sensitivity:.0%}"
+    return (f"sensitivity on new films at least {target_sensitivity:.0%} with "
+            f"{confidence:.0%} confidence")
+
+
 def render_html(report: dict, figures: dict[str, Path]) -> str:
     """One HTML page with the figures inlined (base64 PNG): it can be mailed or archived alone."""
     e = html.escape
@@ -336,6 +365,9 @@ def render_html(report: dict, figures: dict[str, Path]) -> str:
            if report["calibration_refused"] else
            f"Platt: slope {calibration['slope']:.4f}, intercept {calibration['intercept']:.4f}")
     auroc_ci = report["auroc_ci"] or [float("nan")] * 2
+    rule = threshold_rule(report["target_sensitivity"], report["sensitivity_confidence"])
+    note = f"<p><strong>{e(report['threshold_note'])}</strong></p>" \
+        if report["threshold_note"] else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Local validation: site {e(report['site'])}</title>
@@ -352,9 +384,9 @@ img{{max-width:28em}}</style></head><body>
 Figures at the site's operating point are cross-fitted: fitted on one half of the patients and
 measured on the other, both ways; no image is measured by a point fitted on it.</p>
 <h2>Operating point</h2>
-<p>Calibration: {fit}. Threshold {point['threshold']:.4f} on the calibrated scale (target
-sensitivity {report['target_sensitivity']:.2f}); the model's own threshold is
-{model_fig['threshold']:.4f}. Fitted {e(point['fitted_at'])}.</p>
+<p>Calibration: {fit}. Threshold {point['threshold']:.4f} on the calibrated scale ({e(rule)});
+the model's own threshold is {model_fig['threshold']:.4f}. Fitted {e(point['fitted_at'])}.</p>
+{note}
 <table><tr><th></th><th>site operating point (cross-fitted)</th><th>model's own threshold</th></tr>
 {rows}{confusion}</table>
 <p>ECE ({report['ece_bins']} bins): {report['ece_before']:.4f} before, {report['ece_after']:.4f}

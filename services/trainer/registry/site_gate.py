@@ -86,10 +86,12 @@ def evaluate_sites(settings, candidate_dir: str | Path, champion_dir: str | Path
         records = read_site_records(Path(data))
         candidates[site] = run_site_acceptance(
             site, Path(candidate_dir), records, target_sensitivity=settings.target_sensitivity,
+            confidence=settings.site_threshold_confidence,
             model_name=settings.model_name, model_version=candidate_version)
         if champion_dir is not None:
             champions[site] = run_site_acceptance(
                 site, Path(champion_dir), records, target_sensitivity=settings.target_sensitivity,
+                confidence=settings.site_threshold_confidence,
                 model_name=settings.model_name, model_version=champion_version)
         checks += gate.judge(site, candidates[site].report,
                              champions[site].report if site in champions else None)
