@@ -345,11 +345,14 @@ def test_worker_sigkilled_mid_jobs_every_job_succeeds_once(stack, fault_report):
         worker.kill()  # the main process and its pool, with SIGKILL: nothing acked or given back
         # Nothing runs now: storage shows what the kill interrupted.
         at_kill = {job_id: stack.durable_record(job_id) for job_id in job_ids}
-        # A job whose finish reached Redis but not yet the disk was not interrupted: the store
-        # answers with its result, and no later delivery runs it again.
+        # The store writes the disk copy first, then commits Redis (`JobStore._update`), so a kill
+        # between the two leaves the disk one step ahead. Interrupted: both copies say the job
+        # started and neither that it finished. A start on disk only never committed (the next
+        # delivery starts it as its first attempt: it was still queued); a finish in Redis only
+        # is answered from there and no later delivery runs it again.
         served = snapshot(store, job_ids)
         interrupted = [j for j, record in at_kill.items() if record.status is JobStatus.RUNNING
-                       and not served[j].status.finished]
+                       and served[j].status is JobStatus.RUNNING]
         finished_before = [j for j, record in at_kill.items() if record.status.finished]
         worker = stack.start_worker()
         if interrupted:
