@@ -51,3 +51,27 @@ def world(tmp_path):
     confirm(storage, "south", "job-late", "NORMAL", T0 + timedelta(days=2),
             png_bytes(noise("film-late")))
     return base, storage, tmp_path
+
+
+@pytest.fixture
+def run_main(capsys, monkeypatch):
+    """The same command line run in this process (no interpreter start): (exit status, stderr).
+
+    An exception the command does not turn into an exit status fails the test."""
+    from services.trainer.cli.main import main
+    from services.trainer.settings import get_settings
+
+    def run(*args: str, env: dict | None = None) -> tuple[int, str]:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's refusals
+            code = exit_.code
+        finally:
+            get_settings.cache_clear()
+        return code, capsys.readouterr().err
+
+    return run

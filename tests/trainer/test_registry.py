@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,7 +19,6 @@ from services.trainer.registry.publish import CONFIG_KEY, parse_models_config
 from services.trainer.registry.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
 from services.trainer.registry.tracking import log_training_run
 from services.trainer.settings import TrainerSettings
-from tests.support.procs import REPO_ROOT
 from tests.support.tiny_model import make_tiny_serving_model
 
 VALIDATION = {"n": 40, "auroc": 0.91, "auroc_ci": [0.85, 0.96], "sensitivity": 0.95,
@@ -159,31 +155,29 @@ def test_promote_force_and_rollback_move_aliases_tags_and_serving(mlflow_server,
         rollback(settings, reason="again")
 
 
-def run_cli(settings: TrainerSettings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
-           "CXR_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-           "CXR_REGISTERED_MODEL_NAME": settings.registered_model_name,
-           "CXR_MLFLOW_EXPERIMENT": settings.mlflow_experiment,
-           "CXR_MODEL_BASE_PATH": settings.model_base_path, "CXR_PUBLISH_WAIT_FOR_LOAD_S": "0"}
-    return subprocess.run([sys.executable, "-m", "services.trainer", *args], env=env,
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+def cli_env(settings: TrainerSettings) -> dict[str, str]:
+    return {"CXR_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+            "CXR_REGISTERED_MODEL_NAME": settings.registered_model_name,
+            "CXR_MLFLOW_EXPERIMENT": settings.mlflow_experiment,
+            "CXR_MODEL_BASE_PATH": settings.model_base_path, "CXR_PUBLISH_WAIT_FOR_LOAD_S": "0"}
 
 
 @pytest.mark.slow
 def test_cli_refuses_an_ungated_promotion_and_publishes_the_champion(mlflow_server, tmp_path,
-                                                                     saved_models):
+                                                                     saved_models, run_main):
     settings = settings_for(mlflow_server, tmp_path)
+    env = cli_env(settings)
     version = log_and_register(settings, saved_models[3], tmp_path, gate_passed=False)
-    refused = run_cli(settings, "promote", "--version", str(version))
-    assert refused.returncode == 2, refused.stderr
-    assert "did not pass the promotion gate" in refused.stderr
-    forced = run_cli(settings, "promote", "--version", str(version), "--force",
-                     "--reason", "manual check passed")
-    assert forced.returncode == 0, forced.stderr
+    code, err = run_main("promote", "--version", str(version), env=env)
+    assert code == 2, err
+    assert "did not pass the promotion gate" in err
+    code, err = run_main("promote", "--version", str(version), "--force",
+                         "--reason", "manual check passed", env=env)
+    assert code == 0, err
     assert served(settings) == ([version], version)
     (Path(settings.model_base_path) / CONFIG_KEY).unlink()
-    republished = run_cli(settings, "publish")
-    assert republished.returncode == 0, republished.stderr
+    code, err = run_main("publish", env=env)
+    assert code == 0, err
     assert served(settings) == ([version], version)
 
 
