@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from services.trainer.cli.training import recipe_overrides
-from services.trainer.evaluation.metrics import outer_band_share
+from services.trainer.evaluation.metrics import outer_band_mask, outer_band_share
 from services.trainer.modeling.augment import (
     AugmentConfig,
     augment_batch,
@@ -113,6 +113,22 @@ def test_outer_band_share_by_hand():
     shares = outer_band_share(np.concatenate([even, centre, corner]), 0.2)
     np.testing.assert_allclose(shares, [0.64, 0.0, 0.75])
     assert np.isnan(outer_band_share(np.zeros((1, 10, 10)), 0.2)[0])
+
+
+def test_occlusion_fills_the_band_or_the_centre_with_the_films_median():
+    from bench.gradcam_band import filled
+
+    images = np.arange(2 * 10 * 10, dtype=np.uint8).reshape(2, 10, 10, 1)
+    band = outer_band_mask(10, 10, 0.2)
+    assert band.sum() == 64 and not band[2:8, 2:8].any()
+    out = filled(images, band)
+    for i in range(2):
+        median = int(np.median(images[i]))
+        assert (out[i, band, 0] == median).all()
+        np.testing.assert_array_equal(out[i, ~band], images[i, ~band])  # the centre untouched
+    centre = filled(images, ~band)
+    np.testing.assert_array_equal(centre[:, band], images[:, band])
+    assert (images == np.arange(200, dtype=np.uint8).reshape(2, 10, 10, 1)).all()  # a copy
 
 
 def test_recipe_overrides_parse_each_field_type():

@@ -76,6 +76,14 @@ def subtype_auroc(subtypes: Sequence[str | None], class_probabilities) -> tuple[
     return _auroc(is_viral, score), int(known.sum())
 
 
+def outer_band_mask(height: int, width: int, band: float) -> np.ndarray:
+    """[H, W] booleans: the pixels within `band` (a share of the shorter side) of the edge."""
+    rows = np.arange(height)[:, None]
+    cols = np.arange(width)[None, :]
+    depth = np.minimum(np.minimum(rows, height - 1 - rows), np.minimum(cols, width - 1 - cols))
+    return depth < band * min(height, width)
+
+
 def outer_band_share(heatmaps: np.ndarray, band: float) -> np.ndarray:
     """Per heatmap [N, H, W], the share of its mass within `band` (a share of the side) of the edge.
 
@@ -83,11 +91,7 @@ def outer_band_share(heatmaps: np.ndarray, band: float) -> np.ndarray:
     the lungs gives less. An all-zero heatmap gives NaN.
     """
     heatmaps = np.asarray(heatmaps, dtype=np.float64)
-    height, width = heatmaps.shape[1:3]
-    rows = np.arange(height)[:, None]
-    cols = np.arange(width)[None, :]
-    depth = np.minimum(np.minimum(rows, height - 1 - rows), np.minimum(cols, width - 1 - cols))
-    outer = depth < band * min(height, width)
+    outer = outer_band_mask(*heatmaps.shape[1:3], band)
     total = heatmaps.sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
         return heatmaps[:, outer].sum(axis=1) / total
