@@ -20,8 +20,8 @@ above 1 - target with probability P(Binomial(n, 1 - target) <= m) (the miss shar
 statistic is Beta(m + 1, n - m) distributed; exchangeability again). The threshold may therefore
 miss m fitted films only while that probability is at most 1 - c: a one-sided binomial
 (Clopper-Pearson) bound, the training-conditional form of the conformal guarantee. It costs
-specificity, and it needs `pneumonia_films_needed(target, c)` pneumonia films to leave any
-threshold below the lowest pneumonia score.
+specificity, and below `pneumonia_films_needed(target, c)` pneumonia films no cut-off meets it,
+not even one that misses none.
 """
 
 from __future__ import annotations
