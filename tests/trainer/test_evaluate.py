@@ -150,8 +150,9 @@ def test_site_calibrate_runs_offline_into_out(tmp_path, run_main):
     # The default asks 95% confidence; 20 sample pneumonia films split in two are too few for it,
     # and the report says so.
     assert point.sensitivity_confidence == report["sensitivity_confidence"] == 0.95
-    assert "needs 59 pneumonia films per half" in report["threshold_note"]
-    assert "confidence is not reached" in (tmp_path / "site" / "report.html").read_text()
+    assert "needs 59 pneumonia films; the halves had" in report["threshold_note"]
+    assert "nor does the point fitted on all 20" in report["threshold_note"]
+    assert "without reaching that confidence" in (tmp_path / "site" / "report.html").read_text()
     code, err = run_main("site-calibrate", "--model", str(BUNDLED), "--data", str(SAMPLE_DIR),
                          "--site", "sample", "--out", str(tmp_path / "bad"), "--confidence", "1")
     assert code == 2 and "--confidence" in err

@@ -176,11 +176,21 @@ def test_a_confident_site_threshold_is_fitted_and_recorded_as_asked():
     assert confident.point.sensitivity_confidence == 0.95
     assert average.point.sensitivity_confidence is None
     assert confident.report["threshold_note"] is None
-    # A small set cannot hold the bound: the report says how many films it would need.
+    # A small set cannot hold the bound: the report says how many films it would need, and
+    # whether the point fitted on every film holds it.
     y, p, groups = site_like()
     small = site_acceptance("east", y, p, 0.5, groups, fingerprint="e" * 64, confidence=0.95,
                             bootstrap_resamples=10)
-    assert "needs 59 pneumonia films per half" in small.report["threshold_note"]
+    note = small.report["threshold_note"]
+    assert "needs 59 pneumonia films" in note and "without reaching that confidence" in note
+    total = int(y.sum())
+    assert (f"the point fitted on all {total} reaches it" if total >= 59
+            else f"nor does the point fitted on all {total}") in note
+    fewer = np.flatnonzero(y == 1)[:40]  # 40 pneumonia films: not even the whole set holds it
+    kept = np.concatenate([fewer, np.flatnonzero(y == 0)])
+    tiny = site_acceptance("east", y[kept], p[kept], 0.5, [groups[i] for i in kept],
+                           fingerprint="e" * 64, confidence=0.95, bootstrap_resamples=10)
+    assert "nor does the point fitted on all 40" in tiny.report["threshold_note"]
 
 
 def test_split_variation_repeats_the_cross_fit_over_patient_splits():

@@ -295,17 +295,20 @@ def site_acceptance(site: str, y, p_model, model_threshold: float, groups: Seque
 
 
 def _threshold_note(y, halves, target_sensitivity: float, confidence: float | None) -> str | None:
-    """Why the confidence asked for could not be held, when a half had too few pneumonia films."""
+    """What the confidence asked for could not be held on, when a set or a half was too small."""
     if confidence is None or target_sensitivity >= 1.0:
         return None
     needed = pneumonia_films_needed(target_sensitivity, confidence)
     fitted = [int(y[halves != h].sum()) for h in (0, 1)]
     if min(fitted) >= needed:
         return None
+    everything = int(y.sum())
+    whole = (f"the point fitted on all {everything} reaches it" if everything >= needed
+             else f"nor does the point fitted on all {everything}")
     return (f"{confidence:.0%} confidence in a sensitivity of {target_sensitivity:.0%} needs "
-            f"{needed} pneumonia films per half; the halves had {fitted[0]} and {fitted[1]}, so "
-            "each threshold catches every pneumonia film it was fitted on and the confidence is "
-            "not reached")
+            f"{needed} pneumonia films; the halves had {fitted[0]} and {fitted[1]}, so the "
+            "cross-fitted thresholds catch every pneumonia film they were fitted on without "
+            f"reaching that confidence; {whole}")
 
 
 # --- the report ---------------------------------------------------------------------------------
