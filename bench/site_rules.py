@@ -20,36 +20,22 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from services.trainer.evaluation.site_calibration import cross_fit, patient_groups, split_halves
+from services.trainer.evaluation.site_calibration import patient_groups, split_figures, spread
 
 
 def split_variation(p, y, groups: Sequence[str], target_sensitivity: float,
                     confidence: float | None, splits: int,
                     min_specificity: float) -> dict:
     """Held-out sensitivity and specificity of one rule over `splits` patient splits."""
-    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=int)
-    sensitivity, specificity = [], []
-    for seed in range(splits):
-        halves = split_halves(y, groups, seed)
-        decisions = cross_fit(p, y, halves, target_sensitivity, True, confidence).decisions
-        sensitivity.append(float(decisions[y == 1].mean()))
-        specificity.append(float(1 - decisions[y == 0].mean()))
-    sens, spec = np.array(sensitivity), np.array(specificity)
+    sens, spec = split_figures(p, y, groups, target_sensitivity, confidence, splits)
     return {
-        "confidence": confidence, "splits": splits,
-        "sensitivity": _spread(sens), "specificity": _spread(spec),
+        "confidence": confidence, "splits": len(sens),
+        "sensitivity": spread(sens), "specificity": spread(spec),
         "share_sensitivity_below_target": float((sens < target_sensitivity - 1e-12).mean()),
         "share_specificity_below_floor": float((spec < min_specificity - 1e-12).mean()),
         "share_both_met": float(((sens >= target_sensitivity - 1e-12)
                                  & (spec >= min_specificity - 1e-12)).mean()),
     }
-
-
-def _spread(values: np.ndarray) -> dict:
-    return {"median": float(np.median(values)), "p5": float(np.percentile(values, 5)),
-            "p95": float(np.percentile(values, 95))}
 
 
 def _confidence(text: str) -> float | None:

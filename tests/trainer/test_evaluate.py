@@ -153,6 +153,8 @@ def test_site_calibrate_runs_offline_into_out(tmp_path, run_main):
     assert "needs 59 pneumonia films; the halves had" in report["threshold_note"]
     assert "nor does the point fitted on all 20" in report["threshold_note"]
     assert "without reaching that confidence" in (tmp_path / "site" / "report.html").read_text()
+    assert "splits the held-out sensitivity was" in (tmp_path / "site" / "report.html").read_text()
+    assert report["split_spread"]["splits"] == 100
     code, err = run_main("site-calibrate", "--model", str(BUNDLED), "--data", str(SAMPLE_DIR),
                          "--site", "sample", "--out", str(tmp_path / "bad"), "--confidence", "1")
     assert code == 2 and "--confidence" in err

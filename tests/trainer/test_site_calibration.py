@@ -143,6 +143,15 @@ def test_site_acceptance_reports_cross_fitted_figures_and_fits_on_everything():
     low, high = report["auroc_ci"]
     assert low <= report["auroc"] <= high
     OperatingPoint.model_validate(report["operating_point"])
+    # The report repeats the cross-fit over other patient splits; split 0 is the table's own.
+    assert report["split_spread"]["splits"] == 100
+    spread_ = report["split_spread"]["sensitivity"]
+    assert spread_["p5"] <= spread_["median"] <= spread_["p95"]
+    one = site_acceptance("north", y, p, 0.5, groups, fingerprint="f" * 64,
+                          bootstrap_resamples=10, spread_splits=1)
+    for name in ("sensitivity", "specificity"):
+        assert one.report["split_spread"][name]["median"] == pytest.approx(
+            one.report["site_threshold"][name])
 
 
 def test_site_acceptance_uses_identity_when_the_fit_is_refused():

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 SLOPE_BOUNDS = (0.02, 50.0)
 INTERCEPT_BOUNDS = (-20.0, 20.0)
 CROSS_FIT_SEED = 0
+# How many patient splits the report repeats the cross-fit over, to show how much one split decides.
+SPREAD_SPLITS = 100
 
 
 # --- fitting ------------------------------------------------------------------------------------
@@ -180,6 +182,31 @@ def cross_fit(p, y, halves: np.ndarray, target_sensitivity: float,
     return CrossFit(halves, p_site, threshold, fits, fitted_on)
 
 
+def split_figures(p, y, groups: Sequence[str], target_sensitivity: float,
+                  confidence: float | None = None, splits: int = 100,
+                  calibrate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out (sensitivity, specificity) of the cross-fit over patient splits, seeds 0, 1, ...;
+    a split whose halves do not each hold both labels is left out."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=int)
+    sensitivity, specificity = [], []
+    for seed in range(splits):
+        halves = split_halves(y, groups, seed)
+        if any(len(np.unique(y[halves == h])) != 2 for h in (0, 1)):
+            continue
+        decisions = cross_fit(p, y, halves, target_sensitivity, calibrate, confidence).decisions
+        sensitivity.append(float(decisions[y == 1].mean()))
+        specificity.append(float(1 - decisions[y == 0].mean()))
+    return np.array(sensitivity), np.array(specificity)
+
+
+def spread(values: np.ndarray) -> dict | None:
+    """Median and 5th-95th percentiles."""
+    if len(values) == 0:
+        return None
+    return {"median": float(np.median(values)), "p5": float(np.percentile(values, 5)),
+            "p95": float(np.percentile(values, 95))}
+
+
 # --- figures ------------------------------------------------------------------------------------
 
 
@@ -230,7 +257,8 @@ def site_acceptance(site: str, y, p_model, model_threshold: float, groups: Seque
                     fingerprint: str, target_sensitivity: float = 0.95,
                     confidence: float | None = None, model_name: str = MODEL_NAME,
                     model_version: int | None = None, seed: int = CROSS_FIT_SEED,
-                    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES) -> SiteAcceptance:
+                    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES,
+                    spread_splits: int = SPREAD_SPLITS) -> SiteAcceptance:
     """Fit the site's operating point on scored, labelled images and measure it cross-fitted."""
     check_site_name(site)
     y, p = np.asarray(y, dtype=int), np.asarray(p_model, dtype=np.float64)
@@ -256,6 +284,8 @@ def site_acceptance(site: str, y, p_model, model_threshold: float, groups: Seque
     else:
         shipped = calibrated
     model_metrics = compute_metrics(y, p, model_threshold, bootstrap_resamples=bootstrap_resamples)
+    sens, spec = split_figures(p, y, groups, target_sensitivity, confidence, spread_splits,
+                               calibrate=refused is None)
     point = OperatingPoint(
         site=site, model_name=model_name, model_version=model_version,
         calibration=final.calibration, threshold=final.threshold,
@@ -289,6 +319,10 @@ def site_acceptance(site: str, y, p_model, model_threshold: float, groups: Seque
         "reliability_after": reliability_curve(y, shipped.p_site),
         "calibration_refused": refused,
         "cross_fit": {"seed": seed, "images_per_half": [int((halves == h).sum()) for h in (0, 1)]},
+        "split_spread": {"splits": len(sens), "sensitivity": spread(sens),
+                         "specificity": spread(spec),
+                         "share_sensitivity_below_target": float(
+                             (sens < target_sensitivity - 1e-12).mean()) if len(sens) else None},
         "operating_point": json.loads(point.model_dump_json()),
     }
     return SiteAcceptance(report, point, y, p, shipped)
@@ -346,6 +380,19 @@ def threshold_rule(target_sensitivity: float, confidence: float | None) -> str:
             f"{confidence:.0%} confidence")
 
 
+def _spread_html(report: dict) -> str:
+    spread_ = report["split_spread"]
+    if not spread_["splits"]:
+        return ""
+    sens, spec = spread_["sensitivity"], spread_["specificity"]
+    return (f"<p>The table is one split of the patients into halves. Over {spread_['splits']} "
+            f"splits the held-out sensitivity was {_pct(sens['median'])} (median; 5th to 95th "
+            f"percentile {_pct(sens['p5'])} to {_pct(sens['p95'])}) and the specificity "
+            f"{_pct(spec['median'])} ({_pct(spec['p5'])} to {_pct(spec['p95'])}); the "
+            "sensitivity fell below the target on "
+            f"{_pct(spread_['share_sensitivity_below_target'])} of the splits.</p>")
+
+
 def render_html(report: dict, figures: dict[str, Path]) -> str:
     """One HTML page with the figures inlined (base64 PNG): it can be mailed or archived alone."""
     e = html.escape
@@ -392,6 +439,7 @@ the model's own threshold is {model_fig['threshold']:.4f}. Fitted {e(point['fitt
 {note}
 <table><tr><th></th><th>site operating point (cross-fitted)</th><th>model's own threshold</th></tr>
 {rows}{confusion}</table>
+{_spread_html(report)}
 <p>ECE ({report['ece_bins']} bins): {report['ece_before']:.4f} before, {report['ece_after']:.4f}
 after (cross-fitted).</p>
 <h2>Figures</h2>{images}
