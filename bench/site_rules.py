@@ -20,6 +20,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.trainer.cli.site import parse_confidence
 from services.trainer.evaluation.site_calibration import patient_groups, split_figures, spread
 
 
@@ -38,17 +39,13 @@ def split_variation(p, y, groups: Sequence[str], target_sensitivity: float,
     }
 
 
-def _confidence(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="exported version folder")
     parser.add_argument("--data", type=Path, required=True,
                         help="labelled acceptance set (as site-calibrate reads it)")
     parser.add_argument("--splits", type=int, default=200)
-    parser.add_argument("--confidence", type=_confidence, nargs="+", default=[None, 0.95],
+    parser.add_argument("--confidence", type=parse_confidence, nargs="+", default=[None, 0.95],
                         help="threshold rules: 'none' (on average) and/or confidences")
     parser.add_argument("--target-sensitivity", type=float, default=0.95)
     parser.add_argument("--min-specificity", type=float, default=0.90)

@@ -30,7 +30,8 @@ def _site_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
-def _confidence(text: str) -> float | None:
+def parse_confidence(text: str) -> float | None:
+    """A confidence on the command line: a number, or 'none' for the average rule."""
     if text.strip().lower() == "none":
         return None
     try:
@@ -54,7 +55,7 @@ def add_site_calibrate(subparsers: argparse._SubParsersAction) -> None:
                         "figures (required with --model)")
     parser.add_argument("--target-sensitivity", type=float,
                         help="sensitivity the site threshold must reach (CXR_TARGET_SENSITIVITY)")
-    parser.add_argument("--confidence", type=_confidence, default=argparse.SUPPRESS,
+    parser.add_argument("--confidence", type=parse_confidence, default=argparse.SUPPRESS,
                         help="probability that the threshold reaches it on the site's later "
                         "films, in (0, 1); 'none': reach it on average "
                         "(CXR_SITE_THRESHOLD_CONFIDENCE)")
